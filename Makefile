@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine:
+#   make train   creates .venv, installs ddpm_ms, trains configs/fashion_cpu.yaml
+#   make test    creates .venv, installs ddpm_ms[dev], runs the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/fashion_cpu.yaml
+export DDPM_MS_DATA_DIR ?= $(abspath ../shared/data/fashion-mnist)
+
+.PHONY: venv train test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+train: venv
+	$(PY) scripts/train.py --config $(CONFIG)
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) runs

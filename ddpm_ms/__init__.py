@@ -1,0 +1,21 @@
+"""ddpm_ms: denoising diffusion probabilistic models on MindSpore.
+
+    import ddpm_ms
+    net = ddpm_ms.Unet(dim=28, channels=1, dim_mults=(1, 2, 4))
+    sched = ddpm_ms.NoiseSchedule.from_name("linear", 200)
+    x0 = ddpm_ms.sample(net, sched, image_size=28, batch_size=16, channels=1)
+"""
+import os
+
+# A busy-waiting host queue steals a core on small CPU machines; blocking runs are ~2x faster there.
+os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+
+# pylint: disable=wrong-import-position
+from .config import Config, ConfigError, load_config
+from .diffusion import p_losses, p_mean, p_sample, predict_start_from_noise, q_sample
+from .model import Unet, count_params
+from .sampling import p_sample_loop, sample
+from .schedule import NoiseSchedule, extract, make_betas
+from .trainer import TrainStep, build_model, build_run, build_schedule
+
+__version__ = "0.1.0"

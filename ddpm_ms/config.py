@@ -1,0 +1,243 @@
+"""Typed run configuration: YAML in, validated dataclasses out.
+
+Unknown keys are rejected with their full dotted name; values are checked
+once here so the rest of the code can trust them. ``Config.to_dict()`` is what
+is saved next to every checkpoint.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong. The message names it in one line."""
+
+
+@dataclass
+class ModelConfig:
+    """U-Net architecture (keyword arguments of :class:`ddpm_ms.model.Unet`)."""
+    dim: int = 28
+    init_dim: Optional[int] = None
+    out_dim: Optional[int] = None
+    dim_mults: Tuple[int, ...] = (1, 2, 4)
+    channels: int = 1
+    with_time_emb: bool = True
+    convnext_mult: int = 2
+    block_type: str = "convnext"
+    resnet_groups: int = 8
+    num_classes: Optional[int] = None
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule and training objective."""
+    timesteps: int = 200
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    loss_type: str = "huber"
+    p2_gamma: float = 0.0
+    p2_k: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are fed."""
+    dataset: str = "fashion_mnist"      # or "image_folder"
+    root: Optional[str] = None
+    image_size: int = 28
+    num_samples: Optional[int] = None
+    shuffle_buffer: int = 64
+    random_flip: bool = True
+    num_workers: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, loss scaling, logging and checkpointing."""
+    batch_size: int = 16
+    epochs: int = 10
+    max_steps: Optional[int] = None
+    lr: float = 1e-4
+    min_lr: float = 1e-7
+    loss_scale: float = 65536.0
+    scale_factor: int = 2
+    scale_window: int = 1000
+    seed: int = 0
+    jit: bool = True
+    out_dir: str = "runs/fashion"
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    sample_num: int = 64
+    gif: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run: model, diffusion, data and train sections."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self):
+        """Plain nested dict (tuples as lists), YAML-safe."""
+        return _plain(dataclasses.asdict(self))
+
+    def dump(self, path):
+        """Write the resolved config as YAML."""
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value, annotation, key):
+    """Convert a YAML/CLI value to the field's type, or raise ConfigError naming ``key``."""
+    optional = annotation in (Optional[int], Optional[str], Optional[float])
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' must not be null")
+    base = {Optional[int]: int, Optional[str]: str, Optional[float]: float}.get(annotation, annotation)
+    if base == Tuple[int, ...]:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value):
+            raise ConfigError(f"config key '{key}' must be a list of integers, got {value!r}")
+        return tuple(value)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _section(cls, data, prefix):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix}' must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{prefix}.{key}' (known: {', '.join(fields)})")
+    kwargs = {k: _coerce(v, fields[k].type, f"{prefix}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _check(cond, key, msg):
+    if not cond:
+        raise ConfigError(f"config key '{key}' {msg}")
+
+
+def validate(cfg):
+    """Check value ranges and choices; raises ConfigError naming the first bad key."""
+    from .schedule import BETA_SCHEDULES
+    from .diffusion import LOSS_TYPES
+    from .model import BLOCK_TYPES
+    m, d, data, t = cfg.model, cfg.diffusion, cfg.data, cfg.train
+    _check(m.dim > 0, "model.dim", f"must be > 0, got {m.dim}")
+    _check(len(m.dim_mults) > 0 and all(x > 0 for x in m.dim_mults), "model.dim_mults",
+           f"must be a non-empty list of positive integers, got {list(m.dim_mults)}")
+    _check(m.channels > 0, "model.channels", f"must be > 0, got {m.channels}")
+    _check(m.block_type in BLOCK_TYPES, "model.block_type", f"must be one of {BLOCK_TYPES}, got {m.block_type!r}")
+    _check(m.num_classes is None or m.num_classes > 1, "model.num_classes", f"must be > 1, got {m.num_classes}")
+    _check(m.convnext_mult > 0, "model.convnext_mult", f"must be > 0, got {m.convnext_mult}")
+    _check(d.timesteps > 1, "diffusion.timesteps", f"must be > 1, got {d.timesteps}")
+    _check(d.beta_schedule in BETA_SCHEDULES, "diffusion.beta_schedule",
+           f"must be one of {sorted(BETA_SCHEDULES)}, got {d.beta_schedule!r}")
+    _check(0 < d.beta_start < d.beta_end < 1, "diffusion.beta_end",
+           f"needs 0 < beta_start < beta_end < 1, got {d.beta_start}, {d.beta_end}")
+    _check(d.loss_type in LOSS_TYPES, "diffusion.loss_type", f"must be one of {LOSS_TYPES}, got {d.loss_type!r}")
+    _check(data.dataset in ("fashion_mnist", "image_folder"), "data.dataset",
+           f"must be 'fashion_mnist' or 'image_folder', got {data.dataset!r}")
+    down = 2 ** (len(m.dim_mults) - 1)
+    _check(data.image_size > 0 and data.image_size % down == 0, "data.image_size",
+           f"must be a positive multiple of {down} for {len(m.dim_mults)} resolutions, got {data.image_size}")
+    _check(data.num_samples is None or data.num_samples > 0, "data.num_samples",
+           f"must be > 0, got {data.num_samples}")
+    _check(data.shuffle_buffer > 0, "data.shuffle_buffer", f"must be > 0, got {data.shuffle_buffer}")
+    _check(data.num_workers > 0, "data.num_workers", f"must be > 0, got {data.num_workers}")
+    _check(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")
+    _check(t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}")
+    _check(t.max_steps is None or t.max_steps > 0, "train.max_steps", f"must be > 0, got {t.max_steps}")
+    _check(0 < t.min_lr <= t.lr, "train.lr", f"needs 0 < min_lr <= lr, got min_lr={t.min_lr}, lr={t.lr}")
+    _check(t.loss_scale >= 1, "train.loss_scale", f"must be >= 1, got {t.loss_scale}")
+    _check(t.scale_factor > 0, "train.scale_factor", f"must be > 0, got {t.scale_factor}")
+    _check(t.scale_window > 0, "train.scale_window", f"must be > 0, got {t.scale_window}")
+    for key in ("log_every", "ckpt_every", "keep_last", "sample_num"):
+        _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
+    return cfg
+
+
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def from_dict(data):
+    """Build and validate a Config from a nested dict (e.g. parsed YAML)."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    for key in data:
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown config section '{key}' (known: {', '.join(SECTIONS)})")
+    return validate(Config(**{name: _section(cls, data.get(name, {}), name) for name, cls in SECTIONS.items()}))
+
+
+def parse_override(text):
+    """'train.batch_size=32' -> (['train', 'batch_size'], 32); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key {key!r} must look like section.key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def load_config(path=None, overrides=()):
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``section.key=value`` overrides."""
+    data = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"config section '{section}' must be a mapping")
+        data[section][key] = value
+    return from_dict(data)

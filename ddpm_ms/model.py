@@ -1,0 +1,323 @@
+"""The tutorial's noise-prediction U-Net, eps_theta(x_t, t[, y]).
+
+The network knows nothing of betas or timesteps beyond the integer ``t`` it
+embeds: all diffusion maths lives in :mod:`ddpm_ms.diffusion`.
+
+Parameter for parameter this is MindSpore's "Diffusion Model" tutorial
+(ConvNeXt blocks, linear attention, PreNorm, sinusoidal time embedding),
+with MindSpore's layer defaults (``has_bias=False`` convolutions unless the
+tutorial says otherwise). ``Unet(dim=28, channels=1, dim_mults=(1, 2, 4))``
+has 2,992,180 trainable parameters. A few ops are written in a faster but
+mathematically identical form (see :class:`GELU` and :func:`softmax_axis2`).
+"""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import initializer
+
+BLOCK_TYPES = ("convnext", "resnet")
+
+
+class GELU(nn.Cell):
+    """Tanh-approximate GELU, the function ``nn.GELU()`` computes.
+
+    0.5 x (1 + tanh(u)) == x * sigmoid(2u), with u = sqrt(2/pi)(x + 0.044715 x^3).
+    The sigmoid form is about 5x faster fwd+bwd on MindSpore's CPU kernels.
+    """
+
+    def construct(self, x):
+        return x * ops.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+
+
+def softmax_axis2(x):
+    """Softmax over axis -2 of a rank-4 tensor, via the fast last-axis kernel."""
+    return ops.softmax(x.swapaxes(-1, -2), -1).swapaxes(-1, -2)
+
+
+def _heads(x, heads):
+    """[b, heads*c, h, w] -> [b, heads, c, h*w]."""
+    b, hc, h, w = x.shape
+    return x.reshape((b, heads, hc // heads, h * w))
+
+
+class Residual(nn.Cell):
+    """x + fn(x)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def construct(self, x):
+        return self.fn(x) + x
+
+
+def Upsample(dim):  # pylint: disable=invalid-name
+    """Transposed conv that doubles H and W: [B, dim, H, W] -> [B, dim, 2H, 2W]."""
+    return nn.Conv2dTranspose(dim, dim, 4, 2, pad_mode="pad", padding=1)
+
+
+def Downsample(dim):  # pylint: disable=invalid-name
+    """Strided conv that halves H and W: [B, dim, H, W] -> [B, dim, H/2, W/2]."""
+    return nn.Conv2d(dim, dim, 4, 2, pad_mode="pad", padding=1)
+
+
+class SinusoidalPositionEmbeddings(nn.Cell):
+    """t [B] (int or float) -> [B, dim] of (sin(t w_k), cos(t w_k)), w_k = 10000^(-k/(dim/2-1))."""
+
+    def __init__(self, dim):
+        super().__init__()
+        half_dim = dim // 2
+        freqs = np.exp(np.arange(half_dim) * -(math.log(10000) / (half_dim - 1)))
+        self.freqs = Tensor(freqs, ms.float32)
+
+    def construct(self, t):
+        emb = t.astype(ms.float32)[:, None] * self.freqs[None, :]
+        return ops.concat((ops.sin(emb), ops.cos(emb)), axis=-1)
+
+
+class Block(nn.Cell):
+    """Conv3x3 -> GroupNorm -> optional (scale+1, shift) -> SiLU. Shapes [B,dim,H,W] -> [B,dim_out,H,W]."""
+
+    def __init__(self, dim, dim_out, groups=1):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim_out, 3, pad_mode="pad", padding=1)
+        self.norm = nn.GroupNorm(groups, dim_out)
+        self.act = nn.SiLU()
+
+    def construct(self, x, scale_shift=None):
+        x = self.norm(self.proj(x))
+        if scale_shift is not None:
+            scale, shift = scale_shift
+            x = x * (scale + 1) + shift
+        return self.act(x)
+
+
+class ResnetBlock(nn.Cell):
+    """Wide-ResNet block with time scale-shift conditioning (annotated-diffusion)."""
+
+    def __init__(self, dim, dim_out, *, time_emb_dim=None, groups=8):
+        super().__init__()
+        self.mlp = (nn.SequentialCell([nn.SiLU(), nn.Dense(time_emb_dim, dim_out * 2)])
+                    if time_emb_dim is not None else None)
+        self.block1 = Block(dim, dim_out, groups=groups)
+        self.block2 = Block(dim_out, dim_out, groups=groups)
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def construct(self, x, time_emb=None):
+        scale_shift = None
+        if self.mlp is not None and time_emb is not None:
+            cond = self.mlp(time_emb)[:, :, None, None]
+            scale_shift = ops.chunk(cond, 2, 1)
+        h = self.block1(x, scale_shift)
+        h = self.block2(h)
+        return h + self.res_conv(x)
+
+
+class ConvNextBlock(nn.Cell):
+    """ConvNeXt block (Liu et al. 2022) with an additive time embedding."""
+
+    def __init__(self, dim, dim_out, *, time_emb_dim=None, mult=2, norm=True):
+        super().__init__()
+        self.mlp = (nn.SequentialCell([GELU(), nn.Dense(time_emb_dim, dim)])
+                    if time_emb_dim is not None else None)
+        self.ds_conv = nn.Conv2d(dim, dim, 7, padding=3, group=dim, pad_mode="pad")
+        self.net = nn.SequentialCell([
+            nn.GroupNorm(1, dim) if norm else nn.Identity(),
+            nn.Conv2d(dim, dim_out * mult, 3, padding=1, pad_mode="pad"),
+            GELU(),
+            nn.GroupNorm(1, dim_out * mult),
+            nn.Conv2d(dim_out * mult, dim_out, 3, padding=1, pad_mode="pad"),
+        ])
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def construct(self, x, time_emb=None):
+        h = self.ds_conv(x)
+        if self.mlp is not None and time_emb is not None:
+            h = h + self.mlp(time_emb)[:, :, None, None]
+        h = self.net(h)
+        return h + self.res_conv(x)
+
+
+class Attention(nn.Cell):
+    """Multi-head softmax self-attention over the H*W positions."""
+
+    def __init__(self, dim, heads=4, dim_head=32):
+        super().__init__()
+        self.scale = dim_head ** -0.5
+        self.heads = heads
+        hidden_dim = dim_head * heads
+        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, pad_mode="valid", has_bias=False)
+        self.to_out = nn.Conv2d(hidden_dim, dim, 1, pad_mode="valid", has_bias=True)
+
+    def construct(self, x):
+        b, _, h, w = x.shape
+        q, k, v = ops.chunk(self.to_qkv(x), 3, 1)
+        q = _heads(q, self.heads) * self.scale
+        k = _heads(k, self.heads)
+        v = _heads(v, self.heads)
+        sim = ops.bmm(q.swapaxes(2, 3), k)                 # b h i j
+        attn = ops.softmax(sim, axis=-1)
+        out = ops.bmm(attn, v.swapaxes(2, 3))              # b h i d
+        out = out.swapaxes(-1, -2).reshape((b, -1, h, w))
+        return self.to_out(out)
+
+
+class LayerNorm(nn.Cell):
+    """Channel LayerNorm with a gain only: (x - mean_c) / sqrt(var_c + eps) * g."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.g = Parameter(initializer("ones", (1, dim, 1, 1)), name="g")
+        self.eps = eps
+
+    def construct(self, x):
+        mean = x.mean(1, keep_dims=True)
+        var = ((x - mean) ** 2).mean(1, keep_dims=True)
+        return (x - mean) * ops.rsqrt(var + self.eps) * self.g
+
+
+class LinearAttention(nn.Cell):
+    """Linear attention (Shen et al. 2018): softmax over features for q, positions for k."""
+
+    def __init__(self, dim, heads=4, dim_head=32):
+        super().__init__()
+        self.scale = dim_head ** -0.5
+        self.heads = heads
+        hidden_dim = dim_head * heads
+        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, pad_mode="valid", has_bias=False)
+        self.to_out = nn.SequentialCell([
+            nn.Conv2d(hidden_dim, dim, 1, pad_mode="valid", has_bias=True),
+            LayerNorm(dim),
+        ])
+
+    def construct(self, x):
+        b, _, h, w = x.shape
+        q, k, v = ops.chunk(self.to_qkv(x), 3, 1)
+        q = softmax_axis2(_heads(q, self.heads)) * self.scale
+        k = ops.softmax(_heads(k, self.heads), -1)
+        v = _heads(v, self.heads) / (h * w)
+        context = ops.bmm(k, v.swapaxes(2, 3))             # b h d e
+        out = ops.bmm(context.swapaxes(2, 3), q)           # b h e n
+        return self.to_out(out.reshape((b, -1, h, w)))
+
+
+class PreNorm(nn.Cell):
+    """fn(GroupNorm(1, dim)(x))."""
+
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.fn = fn
+        self.norm = nn.GroupNorm(1, dim)
+
+    def construct(self, x):
+        return self.fn(self.norm(x))
+
+
+class _Stage(nn.Cell):
+    """Two blocks, residual linear attention, then a resampling layer."""
+
+    def __init__(self, block1, block2, dim, resample):
+        super().__init__()
+        self.block1 = block1
+        self.block2 = block2
+        self.attn = Residual(PreNorm(dim, LinearAttention(dim)))
+        self.resample = resample
+
+    def construct(self, x, t):
+        x = self.attn(self.block2(self.block1(x, t), t))
+        return x, self.resample(x)
+
+
+class Unet(nn.Cell):
+    """eps_theta: x [B, C, H, W] float, t [B] int -> [B, out_dim, H, W].
+
+    H and W must be divisible by 2**(len(dim_mults) - 1).
+    ``num_classes`` adds a learned class embedding (plus one "null" class,
+    index ``num_classes``, for classifier-free guidance) to the time embedding;
+    then ``construct(x, t, y)`` takes labels y [B] int.
+    """
+
+    def __init__(self, dim, init_dim=None, out_dim=None, dim_mults=(1, 2, 4, 8), channels=3,
+                 with_time_emb=True, convnext_mult=2, block_type="convnext", resnet_groups=8,
+                 num_classes=None):
+        super().__init__()
+        if block_type not in BLOCK_TYPES:
+            raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
+        if num_classes is not None and not with_time_emb:
+            raise ValueError("num_classes needs with_time_emb=True")
+        self.channels = channels
+        self.num_classes = num_classes
+        init_dim = dim // 3 * 2 if init_dim is None else init_dim
+        self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3, pad_mode="pad", has_bias=True)
+
+        dims = [init_dim, *[dim * m for m in dim_mults]]
+        in_out = list(zip(dims[:-1], dims[1:]))
+
+        def block(d_in, d_out, time_dim):
+            if block_type == "convnext":
+                return ConvNextBlock(d_in, d_out, time_emb_dim=time_dim, mult=convnext_mult)
+            return ResnetBlock(d_in, d_out, time_emb_dim=time_dim, groups=resnet_groups)
+
+        time_dim = None
+        self.time_mlp = None
+        self.class_emb = None
+        if with_time_emb:
+            time_dim = dim * 4
+            self.time_mlp = nn.SequentialCell([
+                SinusoidalPositionEmbeddings(dim),
+                nn.Dense(dim, time_dim),
+                GELU(),
+                nn.Dense(time_dim, time_dim),
+            ])
+            if num_classes is not None:
+                self.class_emb = nn.Embedding(num_classes + 1, time_dim)
+
+        num_resolutions = len(in_out)
+        downs = []
+        for ind, (d_in, d_out) in enumerate(in_out):
+            is_last = ind >= num_resolutions - 1
+            downs.append(_Stage(block(d_in, d_out, time_dim), block(d_out, d_out, time_dim), d_out,
+                                Downsample(d_out) if not is_last else nn.Identity()))
+        ups = []
+        for ind, (d_in, d_out) in enumerate(reversed(in_out[1:])):
+            is_last = ind >= num_resolutions - 1   # never true: every up stage upsamples, as in the tutorial
+            ups.append(_Stage(block(d_out * 2, d_in, time_dim), block(d_in, d_in, time_dim), d_in,
+                              Upsample(d_in) if not is_last else nn.Identity()))
+        self.downs = nn.CellList(downs)
+        self.ups = nn.CellList(ups)
+
+        mid_dim = dims[-1]
+        self.mid_block1 = block(mid_dim, mid_dim, time_dim)
+        self.mid_attn = Residual(PreNorm(mid_dim, Attention(mid_dim)))
+        self.mid_block2 = block(mid_dim, mid_dim, time_dim)
+
+        out_dim = channels if out_dim is None else out_dim
+        self.final_block = block(dim, dim, None)
+        self.final_conv = nn.Conv2d(dim, out_dim, 1)
+
+    def construct(self, x, time, y=None):
+        x = self.init_conv(x)
+        t = None
+        if self.time_mlp is not None:
+            t = self.time_mlp(time)
+            if self.class_emb is not None and y is not None:
+                t = t + self.class_emb(y)
+        skips = ()
+        for stage in self.downs:
+            skip, x = stage(x, t)
+            skips = skips + (skip,)
+        x = self.mid_block1(x, t)
+        x = self.mid_attn(x)
+        x = self.mid_block2(x, t)
+        i = len(skips) - 1
+        for stage in self.ups:
+            _, x = stage(ops.concat((x, skips[i]), 1), t)
+            i -= 1
+        return self.final_conv(self.final_block(x))
+
+
+def count_params(net):
+    """Number of trainable scalars in ``net``."""
+    return int(sum(np.prod(p.shape) for p in net.trainable_params()))

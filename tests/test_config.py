@@ -1,0 +1,65 @@
+import pytest
+
+from ddpm_ms.config import Config, ConfigError, load_config
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_are_the_tutorial():
+    cfg = load_config()
+    assert cfg.model.dim == 28 and cfg.model.dim_mults == (1, 2, 4) and cfg.model.channels == 1
+    assert cfg.diffusion.timesteps == 200 and cfg.diffusion.beta_schedule == "linear"
+    assert cfg.diffusion.loss_type == "huber"
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr, cfg.train.min_lr) == (16, 10, 1e-4, 1e-7)
+    assert (cfg.train.loss_scale, cfg.train.scale_factor, cfg.train.scale_window) == (65536, 2, 1000)
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.batchsize'"):
+        load_config(_write(tmp_path, "train:\n  batchsize: 3\n"))
+    with pytest.raises(ConfigError, match=r"unknown config section 'optim'"):
+        load_config(_write(tmp_path, "optim:\n  lr: 3\n"))
+
+
+@pytest.mark.parametrize("text,key", [
+    ("train:\n  batch_size: 0\n", "train.batch_size"),
+    ("train:\n  batch_size: many\n", "train.batch_size"),
+    ("model:\n  dim_mults: [1, two]\n", "model.dim_mults"),
+    ("diffusion:\n  beta_schedule: exp\n", "diffusion.beta_schedule"),
+    ("diffusion:\n  loss_type: l3\n", "diffusion.loss_type"),
+    ("data:\n  image_size: 30\nmodel:\n  dim_mults: [1, 2, 4]\n", "data.image_size"),
+    ("train:\n  jit: 1\n", "train.jit"),
+])
+def test_bad_values_are_named(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(_write(tmp_path, text))
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "train: [unclosed\n"))
+
+
+def test_overrides_and_roundtrip(tmp_path):
+    cfg = load_config(None, ["train.batch_size=32", "model.dim_mults=[1,2]", "train.lr=2e-4", "data.root=/x"])
+    assert cfg.train.batch_size == 32 and cfg.model.dim_mults == (1, 2) and cfg.train.lr == 2e-4
+    out = tmp_path / "saved.yaml"
+    cfg.dump(out)
+    assert load_config(str(out)) == cfg
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.batch_size"])
+
+
+def test_shipped_configs_load():
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert files, "no configs shipped"
+    for f in files:
+        assert isinstance(load_config(str(f)), Config)

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import amp, nn
+
+from ddpm_ms import NoiseSchedule, TrainStep, Unet, build_run, load_config
+from ddpm_ms.trainer import step_noise
+
+from conftest import TINY, batch
+
+
+def _run(jit, loss_scale=65536.0, scale_window=1000, lr=1e-3):
+    ms.set_seed(0)
+    model = Unet(**TINY)
+    sched = NoiseSchedule.from_name("linear", 10)
+    opt = nn.Adam(model.trainable_params(), learning_rate=lr)
+    scaler = amp.DynamicLossScaler(loss_scale, 2, scale_window)
+    return model, opt, scaler, TrainStep(model, sched, opt, scaler, "huber", jit=jit)
+
+
+def _params(model):
+    return {p.name: p.asnumpy().copy() for p in model.trainable_params()}
+
+
+def test_compiled_steps_lower_the_loss(mode):
+    _, _, _, step = _run(jit=True)
+    x0 = batch((4, 1, 28, 28))
+    t, noise = step_noise(0, 0, x0.shape, 10)
+    losses = [float(step(x0, t, noise)[0].asnumpy()) for _ in range(6)]
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+def test_compiled_and_eager_step_agree(mode):
+    x0 = batch((4, 1, 28, 28))
+    t, noise = step_noise(0, 3, x0.shape, 10)
+    results = []
+    for jit in (True, False):
+        model, _, _, step = _run(jit=jit)
+        loss0 = float(step(x0, t, noise)[0].asnumpy())
+        loss1 = float(step(x0, t, noise)[0].asnumpy())
+        results.append((loss0, loss1, _params(model)))
+    (a0, a1, pa), (b0, b1, pb) = results
+    assert a0 == pytest.approx(b0, rel=1e-5)
+    assert a1 == pytest.approx(b1, rel=1e-4)
+    for name in pa:
+        np.testing.assert_allclose(pa[name], pb[name], atol=1e-5, err_msg=name)
+
+
+def test_loss_scaler_skips_update_and_halves_on_inf(mode):
+    model, opt, scaler, step = _run(jit=True, scale_window=2)
+    before = _params(model)
+    x_bad = batch((4, 1, 28, 28)).asnumpy()
+    x_bad[0, 0, 0, 0] = np.inf
+    t, noise = step_noise(0, 0, x_bad.shape, 10)
+    _, finite = step(ms.Tensor(x_bad), t, noise)
+    assert not bool(finite.asnumpy())
+    assert float(scaler.scale_value.asnumpy()) == 32768.0
+    after = _params(model)
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+    # scale_window finite steps later the scale doubles back, and the params move
+    x0 = batch((4, 1, 28, 28))
+    for _ in range(2):
+        _, finite = step(x0, t, noise)
+        assert bool(finite.asnumpy())
+    assert float(scaler.scale_value.asnumpy()) == 65536.0
+    assert any(np.abs(before[n] - p.asnumpy()).max() > 0 for n, p in
+               ((p.name, p) for p in model.trainable_params()))
+
+
+def test_loss_scale_does_not_change_the_update():
+    x0 = batch((4, 1, 28, 28))
+    t, noise = step_noise(0, 1, x0.shape, 10)
+    finals = []
+    for scale in (1.0, 1024.0):
+        model, _, _, step = _run(jit=True, loss_scale=scale)
+        step(x0, t, noise)
+        finals.append(_params(model))
+    for name in finals[0]:
+        np.testing.assert_allclose(finals[0][name], finals[1][name], atol=1e-6, err_msg=name)
+
+
+def test_build_run_from_config():
+    cfg = load_config(None, ["model.dim=8", "model.dim_mults=[1,2]", "diffusion.timesteps=10",
+                             "train.epochs=2", "train.lr=1e-4", "train.min_lr=1e-7"])
+    run = build_run(cfg, steps_per_epoch=5)
+    lrs = run.optimizer.learning_rate.learning_rate.asnumpy()
+    assert lrs.shape == (10,)
+    # nn.cosine_decay_lr decays once per epoch: lr_e = min + (max - min)(1 + cos(pi e / E)) / 2
+    np.testing.assert_allclose(lrs[:5], 1e-4, rtol=1e-6)
+    np.testing.assert_allclose(lrs[5:], 1e-7 + 0.5 * (1e-4 - 1e-7), rtol=1e-5)
+    assert run.sched.num_timesteps == 10
+    assert float(run.loss_scaler.scale_value.asnumpy()) == 65536.0
+
+
+def test_step_noise_is_a_function_of_seed_and_step():
+    t1, n1 = step_noise(0, 5, (2, 1, 4, 4), 10)
+    t2, n2 = step_noise(0, 5, (2, 1, 4, 4), 10)
+    t3, n3 = step_noise(0, 6, (2, 1, 4, 4), 10)
+    np.testing.assert_array_equal(n1.asnumpy(), n2.asnumpy())
+    assert not np.array_equal(n1.asnumpy(), n3.asnumpy())
+    assert t1.dtype == ms.int32 and t1.asnumpy().max() < 10
