@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/fashion_cpu.yaml
-export DDPM_MS_DATA_DIR ?= $(abspath ../shared/data/fashion-mnist)
+SHARED_DATA := $(abspath ../shared/data/fashion-mnist)
+ifneq ($(wildcard $(SHARED_DATA)/train-images-idx3-ubyte),)
+export DDPM_MS_DATA_DIR ?= $(SHARED_DATA)
+endif
 
 .PHONY: venv train test bench clean
 

@@ -84,6 +84,7 @@ class Run:
     optimizer: nn.Optimizer
     loss_scaler: amp.DynamicLossScaler
     step: TrainStep
+    lrs: list
 
 
 def build_run(cfg, steps_per_epoch):
@@ -91,7 +92,8 @@ def build_run(cfg, steps_per_epoch):
     ms.set_seed(cfg.train.seed)
     model = build_model(cfg.model)
     sched = build_schedule(cfg.diffusion)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=lr_schedule(cfg.train, steps_per_epoch))
+    lrs = lr_schedule(cfg.train, steps_per_epoch)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=lrs)
     scaler = amp.DynamicLossScaler(cfg.train.loss_scale, cfg.train.scale_factor, cfg.train.scale_window)
     step = TrainStep(model, sched, optimizer, scaler, cfg.diffusion.loss_type, jit=cfg.train.jit)
-    return Run(model, sched, optimizer, scaler, step)
+    return Run(model, sched, optimizer, scaler, step, lrs)

@@ -1,0 +1,149 @@
+"""The training loop: data, compiled step, logging, checkpoints, grids and exact resume."""
+import json
+import os
+import signal
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import mindspore as ms
+import mindspore.dataset as ds
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .data import build_dataset
+from .sampling import p_sample_loop
+from .trainer import build_run, step_noise
+from .viz import plot_loss_curve, save_gif, save_grid
+
+
+@contextmanager
+def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Yield a dict whose 'signal' is set when SIGINT/SIGTERM arrives, instead of dying mid-step."""
+    state = {"signal": None}
+
+    def handler(signum, _frame):
+        state["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield state
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def epoch_dataset(cfg, epoch, labels=False):
+    """The shuffled, batched dataset of one epoch; its order depends only on (seed, epoch)."""
+    ds.config.set_seed(cfg.train.seed * 100003 + epoch)
+    return build_dataset(cfg.data, cfg.train.batch_size, labels=labels)
+
+
+class Trainer:
+    """Owns one run's state and writes everything under ``cfg.train.out_dir``.
+
+    Files: config.yaml, metrics.jsonl, loss_curve.png, samples_epochNNN.png,
+    samples_final.png, denoising.gif, ckpt_stepNNNNNNNN.ckpt (the last K).
+    """
+
+    def __init__(self, cfg, resume=None):
+        self.cfg = cfg
+        self.out = cfg.train.out_dir
+        os.makedirs(self.out, exist_ok=True)
+        probe = epoch_dataset(cfg, 0)
+        self.steps_per_epoch = probe.get_dataset_size()
+        if self.steps_per_epoch == 0:
+            raise ckpt.CheckpointError("the dataset yields no full batch: lower train.batch_size")
+        self.run = build_run(cfg, self.steps_per_epoch)
+        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
+        if resume is not None:
+            path = ckpt.resolve_checkpoint(resume, self.out)
+            data = ckpt.read_checkpoint(path)
+            self.step, self.epoch, self.step_in_epoch = ckpt.restore_training(
+                data, self.run.model, self.run.optimizer, self.run.loss_scaler, path)
+            tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+        cfg.dump(os.path.join(self.out, "config.yaml"))
+        total = cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+
+    def save(self):
+        """Write a checkpoint for the current position and keep the last K."""
+        path = os.path.join(self.out, ckpt.checkpoint_name(self.step))
+        ckpt.save_checkpoint(path, self.run.optimizer, self.cfg, self.run.loss_scaler,
+                             self.step, self.epoch, self.step_in_epoch)
+        ckpt.prune_checkpoints(self.out, self.cfg.train.keep_last)
+        return path
+
+    def sample(self, num, return_all=False, seed=0):
+        """Sample ``num`` images from the current weights: [num, C, H, W] (or all frames)."""
+        m, size = self.cfg.model, self.cfg.data.image_size
+        return p_sample_loop(self.run.model, self.run.sched, (num, m.channels, size, size), seed=seed,
+                             return_all=return_all, jit=self.cfg.train.jit)
+
+    def _log(self, loss, img_per_s):
+        row = {"step": self.step, "epoch": self.epoch, "loss": loss,
+               "lr": float(self.run.lrs[min(self.step, len(self.run.lrs)) - 1]),
+               "loss_scale": float(self.run.loss_scaler.scale_value.asnumpy()), "img_per_s": img_per_s}
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    def _batches(self):
+        """Batches of the current epoch, skipping those a resumed run already consumed."""
+        it = epoch_dataset(self.cfg, self.epoch).create_tuple_iterator(num_epochs=1, output_numpy=True)
+        for i, (images,) in enumerate(it):
+            if i >= self.step_in_epoch:
+                yield images
+
+    def fit(self, progress=True):
+        """Train to ``total_steps``. Returns a summary dict (``interrupted`` is set after a signal)."""
+        t_cfg = self.cfg.train
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not progress, unit="step")
+        interrupted, tick, tick_step, start = None, time.time(), self.step, time.time()
+        start_step = self.step
+        with stop_on_signals() as stop:
+            while self.step < self.total_steps and interrupted is None:
+                for images in self._batches():
+                    x0 = ms.Tensor(images)
+                    t, noise = step_noise(t_cfg.seed, self.step, images.shape, self.run.sched.num_timesteps)
+                    loss, _ = self.run.step(x0, t, noise)
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    bar.update(1)
+                    if self.step % t_cfg.log_every == 0 or self.step == self.total_steps:
+                        now = time.time()
+                        rate = (self.step - tick_step) * t_cfg.batch_size / max(now - tick, 1e-9)
+                        row = self._log(float(loss.asnumpy()), rate)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.1f}")
+                        tick, tick_step = now, self.step
+                    if self.step % t_cfg.ckpt_every == 0:
+                        self.save()
+                    if stop["signal"] is not None:
+                        interrupted = stop["signal"]
+                        break
+                    if self.step >= self.total_steps:
+                        break
+                if interrupted is None and self.step_in_epoch >= self.steps_per_epoch:
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                    grid = self.sample(t_cfg.sample_num, seed=self.epoch)
+                    save_grid(grid, os.path.join(self.out, f"samples_epoch{self.epoch:03d}.png"),
+                              title=f"epoch {self.epoch}, step {self.step}")
+        bar.close()
+        path = self.save()
+        elapsed = time.time() - start
+        summary = {"step": self.step, "epoch": self.epoch, "checkpoint": path, "seconds": elapsed,
+                   "img_per_s": (self.step - start_step) * t_cfg.batch_size / max(elapsed, 1e-9),
+                   "interrupted": interrupted}
+        if os.path.exists(self.metrics_path):
+            plot_loss_curve(self.metrics_path, os.path.join(self.out, "loss_curve.png"))
+        if interrupted is None:
+            frames = self.sample(t_cfg.sample_num, return_all=t_cfg.gif, seed=12345)
+            final = frames[-1] if t_cfg.gif else frames
+            save_grid(final, os.path.join(self.out, "samples_final.png"), title=f"step {self.step}")
+            np.save(os.path.join(self.out, "samples_final.npy"), final)
+            if t_cfg.gif:
+                save_gif(frames, os.path.join(self.out, "denoising.gif"), index=0,
+                         every=max(1, len(frames) // 100))
+        return summary

@@ -1,0 +1,116 @@
+"""Pictures people look at: sample grids (PNG), denoising animations (GIF), loss curves, the forward process."""
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
+from matplotlib import animation  # noqa: E402  pylint: disable=wrong-import-position
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def to_display(images):
+    """[N, C, H, W] in [-1, 1] -> [N, H, W, C] in [0, 1] (clipped)."""
+    images = np.asarray(images, dtype=np.float32)
+    return np.clip((images.transpose(0, 2, 3, 1) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def make_grid(images, nrow=8, pad=2):
+    """Tile [N, C, H, W] images in [-1, 1] into one [rows*(H+pad)+pad, nrow*(W+pad)+pad, C] array in [0, 1]."""
+    imgs = to_display(images)
+    n, h, w, c = imgs.shape
+    ncol = min(nrow, n)
+    rows = (n + ncol - 1) // ncol
+    grid = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), np.float32)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = imgs[i]
+    return grid
+
+
+def _show(ax, img):
+    if img.shape[-1] == 1:
+        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img)
+    ax.set_axis_off()
+
+
+def save_grid(images, path, nrow=8, title=None, row_labels=None):
+    """Save [N, C, H, W] images in [-1, 1] as a PNG grid; optional labels down the left side."""
+    grid = make_grid(images, nrow)
+    scale = max(1.0, 8.0 / max(grid.shape[:2]) * 100)
+    fig, ax = plt.subplots(figsize=(grid.shape[1] / 100 * scale, grid.shape[0] / 100 * scale), dpi=100)
+    _show(ax, grid)
+    if title:
+        ax.set_title(title)
+    if row_labels:
+        h = (grid.shape[0] - 2) / len(row_labels)
+        for i, label in enumerate(row_labels):
+            ax.text(-4, 2 + h * (i + 0.5), label, ha="right", va="center", fontsize=9)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_gif(frames, path, index=0, every=1, interval=50):
+    """Animate the denoising of image ``index``: frames [T, N, C, H, W] in [-1, 1] -> GIF."""
+    frames = np.asarray(frames)[::every, index]
+    fig, ax = plt.subplots(figsize=(2.5, 2.5), dpi=80)
+    ax.set_axis_off()
+    shown = to_display(frames)
+    artists = []
+    for img in shown:
+        im = ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1, animated=True)
+        artists.append([im])
+    anim = animation.ArtistAnimation(fig, artists, interval=interval, blit=True, repeat_delay=1000)
+    anim.save(path, writer=animation.PillowWriter(fps=max(1, 1000 // interval)))
+    plt.close(fig)
+    return path
+
+
+def read_metrics(path):
+    """Rows of a metrics JSONL file as dicts."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss_curve(metrics_path, path):
+    """Loss against step from a metrics JSONL log, with a moving average, as PNG."""
+    rows = read_metrics(metrics_path)
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
+    if len(loss) >= 5:
+        k = max(2, len(loss) // 20)
+        ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def forward_diffusion_figure(sched, image, path, timesteps=(0, 50, 100, 150, 199), seed=0):
+    """The tutorial's figure: one image [C, H, W] in [-1, 1] noised by q(x_t | x_0) at each t, as PNG."""
+    from .diffusion import q_sample  # pylint: disable=import-outside-toplevel
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    image = np.asarray(image, np.float32)[None]
+    rng = np.random.default_rng(seed)
+    ts = [t for t in timesteps if t < sched.num_timesteps]
+    fig, axes = plt.subplots(1, len(ts), figsize=(2 * len(ts), 2.3), dpi=100)
+    for ax, t in zip(np.atleast_1d(axes), ts):
+        noise = ms.Tensor(rng.standard_normal(image.shape, dtype=np.float32))
+        x_t = q_sample(sched, ms.Tensor(image), ms.Tensor(np.array([t], np.int32)), noise).asnumpy()
+        _show(ax, to_display(x_t)[0])
+        ax.set_title(f"t = {t}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Train a DDPM: python scripts/train.py --config configs/fashion.yaml [--set train.batch_size=32] [--resume latest]"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from ddpm_ms.cli import run_main  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable)")
+    parser.add_argument("--resume", metavar="PATH|latest", help="continue from a checkpoint (exactly)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args()
+
+    from ddpm_ms.config import load_config  # pylint: disable=import-outside-toplevel
+    from ddpm_ms.loop import Trainer  # pylint: disable=import-outside-toplevel
+
+    cfg = load_config(args.config, args.set)
+    summary = Trainer(cfg, resume=args.resume).fit(progress=not args.no_progress)
+    if summary["interrupted"] is not None:
+        print(f"interrupted by signal {summary['interrupted']} at step {summary['step']}; "
+              f"saved {summary['checkpoint']}; continue with --resume latest", file=sys.stderr)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
