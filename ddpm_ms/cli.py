@@ -9,6 +9,14 @@ from .data import DataError
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line: 'error: ...', exit status 2."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def positive_int(text):
     """argparse type: an integer > 0."""
     try:

@@ -179,11 +179,14 @@ def download_fashion_mnist(root, fetch=download_file, zip_url=TUTORIAL_ZIP_URL, 
     raise DataError("could not download Fashion-MNIST (" + "; ".join(errors) + ")")
 
 
-def resolve_fashion_dir(root=None, download=True, fetch=download_file):
+def resolve_fashion_dir(root=None, download=None, fetch=download_file):
     """Folder holding valid Fashion-MNIST train files: root, $DDPM_MS_DATA_DIR, cache; else download.
 
-    Raises DataError (one line saying where to put the files) when offline with no copy.
+    ``download`` defaults to True unless DDPM_MS_OFFLINE=1. Raises DataError (one line
+    saying where to put the files) when offline with no copy.
     """
+    if download is None:
+        download = os.environ.get("DDPM_MS_OFFLINE", "") not in ("1", "true", "yes")
     candidates = [p for p in (root, os.environ.get("DDPM_MS_DATA_DIR"), cache_dir()) if p]
     for path in candidates:
         if _has_files(path):
@@ -199,7 +202,8 @@ def resolve_fashion_dir(root=None, download=True, fetch=download_file):
         where = " or ".join(candidates)
         raise DataError(f"Fashion-MNIST not found and {reason}; put {TRAIN_FILES[0]} and {TRAIN_FILES[1]} "
                         f"in {where} (or set DDPM_MS_DATA_DIR)")
-    raise DataError(f"Fashion-MNIST not found in {' or '.join(candidates)}")
+    raise DataError(f"Fashion-MNIST not found in {' or '.join(candidates)} and downloads are off "
+                    f"(DDPM_MS_OFFLINE); put {TRAIN_FILES[0]} and {TRAIN_FILES[1]} there")
 
 
 def _image_ops(image_size=None, random_flip=True, resize=False):
@@ -253,7 +257,7 @@ def image_folder(root, image_size, batch_size=16, num_samples=None, shuffle_buff
                    _image_ops(image_size, random_flip, resize=True), num_workers, labels)
 
 
-def build_dataset(data_cfg, batch_size, labels=False, num_shards=None, shard_id=None, download=True):
+def build_dataset(data_cfg, batch_size, labels=False, num_shards=None, shard_id=None, download=None):
     """The dataset a DataConfig describes (Fashion-MNIST is looked up or downloaded first)."""
     common = dict(batch_size=batch_size, num_samples=data_cfg.num_samples, shuffle_buffer=data_cfg.shuffle_buffer,
                   random_flip=data_cfg.random_flip, labels=labels, num_shards=num_shards, shard_id=shard_id,

@@ -4,17 +4,17 @@
 Writes samples.png (a grid) and samples.npy ([N, C, H, W] float32 in [-1, 1]); --gif adds
 denoising.gif; --forward-figure adds the tutorial's forward-diffusion figure.
 """
-import argparse
 import os
+from argparse import RawDescriptionHelpFormatter
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ddpm_ms.cli import positive_int, run_main  # noqa: E402  pylint: disable=wrong-import-position
+from ddpm_ms.cli import ArgumentParser, positive_int, run_main  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by scripts/train.py")
     parser.add_argument("--num", type=positive_int, default=64, help="number of images (default 64)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch")

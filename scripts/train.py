@@ -1,17 +1,16 @@
 #!/usr/bin/env python
 """Train a DDPM: python scripts/train.py --config configs/fashion.yaml [--set train.batch_size=32] [--resume latest]"""
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ddpm_ms.cli import run_main  # noqa: E402  pylint: disable=wrong-import-position
+from ddpm_ms.cli import ArgumentParser, run_main  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable)")
