@@ -9,6 +9,9 @@ import os
 
 # A busy-waiting host queue steals a core on small CPU machines; blocking runs are ~2x faster there.
 os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+# On AVX-512 CPUs MindSpore 2.10's oneDNN picks a reference NCHW convolution ("jit_uni_ncsp:conv+ref")
+# that is ~100x slower than its AVX2 gemm path. Capping the ISA fixes it; set the variable to override.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 # pylint: disable=wrong-import-position
 from .config import Config, ConfigError, load_config
