@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Speed and memory of the tutorial's U-Net (dim 28, mults 1,2,4): tutorial style vs ddpm_ms, one table.
+
+    python bench/bench.py              # full table (about 10 minutes on 2 cores)
+    python bench/bench.py --quick      # fewer steps, rougher numbers
+
+Every measurement runs in its own subprocess so that its peak RSS is its own.
+Variants:
+  tutorial        the tutorial's code in PyNative, uncompiled step, MindSpore's default environment
+  tutorial+env    the same code with ddpm_ms's environment (oneDNN capped at AVX2, blocking host runs)
+  ddpm_ms         ddpm_ms.Unet with its compiled train step / compiled sampling step
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+DEFAULT_ENV = {"ONEDNN_MAX_CPU_ISA": "ALL", "MS_DEV_HOST_BLOCKING_RUN": "0"}
+FAST_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MS_DEV_HOST_BLOCKING_RUN": "1"}
+
+
+def _model(impl):
+    import ddpm_ms  # pylint: disable=import-outside-toplevel
+    import tutorial_reference as ref  # pylint: disable=import-outside-toplevel
+    cls = ddpm_ms.Unet if impl == "ddpm_ms" else ref.Unet
+    return cls(dim=28, channels=1, dim_mults=(1, 2, 4))
+
+
+def measure_train(impl, batch, steps):
+    """Images per second of the train step, after one warm-up (compile) step."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    from mindspore import amp, nn  # pylint: disable=import-outside-toplevel
+    import ddpm_ms  # pylint: disable=import-outside-toplevel
+    from ddpm_ms.trainer import step_noise  # pylint: disable=import-outside-toplevel
+    import tutorial_reference as ref  # pylint: disable=import-outside-toplevel
+    ms.set_seed(0)
+    model = _model(impl)
+    sched = ddpm_ms.NoiseSchedule.from_name("linear", 200)
+    if impl == "ddpm_ms":
+        opt = nn.Adam(model.trainable_params(), learning_rate=1e-4)
+        step = ddpm_ms.TrainStep(model, sched, opt, amp.DynamicLossScaler(65536, 2, 1000), "huber", jit=True)
+    else:
+        step = ref.make_train_step(model, sched)
+    x0 = ms.Tensor(np.random.default_rng(0).uniform(-1, 1, (batch, 1, 28, 28)).astype(np.float32))
+    t, noise = step_noise(0, 0, x0.shape, 200)
+    t0 = time.perf_counter()
+    out = step(x0, t, noise)
+    (out[0] if isinstance(out, tuple) else out).asnumpy()
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = step(x0, t, noise)
+    (out[0] if isinstance(out, tuple) else out).asnumpy()
+    dt = (time.perf_counter() - t0) / steps
+    return {"img_per_s": batch / dt, "s_per_step": dt, "first_step_s": warm}
+
+
+def measure_sample(impl, batch, steps, total_steps=200):
+    """Seconds for ``total_steps`` DDPM steps of ``batch`` images (extrapolated when steps < total)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import ddpm_ms  # pylint: disable=import-outside-toplevel
+    ms.set_seed(0)
+    model = _model(impl)
+    model.set_train(False)
+    sched = ddpm_ms.NoiseSchedule.from_name("linear", total_steps)
+    if impl == "ddpm_ms" and steps >= total_steps:
+        t0 = time.perf_counter()
+        ddpm_ms.p_sample_loop(model, sched, (batch, 1, 28, 28), seed=0, progress=False)
+        return {"seconds": time.perf_counter() - t0, "measured_steps": total_steps}
+    # the tutorial's loop: PyNative p_sample with a host-side Python branch per step
+    from ddpm_ms.diffusion import p_sample  # pylint: disable=import-outside-toplevel
+    from ddpm_ms.schedule import timestep_tensor  # pylint: disable=import-outside-toplevel
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 1, 28, 28)).astype(np.float32))
+    x = p_sample(sched, model, x, timestep_tensor(total_steps - 1, batch))   # warm-up
+    t0 = time.perf_counter()
+    for i in range(steps):
+        x = p_sample(sched, model, x, timestep_tensor(total_steps - 2 - i, batch))
+        x.asnumpy()
+    per = (time.perf_counter() - t0) / steps
+    return {"seconds": per * total_steps, "measured_steps": steps}
+
+
+def _child(args):
+    fn = measure_train if args.kind == "train" else measure_sample
+    result = fn(args.impl, args.batch, args.steps)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def _spawn(kind, impl, batch, steps, env):
+    cmd = [sys.executable, __file__, "--child", "--kind", kind, "--impl", impl, "--batch", str(batch),
+           "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env), check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{kind}/{impl} failed:\n{proc.stderr[-2000:]}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer timed steps")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--kind", choices=("train", "sample"), help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=("tutorial", "ddpm_ms"), help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        _child(args)
+        return
+    q = args.quick
+    plan = [
+        # label, kind, impl, batch, timed steps, env
+        ("train B=16", "train", "tutorial", 16, 2, DEFAULT_ENV),
+        ("train B=16", "train", "tutorial+env", 16, 3 if q else 6, FAST_ENV),
+        ("train B=16", "train", "ddpm_ms", 16, 3 if q else 10, FAST_ENV),
+        ("train B=64", "train", "tutorial+env", 64, 2 if q else 4, FAST_ENV),
+        ("train B=64", "train", "ddpm_ms", 64, 2 if q else 5, FAST_ENV),
+        ("sample 64x200", "sample", "tutorial", 64, 2, DEFAULT_ENV),
+        ("sample 64x200", "sample", "tutorial+env", 64, 5 if q else 10, FAST_ENV),
+        ("sample 64x200", "sample", "ddpm_ms", 64, 200, FAST_ENV),
+    ]
+    rows = []
+    for label, kind, variant, batch, steps, env in plan:
+        impl = "ddpm_ms" if variant == "ddpm_ms" else "tutorial"
+        r = _spawn(kind, impl, batch, steps, env)
+        rows.append((label, variant, r))
+        print(f"  done: {label:14s} {variant:13s} {json.dumps(r)}", file=sys.stderr, flush=True)
+    base = {}
+    print("| workload | variant | result | vs tutorial | peak RSS MiB | timed |")
+    print("|---|---|---|---|---|---|")
+    for label, variant, r in rows:
+        if "img_per_s" in r:
+            value, text = r["img_per_s"], f"{r['img_per_s']:.1f} img/s"
+            base.setdefault(label, value)
+            ratio = value / base[label]
+            timed = f"{r.get('s_per_step', 0):.2f} s/step"
+        else:
+            value, text = r["seconds"], f"{r['seconds']:.0f} s"
+            base.setdefault(label, value)
+            ratio = base[label] / value
+            timed = f"{r['measured_steps']} steps" + (" (extrapolated)" if r["measured_steps"] < 200 else "")
+        print(f"| {label} | {variant} | {text} | {ratio:.1f}x | {r['peak_rss_mib']:.0f} | {timed} |")
+
+
+if __name__ == "__main__":
+    main()
