@@ -132,24 +132,31 @@ def load_model_weights(model, data, path="checkpoint", prefix=""):
                            strict_load=True)
 
 
-def restore_training(data, model, optimizer, loss_scaler, path="checkpoint"):
-    """Restore model, optimizer and loss-scaler state; returns (step, epoch, step_in_epoch)."""
+def restore_training(data, model, optimizer, loss_scaler, path="checkpoint", ema=None):
+    """Restore model, optimizer, loss-scaler and EMA state; returns (step, epoch, step_in_epoch)."""
     load_model_weights(model, data, path)
+    if ema is not None:
+        try:
+            ema.load(data)
+        except KeyError as e:
+            raise CheckpointError(f"{path}: {e.args[0]}; resume with ema.enabled=false") from None
     ms.load_param_into_net(optimizer, data)   # Adam moments, beta powers, global_step
     ms.ops.assign(loss_scaler.scale_value, Tensor(data["loss_scaler.scale_value"].asnumpy()))
     ms.ops.assign(loss_scaler.counter, Tensor(data["loss_scaler.counter"].asnumpy()))
     return checkpoint_position(data)
 
 
-def load_model(path):
-    """Rebuild the model a checkpoint was trained with and load its weights.
+def load_model(path, use_ema=True):
+    """Rebuild the model a checkpoint was trained with and load its weights (EMA ones if stored and wanted).
 
     Returns (model, schedule, config, raw checkpoint dict); no architecture flags needed.
     """
     from .trainer import build_model, build_schedule  # pylint: disable=import-outside-toplevel
+    from .ema import PREFIX  # pylint: disable=import-outside-toplevel
     data = read_checkpoint(path)
     cfg = checkpoint_config(data, path)
     model = build_model(cfg.model)
-    load_model_weights(model, data, path)
+    has_ema = any(k.startswith(PREFIX) for k in data)
+    load_model_weights(model, data, path, prefix=PREFIX if use_ema and has_ema else "")
     model.set_train(False)
     return model, build_schedule(cfg.diffusion), cfg, data

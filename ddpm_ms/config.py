@@ -73,15 +73,27 @@ class TrainConfig:
     keep_last: int = 3
     sample_num: int = 64
     gif: bool = True
+    cond_drop_prob: float = 0.1
+    guidance: float = 3.0
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights (used for sampling)."""
+    enabled: bool = True
+    decay: float = 0.995
+    warmup: bool = True
+    update_every: int = 1
 
 
 @dataclass
 class Config:
-    """A whole run: model, diffusion, data and train sections."""
+    """A whole run: model, diffusion, data, train and ema sections."""
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
 
     def to_dict(self):
         """Plain nested dict (tuples as lists), YAML-safe."""
@@ -187,12 +199,17 @@ def validate(cfg):
     _check(t.loss_scale >= 1, "train.loss_scale", f"must be >= 1, got {t.loss_scale}")
     _check(t.scale_factor > 0, "train.scale_factor", f"must be > 0, got {t.scale_factor}")
     _check(t.scale_window > 0, "train.scale_window", f"must be > 0, got {t.scale_window}")
+    _check(0 <= t.cond_drop_prob < 1, "train.cond_drop_prob", f"must be in [0, 1), got {t.cond_drop_prob}")
+    _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
+    _check(0 <= cfg.ema.decay < 1, "ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
+    _check(cfg.ema.update_every > 0, "ema.update_every", f"must be > 0, got {cfg.ema.update_every}")
     for key in ("log_every", "ckpt_every", "keep_last", "sample_num"):
         _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
     return cfg
 
 
-SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig,
+            "ema": EMAConfig}
 
 
 def from_dict(data):

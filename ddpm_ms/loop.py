@@ -3,7 +3,7 @@ import json
 import os
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import mindspore as ms
@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .data import build_dataset
-from .sampling import p_sample_loop
-from .trainer import build_run, step_noise
+from .sampling import generate
+from .trainer import build_run, drop_labels, step_noise
 from .viz import plot_loss_curve, save_gif, save_grid
 
 
@@ -55,12 +55,13 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ckpt.CheckpointError("the dataset yields no full batch: lower train.batch_size")
         self.run = build_run(cfg, self.steps_per_epoch)
+        self.conditional = cfg.model.num_classes is not None
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         if resume is not None:
             path = ckpt.resolve_checkpoint(resume, self.out)
             data = ckpt.read_checkpoint(path)
             self.step, self.epoch, self.step_in_epoch = ckpt.restore_training(
-                data, self.run.model, self.run.optimizer, self.run.loss_scaler, path)
+                data, self.run.model, self.run.optimizer, self.run.loss_scaler, path, self.run.ema)
             tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
         cfg.dump(os.path.join(self.out, "config.yaml"))
         total = cfg.train.epochs * self.steps_per_epoch
@@ -71,15 +72,22 @@ class Trainer:
         """Write a checkpoint for the current position and keep the last K."""
         path = os.path.join(self.out, ckpt.checkpoint_name(self.step))
         ckpt.save_checkpoint(path, self.run.optimizer, self.cfg, self.run.loss_scaler,
-                             self.step, self.epoch, self.step_in_epoch)
+                             self.step, self.epoch, self.step_in_epoch,
+                             extra=self.run.ema.state() if self.run.ema else None)
         ckpt.prune_checkpoints(self.out, self.cfg.train.keep_last)
         return path
 
-    def sample(self, num, return_all=False, seed=0):
-        """Sample ``num`` images from the current weights: [num, C, H, W] (or all frames)."""
+    def sample(self, num, frames=False, seed=0):
+        """Sample ``num`` images with the EMA weights (if any): [num, C, H, W] (and the first batch's frames).
+
+        A class-conditional model draws labels 0, 1, ... in turn with guidance ``train.guidance``.
+        """
         m, size = self.cfg.model, self.cfg.data.image_size
-        return p_sample_loop(self.run.model, self.run.sched, (num, m.channels, size, size), seed=seed,
-                             return_all=return_all, jit=self.cfg.train.jit)
+        labels = np.arange(num) % m.num_classes if self.conditional else None
+        with self.run.ema.swapped() if self.run.ema else nullcontext():
+            return generate(self.run.model, self.run.sched, (m.channels, size, size), num, seed=seed,
+                            labels=labels, guidance=self.cfg.train.guidance, null_class=m.num_classes,
+                            frames=frames, jit=self.cfg.train.jit)
 
     def _log(self, loss, img_per_s):
         row = {"step": self.step, "epoch": self.epoch, "loss": loss,
@@ -91,10 +99,10 @@ class Trainer:
 
     def _batches(self):
         """Batches of the current epoch, skipping those a resumed run already consumed."""
-        it = epoch_dataset(self.cfg, self.epoch).create_tuple_iterator(num_epochs=1, output_numpy=True)
-        for i, (images,) in enumerate(it):
+        dataset = epoch_dataset(self.cfg, self.epoch, labels=self.conditional)
+        for i, columns in enumerate(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)):
             if i >= self.step_in_epoch:
-                yield images
+                yield columns[0], (columns[1] if self.conditional else None)
 
     def fit(self, progress=True):
         """Train to ``total_steps``. Returns a summary dict (``interrupted`` is set after a signal)."""
@@ -104,11 +112,14 @@ class Trainer:
         start_step = self.step
         with stop_on_signals() as stop:
             while self.step < self.total_steps and interrupted is None:
-                for images in self._batches():
-                    x0 = ms.Tensor(images)
+                for images, labels in self._batches():
                     t, noise = step_noise(t_cfg.seed, self.step, images.shape, self.run.sched.num_timesteps)
-                    loss, _ = self.run.step(x0, t, noise)
+                    y = None if labels is None else drop_labels(t_cfg.seed, self.step, labels, t_cfg.cond_drop_prob,
+                                                                self.cfg.model.num_classes)
+                    loss, _ = self.run.step(ms.Tensor(images), t, noise, y)
                     self.step += 1
+                    if self.run.ema is not None and self.step % self.cfg.ema.update_every == 0:
+                        self.run.ema.update()
                     self.step_in_epoch += 1
                     bar.update(1)
                     if self.step % t_cfg.log_every == 0 or self.step == self.total_steps:
@@ -139,8 +150,7 @@ class Trainer:
         if os.path.exists(self.metrics_path):
             plot_loss_curve(self.metrics_path, os.path.join(self.out, "loss_curve.png"))
         if interrupted is None:
-            frames = self.sample(t_cfg.sample_num, return_all=t_cfg.gif, seed=12345)
-            final = frames[-1] if t_cfg.gif else frames
+            final, frames = self.sample(t_cfg.sample_num, frames=True, seed=12345)
             save_grid(final, os.path.join(self.out, "samples_final.png"), title=f"step {self.step}")
             np.save(os.path.join(self.out, "samples_final.npy"), final)
             if t_cfg.gif:

@@ -1,16 +1,22 @@
-"""Reverse-process sampling loops.
+"""Reverse-process samplers as plain functions with one signature (k-diffusion style).
 
-One compiled step (fixed shapes, ``t`` as an int32 Tensor) is reused for all
-steps. Noise comes from a seeded numpy Generator on the host, so the same
-seed gives the same images in GRAPH and PYNATIVE modes.
+    sampler(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=..., return_all=False,
+            progress=True, jit=True) -> ndarray
+
+``eps_model(x [B,C,H,W], t [B] int32) -> eps`` (see :func:`guided_eps` for
+classifier-free guidance). One compiled step (fixed shapes, ``t`` and the
+per-step coefficients as Tensors) is reused for every step. Noise comes from a
+seeded numpy Generator on the host, so the same seed gives the same images in
+GRAPH and PYNATIVE modes. Each returns x_0 [B,C,H,W] float32, or with
+``return_all`` every step's output stacked as [S, B, C, H, W] (last = x_0).
 """
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor
+from mindspore import Tensor, ops
 from tqdm.auto import tqdm
 
-from .diffusion import p_sample
-from .schedule import timestep_tensor
+from .diffusion import p_mean, predict_start_from_noise
+from .schedule import extract, timestep_tensor
 
 
 def compile_step(fn, jit=True):
@@ -18,31 +24,148 @@ def compile_step(fn, jit=True):
     return ms.jit(fn) if jit else fn
 
 
-def p_sample_loop(eps_model, sched, shape, seed=0, x_T=None, return_all=False, progress=True, jit=True):
-    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) from x_T ~ N(0, I) down to x_0.
-
-    eps_model(x [B,C,H,W], t [B]) -> eps. ``shape`` = (B, C, H, W).
-    Returns x_0 as a float32 ndarray [B, C, H, W], or with ``return_all`` every
-    step's output stacked as [T, B, C, H, W] (the last frame is x_0).
-    """
+def _start(shape, seed, x_T):
     rng = np.random.default_rng(seed)
     x = Tensor(rng.standard_normal(shape, dtype=np.float32)) if x_T is None else Tensor(x_T, ms.float32)
-    def denoise(x_t, t, z):
-        return p_sample(sched, eps_model, x_t, t, z)
+    return rng, x
 
-    step = compile_step(denoise, jit)
+
+def _loop(step, x, plan, rng, shape, return_all, progress, desc):
+    """Run ``step(x, *coeffs, z)`` over ``plan`` (a list of coefficient tuples), drawing z each step."""
     frames = []
-    for i in tqdm(reversed(range(sched.num_timesteps)), total=sched.num_timesteps,
-                  desc="DDPM sampling", disable=not progress, leave=False):
+    for coeffs in tqdm(plan, desc=desc, disable=not progress, leave=False):
         z = Tensor(rng.standard_normal(shape, dtype=np.float32))
-        x = step(x, timestep_tensor(i, shape[0]), z)
+        x = step(x, *coeffs, z)
         if return_all:
             frames.append(x.asnumpy())
     return np.stack(frames) if return_all else x.asnumpy()
 
 
-def sample(eps_model, sched, image_size, batch_size=16, channels=3, seed=0, return_all=False, progress=True,
-           jit=True):
-    """Sample ``batch_size`` square images: [B, channels, image_size, image_size] in about [-1, 1]."""
-    return p_sample_loop(eps_model, sched, (batch_size, channels, image_size, image_size), seed=seed,
-                         return_all=return_all, progress=progress, jit=jit)
+def p_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=1.0, return_all=False,
+                  progress=True, jit=True):
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2): x_{t-1} = mu_theta(x_t, t) + eta * sigma_t z.
+
+    Always runs all T steps (``steps`` must be None or T). ``eta=0`` is the
+    no-extra-noise ablation: the same means, with the noise term zeroed.
+    """
+    if steps not in (None, sched.num_timesteps):
+        raise ValueError(f"DDPM runs all {sched.num_timesteps} steps; use the DDIM sampler for {steps}")
+    rng, x = _start(shape, seed, x_T)
+    noise_scale = Tensor(np.float32(eta))
+
+    def denoise(x_t, t, z):
+        mean = p_mean(sched, x_t, t, eps_model(x_t, t))
+        return mean + noise_scale * extract(sched.posterior_std, t, x_t.shape) * z   # sigma_0 = 0
+
+    plan = [(timestep_tensor(i, shape[0]),) for i in reversed(range(sched.num_timesteps))]
+    return _loop(compile_step(denoise, jit), x, plan, rng, shape, return_all, progress, "DDPM sampling")
+
+
+def ddim_timesteps(num_timesteps, steps):
+    """Evenly spaced sub-sequence tau of 0..T-1 with ``steps`` entries, descending, ending at 0."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"DDIM steps must be in [1, {num_timesteps}], got {steps}")
+    return np.unique(np.linspace(0, num_timesteps - 1, steps).round().astype(np.int64))[::-1]
+
+
+def ddim_coefficients(sched, steps, eta):
+    """Per DDIM step (t, alpha_bar_t, alpha_bar_prev, sigma_t), float64, following Song et al. 2021 eq. 16.
+
+    sigma_t = eta * sqrt((1 - a_prev)/(1 - a_t)) * sqrt(1 - a_t/a_prev); a_prev = 1 after the last step.
+    """
+    taus = ddim_timesteps(sched.num_timesteps, steps)
+    ab = sched.np["alphas_cumprod"]
+    out = []
+    for k, t in enumerate(taus):
+        a_t = ab[t]
+        a_prev = ab[taus[k + 1]] if k + 1 < len(taus) else 1.0
+        sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t)) * np.sqrt(1 - a_t / a_prev)
+        out.append((int(t), a_t, a_prev, sigma))
+    return out
+
+
+def ddim_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=50, eta=0.0, return_all=False,
+                     progress=True, jit=True):
+    """DDIM sampling (Song et al. 2021, eq. 12) over ``steps`` evenly spaced timesteps.
+
+    x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma z. Deterministic at eta=0;
+    with steps=T and eta=1 it is DDPM's ancestral step.
+    """
+    steps = 50 if steps is None else steps
+    rng, x = _start(shape, seed, x_T)
+
+    def denoise(x_t, t, sqrt_a_prev, dir_coef, sigma, z):
+        eps = eps_model(x_t, t)
+        x0 = predict_start_from_noise(sched, x_t, t, eps)
+        return sqrt_a_prev * x0 + dir_coef * eps + sigma * z
+
+    def scalar(v):
+        return Tensor(np.float32(v))
+
+    plan = [(timestep_tensor(t, shape[0]), scalar(np.sqrt(a_prev)),
+             scalar(np.sqrt(max(1 - a_prev - sigma ** 2, 0.0))), scalar(sigma))
+            for t, _, a_prev, sigma in ddim_coefficients(sched, steps, eta)]
+    return _loop(compile_step(denoise, jit), x, plan, rng, shape, return_all, progress, "DDIM sampling")
+
+
+def ddpm_no_noise_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=0.0, return_all=False,
+                       progress=True, jit=True):
+    """The ablation: DDPM's means with no noise added back at any step (eta is ignored)."""
+    del eta
+    return p_sample_loop(eps_model, sched, shape, seed, x_T, steps, 0.0, return_all, progress, jit)
+
+
+SAMPLERS = {"ddpm": p_sample_loop, "ddim": ddim_sample_loop, "ddpm-no-noise": ddpm_no_noise_loop}
+
+
+def guided_eps(model, y, guidance, null_class):
+    """Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + w (eps_c - eps_u), one batched call.
+
+    y [B] int32 labels; returns eps_model(x [B,...], t [B]) -> [B,...]. w=0 is unconditional, w=1 conditional.
+    """
+    y = Tensor(np.asarray(y, np.int32))
+    y_both = ops.concat((y, ops.full_like(y, null_class)))
+    w = Tensor(np.float32(guidance))
+
+    def eps_model(x, t):
+        eps = model(ops.concat((x, x)), ops.concat((t, t)), y_both)
+        eps_c, eps_u = ops.chunk(eps, 2, 0)
+        return eps_u + w * (eps_c - eps_u)
+
+    return eps_model
+
+
+def sample(eps_model, sched, image_size, batch_size=16, channels=3, seed=0, sampler="ddpm", steps=None, eta=None,
+           return_all=False, progress=True, jit=True):
+    """Sample ``batch_size`` square images [B, channels, S, S] in about [-1, 1] with a named sampler.
+
+    With ``return_all`` returns every step instead: [S, B, channels, S, S].
+    """
+    out = generate(eps_model, sched, (channels, image_size, image_size), batch_size, seed=seed,
+                   batch_size=batch_size, sampler=sampler, steps=steps, eta=eta, frames=return_all,
+                   progress=progress, jit=jit)
+    return out[1] if return_all else out
+
+
+def generate(model, sched, image_shape, num, seed=0, batch_size=64, sampler="ddpm", steps=None, eta=None,
+             labels=None, guidance=1.0, null_class=None, frames=False, progress=True, jit=True):
+    """Sample ``num`` images [num, C, H, W] in batches; batch i uses seed + i.
+
+    ``labels`` [num] int with ``guidance`` w and ``null_class`` samples a class-conditional model with
+    classifier-free guidance. With ``frames`` also returns the first batch's steps [S, B, C, H, W].
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    kwargs = {} if eta is None else {"eta": eta}
+    chunks, first_frames = [], None
+    for i, start in enumerate(range(0, num, batch_size)):
+        n = min(batch_size, num - start)
+        eps_model = model if labels is None else guided_eps(model, labels[start:start + n], guidance, null_class)
+        want = frames and i == 0
+        x = SAMPLERS[sampler](eps_model, sched, (n, *image_shape), seed=seed + i, steps=steps, return_all=want,
+                              progress=progress, jit=jit, **kwargs)
+        if want:
+            first_frames, x = x, x[-1]
+        chunks.append(x)
+    images = np.concatenate(chunks)
+    return (images, first_frames) if frames else images

@@ -1,11 +1,13 @@
 """The compiled train step and the one factory that builds a run from a Config."""
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, amp, nn
 
 from .diffusion import p_losses
+from .ema import EMA
 from .model import Unet
 from .schedule import NoiseSchedule
 
@@ -13,7 +15,8 @@ from .schedule import NoiseSchedule
 class TrainStep:
     """value_and_grad + DynamicLossScaler + optimizer, optionally under ``ms.jit``.
 
-    ``step(x0 [B,C,H,W], t [B] int32, noise [B,C,H,W])`` -> (loss, grads_finite).
+    ``step(x0 [B,C,H,W], t [B] int32, noise [B,C,H,W], y=None)`` -> (loss, grads_finite);
+    ``y`` [B] int32 class labels for a class-conditional model.
     The loss is scaled before differentiation, the grads unscaled, the update
     skipped when any grad is inf/nan, and the scale adjusted (halved on
     overflow, doubled after ``scale_window`` finite steps).
@@ -25,14 +28,14 @@ class TrainStep:
         self.optimizer = optimizer
         self.loss_scaler = loss_scaler
 
-        def forward(x0, t, noise):
-            loss = p_losses(sched, model, x0, t, noise, loss_type)
+        def forward(x0, t, noise, y):
+            loss = p_losses(sched, model, x0, t, noise, loss_type, y)
             return loss_scaler.scale(loss), loss
 
         grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
 
-        def step(x0, t, noise):
-            (_, loss), grads = grad_fn(x0, t, noise)
+        def step(x0, t, noise, y):
+            (_, loss), grads = grad_fn(x0, t, noise, y)
             grads = loss_scaler.unscale(grads)
             grads_finite = amp.all_finite(grads)
             if grads_finite:  # compiled to a graph switch under ms.jit
@@ -42,8 +45,8 @@ class TrainStep:
 
         self._step = ms.jit(step) if jit else step
 
-    def __call__(self, x0, t, noise):
-        return self._step(x0, t, noise)
+    def __call__(self, x0, t, noise, y=None):
+        return self._step(x0, t, noise, y)
 
 
 def step_noise(seed, step, shape, timesteps):
@@ -55,6 +58,16 @@ def step_noise(seed, step, shape, timesteps):
     t = rng.integers(0, timesteps, size=(shape[0],), dtype=np.int32)
     noise = rng.standard_normal(shape, dtype=np.float32)
     return Tensor(t), Tensor(noise)
+
+
+def drop_labels(seed, step, labels, drop_prob, null_class):
+    """Classifier-free guidance training: replace each label by ``null_class`` with probability drop_prob.
+
+    labels [B] int -> [B] int32 Tensor; the draw is a function of (seed, step), like step_noise.
+    """
+    rng = np.random.default_rng([seed, step, 1])
+    labels = np.asarray(labels, np.int32)
+    return Tensor(np.where(rng.random(labels.shape) < drop_prob, np.int32(null_class), labels))
 
 
 def build_model(model_cfg):
@@ -85,10 +98,11 @@ class Run:
     loss_scaler: amp.DynamicLossScaler
     step: TrainStep
     lrs: list
+    ema: Optional[EMA]
 
 
 def build_run(cfg, steps_per_epoch):
-    """Model, schedule, Adam with cosine-decay LR, loss scaler and compiled step from a Config."""
+    """Model, schedule, Adam with cosine-decay LR, loss scaler, compiled step and EMA from a Config."""
     ms.set_seed(cfg.train.seed)
     model = build_model(cfg.model)
     sched = build_schedule(cfg.diffusion)
@@ -96,4 +110,5 @@ def build_run(cfg, steps_per_epoch):
     optimizer = nn.Adam(model.trainable_params(), learning_rate=lrs)
     scaler = amp.DynamicLossScaler(cfg.train.loss_scale, cfg.train.scale_factor, cfg.train.scale_window)
     step = TrainStep(model, sched, optimizer, scaler, cfg.diffusion.loss_type, jit=cfg.train.jit)
-    return Run(model, sched, optimizer, scaler, step, lrs)
+    ema = EMA(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
+    return Run(model, sched, optimizer, scaler, step, lrs, ema)

@@ -1,16 +1,31 @@
 #!/usr/bin/env python
-"""Sample from a trained checkpoint: python scripts/sample.py --ckpt PATH [--num 64] [--gif] [--out DIR]
+"""Sample from a trained checkpoint: python scripts/sample.py --ckpt PATH [--num 64] [--sampler ddim --steps 50]
 
-Writes samples.png (a grid) and samples.npy ([N, C, H, W] float32 in [-1, 1]); --gif adds
-denoising.gif; --forward-figure adds the tutorial's forward-diffusion figure.
+Writes samples.png (a grid) and samples.npy ([N, C, H, W] float32 in [-1, 1]) into --out; --gif adds
+denoising.gif; --forward-figure adds the tutorial's forward-diffusion figure. A class-conditional
+checkpoint takes --class NAME|INDEX and --guidance W, or --per-class for a labelled 10-row grid.
+EMA weights are used when the checkpoint has them (--no-ema for the raw weights).
 """
 import os
-from argparse import RawDescriptionHelpFormatter
 import sys
+from argparse import RawDescriptionHelpFormatter
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ddpm_ms.cli import ArgumentParser, positive_int, run_main  # noqa: E402  pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position,import-outside-toplevel
+from ddpm_ms.cli import ArgumentParser, non_negative_float, positive_int, run_main  # noqa: E402
+
+SAMPLER_NAMES = ("ddpm", "ddim", "ddpm-no-noise")
+
+
+def parse_class(text, num_classes, class_names):
+    """A class index or (case-insensitive) name -> index; raises ValueError naming the choices."""
+    if text.isdigit() and int(text) < num_classes:
+        return int(text)
+    lowered = [n.lower() for n in class_names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    raise ValueError(f"--class {text!r} is not a class index 0..{num_classes - 1} or one of: {', '.join(class_names)}")
 
 
 def main():
@@ -20,38 +35,63 @@ def main():
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same images)")
     parser.add_argument("--out", help="output folder (default: samples/ next to the checkpoint)")
-    parser.add_argument("--gif", action="store_true", help="also write denoising.gif of the first images")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddpm", help="default ddpm")
+    parser.add_argument("--steps", type=positive_int, help="DDIM steps (default 50)")
+    parser.add_argument("--eta", type=non_negative_float, help="DDIM eta (default 0: deterministic)")
+    parser.add_argument("--class", dest="cls", metavar="NAME|INDEX", help="class to generate (conditional models)")
+    parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance w")
+    parser.add_argument("--per-class", action="store_true", help="a grid of every class, one labelled row each")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
+    parser.add_argument("--gif", action="store_true", help="also write denoising.gif of the first batch")
     parser.add_argument("--gif-index", type=int, default=0, help="which image of the first batch to animate")
     parser.add_argument("--forward-figure", action="store_true",
                         help="also write forward_diffusion.png (one training image at t=0,50,100,150,199)")
     args = parser.parse_args()
+    if args.sampler != "ddim" and (args.steps is not None or args.eta is not None):
+        parser.error("--steps and --eta apply to --sampler ddim")
 
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    from ddpm_ms.checkpoint import load_model  # pylint: disable=import-outside-toplevel
-    from ddpm_ms.sampling import p_sample_loop  # pylint: disable=import-outside-toplevel
-    from ddpm_ms.viz import save_gif, save_grid  # pylint: disable=import-outside-toplevel
+    import numpy as np
+    from ddpm_ms.checkpoint import load_model
+    from ddpm_ms.data import FASHION_CLASSES
+    from ddpm_ms.sampling import generate
+    from ddpm_ms.viz import save_gif, save_grid
 
-    model, sched, cfg, _ = load_model(args.ckpt)
-    if not 0 <= args.gif_index < min(args.num, args.batch_size):
-        parser.error(f"--gif-index must be in [0, {min(args.num, args.batch_size)})")
+    model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
+    k = cfg.model.num_classes
+    if (args.cls is not None or args.per_class) and k is None:
+        parser.error("--class/--per-class need a class-conditional checkpoint (model.num_classes)")
+    names = list(FASHION_CLASSES) if k == len(FASHION_CLASSES) else [str(i) for i in range(k or 0)]
+    labels, rows = None, None
+    if args.per_class:
+        per_row = max(1, args.num // k)
+        labels, rows = np.repeat(np.arange(k), per_row), names
+    elif args.cls is not None:
+        try:
+            labels = np.full(args.num, parse_class(args.cls, k, names))
+        except ValueError as e:
+            parser.error(str(e))
+    elif k is not None:
+        labels = np.arange(args.num) % k
+    num = args.num if labels is None else len(labels)
+    if not 0 <= args.gif_index < min(num, args.batch_size):
+        parser.error(f"--gif-index must be in [0, {min(num, args.batch_size)})")
+
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples")
     os.makedirs(out, exist_ok=True)
     c, size = cfg.model.channels, cfg.data.image_size
-    chunks = []
-    for i, start in enumerate(range(0, args.num, args.batch_size)):
-        n = min(args.batch_size, args.num - start)
-        want_frames = args.gif and i == 0
-        x = p_sample_loop(model, sched, (n, c, size, size), seed=args.seed + i, return_all=want_frames)
-        if want_frames:
-            save_gif(x, os.path.join(out, "denoising.gif"), index=args.gif_index, every=max(1, len(x) // 100))
-            x = x[-1]
-        chunks.append(x)
-    samples = np.concatenate(chunks)
+    result = generate(model, sched, (c, size, size), num, seed=args.seed, batch_size=args.batch_size,
+                      sampler=args.sampler, steps=args.steps, eta=args.eta, labels=labels, guidance=args.guidance,
+                      null_class=k, frames=args.gif)
+    samples, frames = result if args.gif else (result, None)
     np.save(os.path.join(out, "samples.npy"), samples.astype(np.float32))
-    save_grid(samples, os.path.join(out, "samples.png"), nrow=int(np.ceil(np.sqrt(len(samples)))))
+    nrow = len(samples) // k if rows else int(np.ceil(np.sqrt(len(samples))))
+    title = f"{args.sampler}" + (f", {args.steps or 50} steps, eta {args.eta or 0}" if args.sampler == "ddim" else "")
+    save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, title=title, row_labels=rows)
+    if frames is not None:
+        save_gif(frames, os.path.join(out, "denoising.gif"), index=args.gif_index, every=max(1, len(frames) // 100))
     if args.forward_figure:
-        from ddpm_ms.data import load_fashion_arrays, resolve_fashion_dir  # pylint: disable=import-outside-toplevel
-        from ddpm_ms.viz import forward_diffusion_figure  # pylint: disable=import-outside-toplevel
+        from ddpm_ms.data import load_fashion_arrays, resolve_fashion_dir
+        from ddpm_ms.viz import forward_diffusion_figure
         images, _ = load_fashion_arrays(resolve_fashion_dir(cfg.data.root), count=1)
         forward_diffusion_figure(sched, images[:1].astype(np.float32) / 127.5 - 1.0,
                                  os.path.join(out, "forward_diffusion.png"))

@@ -100,3 +100,36 @@ def test_corrupt_dataset(tmp_path):
     (root / "train-labels-idx1-ubyte").write_bytes(np.array([2049, 10], ">u4").tobytes() + b"\0" * 10)
     _one_line_error(_run("train.py", "--config", TINY, "--set", f"data.root={root}",
                          "--set", f"train.out_dir={tmp_path}/o"), "corrupt Fashion-MNIST file", "truncated")
+
+
+def test_ddim_sampler_and_no_ema(trained, tmp_path):
+    ckpt = str(trained / "ckpt_step00000003.ckpt")
+    a = _run("sample.py", "--ckpt", ckpt, "--num", "4", "--sampler", "ddim", "--steps", "5", "--out", str(tmp_path / "a"))
+    assert a.returncode == 0, a.stderr[-2000:]
+    b = _run("sample.py", "--ckpt", ckpt, "--num", "4", "--sampler", "ddim", "--steps", "5", "--no-ema",
+             "--out", str(tmp_path / "b"))
+    assert b.returncode == 0, b.stderr[-2000:]
+    ema, raw = np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy")
+    assert ema.shape == raw.shape == (4, 1, 28, 28)
+    assert np.abs(ema - raw).max() > 1e-4        # EMA weights differ from the raw ones after 3 steps
+    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--steps", "5"), "--steps and --eta apply to --sampler ddim")
+    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--class", "Bag"), "class-conditional")
+
+
+def test_conditional_training_and_class_sampling(tmp_path):
+    if not os.path.isdir(os.environ.get("DDPM_MS_DATA_DIR", "")):
+        pytest.skip("needs DDPM_MS_DATA_DIR")
+    out = tmp_path / "cond"
+    proc = _run("train.py", "--config", TINY, "--no-progress", "--set", f"train.out_dir={out}",
+                "--set", "train.max_steps=2", "--set", "train.sample_num=4", "--set", "model.num_classes=10",
+                "--set", "train.gif=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = str(out / "ckpt_step00000002.ckpt")
+    one = _run("sample.py", "--ckpt", ckpt, "--num", "3", "--class", "ankle boot", "--guidance", "2",
+               "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert np.load(tmp_path / "one" / "samples.npy").shape == (3, 1, 28, 28)
+    grid = _run("sample.py", "--ckpt", ckpt, "--num", "20", "--per-class", "--out", str(tmp_path / "grid"))
+    assert grid.returncode == 0, grid.stderr[-2000:]
+    assert np.load(tmp_path / "grid" / "samples.npy").shape == (20, 1, 28, 28)
+    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--class", "Hat"), "--class 'Hat'", "Ankle boot")

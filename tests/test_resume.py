@@ -46,8 +46,12 @@ def test_resume_is_exact(data_dir, tmp_path):
     for name in pa:
         np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
     assert float(straight.run.loss_scaler.scale_value.asnumpy()) == float(resumed.run.loss_scaler.scale_value.asnumpy())
-    moments = [p for p in straight.run.optimizer.moment1]
-    np.testing.assert_array_equal(moments[0].asnumpy(), resumed.run.optimizer.moment1[0].asnumpy())
+    np.testing.assert_array_equal(straight.run.optimizer.moment1[0].asnumpy(),
+                                  resumed.run.optimizer.moment1[0].asnumpy())
+    # the EMA weights and their update count continue exactly too
+    assert int(resumed.run.ema.num_updates.asnumpy()) == 10
+    for a, b in zip(straight.run.ema.shadow, resumed.run.ema.shadow):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=a.name)
 
 
 def test_checkpoint_contents_and_keep_last(data_dir, tmp_path):
@@ -59,6 +63,7 @@ def test_checkpoint_contents_and_keep_last(data_dir, tmp_path):
     assert ckpt.checkpoint_position(data) == (12, 1, 4)
     assert ckpt.checkpoint_config(data).model.dim == 8
     assert "moment1.init_conv.weight" in data and "loss_scaler.scale_value" in data
+    assert "ema.init_conv.weight" in data and int(data["ema.num_updates"].asnumpy()) == 12
     assert os.path.isfile(tmp_path / "config.yaml")
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 

@@ -1,0 +1,141 @@
+"""DDIM, the no-noise ablation, classifier-free guidance, label dropout and EMA, against their closed forms."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn
+
+from ddpm_ms import NoiseSchedule, Unet
+from ddpm_ms.ema import EMA
+from ddpm_ms.sampling import (ddim_coefficients, ddim_sample_loop, ddim_timesteps, ddpm_no_noise_loop, guided_eps,
+                              p_sample_loop)
+from ddpm_ms.trainer import drop_labels
+
+SHAPE = (3, 1, 8, 8)
+
+
+def _x_T(seed=0):
+    return np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
+
+
+def _const_eps(x, t):
+    return x * 0.3 + 0.1          # a fixed, input-dependent "network"
+
+
+def test_ddim_timesteps():
+    assert list(ddim_timesteps(200, 5)) == [199, 149, 100, 50, 0]
+    assert list(ddim_timesteps(10, 10)) == list(range(9, -1, -1))
+    with pytest.raises(ValueError):
+        ddim_timesteps(10, 11)
+
+
+def test_ddim_eta0_is_deterministic(mode):
+    s = NoiseSchedule.from_name("linear", 50)
+    a = ddim_sample_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), steps=10, eta=0.0, progress=False)
+    b = ddim_sample_loop(_const_eps, s, SHAPE, seed=2, x_T=_x_T(), steps=10, eta=0.0, progress=False)
+    c = ddim_sample_loop(_const_eps, s, SHAPE, seed=2, x_T=_x_T(), steps=10, eta=1.0, progress=False)
+    np.testing.assert_array_equal(a, b)          # the step noise is not used at eta=0
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_ddim_full_steps_eta1_is_ddpm():
+    s = NoiseSchedule.from_name("linear", 20)
+    for t, a_t, a_prev, sigma in ddim_coefficients(s, 20, 1.0):
+        assert sigma ** 2 == pytest.approx(s.np["posterior_variance"][t], rel=1e-9, abs=1e-15)
+    ddim = ddim_sample_loop(_const_eps, s, SHAPE, seed=5, x_T=_x_T(), steps=20, eta=1.0, return_all=True,
+                            progress=False)
+    ddpm = p_sample_loop(_const_eps, s, SHAPE, seed=5, x_T=_x_T(), return_all=True, progress=False)
+    np.testing.assert_allclose(ddim, ddpm, rtol=1e-4, atol=1e-4)
+
+
+def test_ddim_one_step_closed_form():
+    s = NoiseSchedule.from_name("cosine", 100)
+    x = _x_T(3)
+    out = ddim_sample_loop(_const_eps, s, SHAPE, seed=0, x_T=x, steps=4, eta=0.0, return_all=True,
+                           progress=False)[0]
+    t, t_prev = ddim_timesteps(100, 4)[:2]
+    ab, ab_prev = s.np["alphas_cumprod"][t], s.np["alphas_cumprod"][t_prev]
+    eps = x * 0.3 + 0.1
+    x0 = (x - np.sqrt(1 - ab) * eps) / np.sqrt(ab)
+    np.testing.assert_allclose(out, np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev) * eps, rtol=1e-4, atol=1e-5)
+
+
+def test_ddim_with_oracle_recovers_x0():
+    s = NoiseSchedule.from_name("linear", 200)
+    x0 = np.random.default_rng(7).uniform(-1, 1, SHAPE).astype(np.float32)
+    sab, s1mab = s.sqrt_alphas_cumprod.asnumpy(), s.sqrt_one_minus_alphas_cumprod.asnumpy()
+
+    def oracle(x, t):   # the true noise of x_t for this x0
+        i = int(t.asnumpy()[0])
+        return (x - float(sab[i]) * Tensor(x0)) / float(s1mab[i])
+
+    out = ddim_sample_loop(oracle, s, SHAPE, seed=0, steps=20, eta=0.0, progress=False, jit=False)
+    np.testing.assert_allclose(out, x0, atol=1e-3)
+
+
+def test_no_noise_ablation_uses_ddpm_means_only():
+    s = NoiseSchedule.from_name("linear", 10)
+    a = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), progress=False)
+    b = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=2, x_T=_x_T(), progress=False)
+    c = p_sample_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), progress=False)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-2
+    x = _x_T()   # closed form: iterate the DDPM mean
+    for t in reversed(range(10)):
+        b_t, ab_t = s.np["betas"][t], s.np["alphas_cumprod"][t]
+        x = (x - b_t / np.sqrt(1 - ab_t) * (x * 0.3 + 0.1)) / np.sqrt(1 - b_t)
+    np.testing.assert_allclose(a, x, rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_interpolates_between_uncond_and_cond(mode):
+    ms.set_seed(0)
+    net = Unet(dim=8, channels=1, dim_mults=(1, 2), num_classes=10)
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32))
+    t = Tensor(np.array([3, 7], np.int32))
+    y = np.array([9, 2], np.int32)
+    cond = net(x, t, Tensor(y)).asnumpy()
+    uncond = net(x, t, Tensor(np.full(2, 10, np.int32))).asnumpy()
+    assert np.abs(cond - uncond).max() > 1e-5
+    np.testing.assert_allclose(guided_eps(net, y, 0.0, 10)(x, t).asnumpy(), uncond, atol=1e-5)
+    np.testing.assert_allclose(guided_eps(net, y, 1.0, 10)(x, t).asnumpy(), cond, atol=1e-5)
+    np.testing.assert_allclose(guided_eps(net, y, 3.0, 10)(x, t).asnumpy(), uncond + 3 * (cond - uncond), atol=1e-4)
+
+
+def test_label_dropout_rate():
+    labels = np.arange(20000) % 10
+    dropped = [(drop_labels(0, step, labels, 0.1, 10).asnumpy() == 10).mean() for step in range(3)]
+    for frac in dropped:
+        assert abs(frac - 0.1) < 0.01        # 5 sigma of a binomial with n=20000
+    kept = drop_labels(0, 0, labels, 0.1, 10).asnumpy()
+    np.testing.assert_array_equal(kept[kept != 10], labels[kept != 10])
+    assert (drop_labels(0, 0, labels, 0.0, 10).asnumpy() == labels).all()
+
+
+class _Toy(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(Tensor(np.array([2.0, -4.0], np.float32)), name="w")
+
+    def construct(self, x):
+        return x * self.w
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_closed_form(warmup):
+    toy = _Toy()
+    ema = EMA(toy, decay=0.9, warmup=warmup)
+    s0, c = np.array([2.0, -4.0]), np.array([1.0, 3.0])
+    toy.w.set_data(Tensor(c.astype(np.float32)))
+    for _ in range(5):
+        ema.update()
+    if warmup:
+        expected = s0.copy()
+        for n in range(5):
+            d = min(0.9, (1 + n) / (10 + n))
+            expected = d * expected + (1 - d) * c
+    else:
+        expected = 0.9 ** 5 * s0 + (1 - 0.9 ** 5) * c
+    np.testing.assert_allclose(ema.shadow[0].asnumpy(), expected, rtol=1e-5)
+    assert int(ema.num_updates.asnumpy()) == 5
+    with ema.swapped():
+        np.testing.assert_allclose(toy.w.asnumpy(), expected, rtol=1e-5)
+    np.testing.assert_array_equal(toy.w.asnumpy(), c.astype(np.float32))
