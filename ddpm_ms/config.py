@@ -56,7 +56,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, loss scaling, logging and checkpointing."""
+    """Optimisation, loss scaling, logging and checkpointing.
+
+    ``batch_size`` is per device: under msrun with N workers the global batch is N x batch_size.
+    """
     batch_size: int = 16
     epochs: int = 10
     max_steps: Optional[int] = None
@@ -75,6 +78,7 @@ class TrainConfig:
     gif: bool = True
     cond_drop_prob: float = 0.1
     guidance: float = 3.0
+    lr_scaling: str = "none"            # "linear": lr x number of msrun workers
 
 
 @dataclass
@@ -200,6 +204,7 @@ def validate(cfg):
     _check(t.scale_factor > 0, "train.scale_factor", f"must be > 0, got {t.scale_factor}")
     _check(t.scale_window > 0, "train.scale_window", f"must be > 0, got {t.scale_window}")
     _check(0 <= t.cond_drop_prob < 1, "train.cond_drop_prob", f"must be in [0, 1), got {t.cond_drop_prob}")
+    _check(t.lr_scaling in ("none", "linear"), "train.lr_scaling", f"must be 'none' or 'linear', got {t.lr_scaling!r}")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
     _check(0 <= cfg.ema.decay < 1, "ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
     _check(cfg.ema.update_every > 0, "ema.update_every", f"must be > 0, got {cfg.ema.update_every}")

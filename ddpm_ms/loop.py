@@ -11,7 +11,7 @@ import mindspore.dataset as ds
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .data import build_dataset
+from .data import DataError, build_dataset
 from .sampling import generate
 from .trainer import build_run, drop_labels, step_noise
 from .viz import plot_loss_curve, save_gif, save_grid
@@ -33,10 +33,11 @@ def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
             signal.signal(s, h)
 
 
-def epoch_dataset(cfg, epoch, labels=False):
-    """The shuffled, batched dataset of one epoch; its order depends only on (seed, epoch)."""
+def epoch_dataset(cfg, epoch, labels=False, rank=0, world_size=1):
+    """This rank's shuffled, batched shard of one epoch; its order depends only on (seed, epoch, world_size)."""
     ds.config.set_seed(cfg.train.seed * 100003 + epoch)
-    return build_dataset(cfg.data, cfg.train.batch_size, labels=labels)
+    shards = dict(num_shards=world_size, shard_id=rank) if world_size > 1 else {}
+    return build_dataset(cfg.data, cfg.train.batch_size, labels=labels, **shards)
 
 
 class Trainer:
@@ -44,29 +45,41 @@ class Trainer:
 
     Files: config.yaml, metrics.jsonl, loss_curve.png, samples_epochNNN.png,
     samples_final.png, denoising.gif, ckpt_stepNNNNNNNN.ckpt (the last K).
+    Under msrun (``world_size`` > 1) every rank trains on its shard and only
+    rank 0 writes files.
     """
 
-    def __init__(self, cfg, resume=None):
+    def __init__(self, cfg, resume=None, rank=0, world_size=1):
         self.cfg = cfg
         self.out = cfg.train.out_dir
-        os.makedirs(self.out, exist_ok=True)
-        probe = epoch_dataset(cfg, 0)
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.conditional = cfg.model.num_classes is not None
+        if self.is_main:
+            os.makedirs(self.out, exist_ok=True)
+        probe = epoch_dataset(cfg, 0, rank=rank, world_size=world_size)
         self.steps_per_epoch = probe.get_dataset_size()
         if self.steps_per_epoch == 0:
-            raise ckpt.CheckpointError("the dataset yields no full batch: lower train.batch_size")
-        self.run = build_run(cfg, self.steps_per_epoch)
-        self.conditional = cfg.model.num_classes is not None
+            raise DataError("the dataset yields no full batch: lower train.batch_size")
+        self.run = build_run(cfg, self.steps_per_epoch, world_size)
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         if resume is not None:
             path = ckpt.resolve_checkpoint(resume, self.out)
             data = ckpt.read_checkpoint(path)
             self.step, self.epoch, self.step_in_epoch = ckpt.restore_training(
                 data, self.run.model, self.run.optimizer, self.run.loss_scaler, path, self.run.ema)
-            tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
-        cfg.dump(os.path.join(self.out, "config.yaml"))
+            if self.is_main:
+                tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+        if self.is_main:
+            cfg.dump(os.path.join(self.out, "config.yaml"))
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+
+    @property
+    def global_batch(self):
+        """Images per optimizer step over all ranks."""
+        return self.cfg.train.batch_size * self.world_size
 
     def save(self):
         """Write a checkpoint for the current position and keep the last K."""
@@ -99,7 +112,7 @@ class Trainer:
 
     def _batches(self):
         """Batches of the current epoch, skipping those a resumed run already consumed."""
-        dataset = epoch_dataset(self.cfg, self.epoch, labels=self.conditional)
+        dataset = epoch_dataset(self.cfg, self.epoch, self.conditional, self.rank, self.world_size)
         for i, columns in enumerate(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)):
             if i >= self.step_in_epoch:
                 yield columns[0], (columns[1] if self.conditional else None)
@@ -107,13 +120,15 @@ class Trainer:
     def fit(self, progress=True):
         """Train to ``total_steps``. Returns a summary dict (``interrupted`` is set after a signal)."""
         t_cfg = self.cfg.train
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not progress, unit="step")
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (progress and self.is_main),
+                   unit="step")
         interrupted, tick, tick_step, start = None, time.time(), self.step, time.time()
         start_step = self.step
         with stop_on_signals() as stop:
             while self.step < self.total_steps and interrupted is None:
                 for images, labels in self._batches():
-                    t, noise = step_noise(t_cfg.seed, self.step, images.shape, self.run.sched.num_timesteps)
+                    t, noise = step_noise(t_cfg.seed, self.step, images.shape, self.run.sched.num_timesteps,
+                                          self.rank)
                     y = None if labels is None else drop_labels(t_cfg.seed, self.step, labels, t_cfg.cond_drop_prob,
                                                                 self.cfg.model.num_classes)
                     loss, _ = self.run.step(ms.Tensor(images), t, noise, y)
@@ -122,13 +137,13 @@ class Trainer:
                         self.run.ema.update()
                     self.step_in_epoch += 1
                     bar.update(1)
-                    if self.step % t_cfg.log_every == 0 or self.step == self.total_steps:
+                    if self.is_main and (self.step % t_cfg.log_every == 0 or self.step == self.total_steps):
                         now = time.time()
-                        rate = (self.step - tick_step) * t_cfg.batch_size / max(now - tick, 1e-9)
+                        rate = (self.step - tick_step) * self.global_batch / max(now - tick, 1e-9)
                         row = self._log(float(loss.asnumpy()), rate)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.1f}")
                         tick, tick_step = now, self.step
-                    if self.step % t_cfg.ckpt_every == 0:
+                    if self.is_main and self.step % t_cfg.ckpt_every == 0:
                         self.save()
                     if stop["signal"] is not None:
                         interrupted = stop["signal"]
@@ -138,15 +153,19 @@ class Trainer:
                 if interrupted is None and self.step_in_epoch >= self.steps_per_epoch:
                     self.epoch += 1
                     self.step_in_epoch = 0
+                    if not self.is_main:
+                        continue
                     grid = self.sample(t_cfg.sample_num, seed=self.epoch)
                     save_grid(grid, os.path.join(self.out, f"samples_epoch{self.epoch:03d}.png"),
                               title=f"epoch {self.epoch}, step {self.step}")
         bar.close()
-        path = self.save()
         elapsed = time.time() - start
-        summary = {"step": self.step, "epoch": self.epoch, "checkpoint": path, "seconds": elapsed,
-                   "img_per_s": (self.step - start_step) * t_cfg.batch_size / max(elapsed, 1e-9),
-                   "interrupted": interrupted}
+        summary = {"step": self.step, "epoch": self.epoch, "checkpoint": None, "seconds": elapsed,
+                   "img_per_s": (self.step - start_step) * self.global_batch / max(elapsed, 1e-9),
+                   "interrupted": interrupted, "rank": self.rank, "world_size": self.world_size}
+        if not self.is_main:
+            return summary
+        summary["checkpoint"] = self.save()
         if os.path.exists(self.metrics_path):
             plot_loss_curve(self.metrics_path, os.path.join(self.out, "loss_curve.png"))
         if interrupted is None:

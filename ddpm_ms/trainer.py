@@ -4,7 +4,7 @@ from typing import Optional
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, amp, nn
+from mindspore import Tensor, amp, nn, ops
 
 from .diffusion import p_losses
 from .ema import EMA
@@ -19,10 +19,11 @@ class TrainStep:
     ``y`` [B] int32 class labels for a class-conditional model.
     The loss is scaled before differentiation, the grads unscaled, the update
     skipped when any grad is inf/nan, and the scale adjusted (halved on
-    overflow, doubled after ``scale_window`` finite steps).
+    overflow, doubled after ``scale_window`` finite steps). With ``world_size`` > 1
+    (under msrun) the grads are averaged across ranks before all of that.
     """
 
-    def __init__(self, model, sched, optimizer, loss_scaler, loss_type="huber", jit=True):
+    def __init__(self, model, sched, optimizer, loss_scaler, loss_type="huber", jit=True, world_size=1):
         self.model = model
         self.sched = sched
         self.optimizer = optimizer
@@ -33,9 +34,15 @@ class TrainStep:
             return loss_scaler.scale(loss), loss
 
         grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
+        reducer = (nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=world_size)
+                   if world_size > 1 else None)
+        all_reduce = ops.AllReduce() if world_size > 1 else None
 
         def step(x0, t, noise, y):
             (_, loss), grads = grad_fn(x0, t, noise, y)
+            if reducer is not None:   # average grads (and the reported loss) over the msrun workers
+                grads = reducer(grads)
+                loss = all_reduce(loss) / world_size
             grads = loss_scaler.unscale(grads)
             grads_finite = amp.all_finite(grads)
             if grads_finite:  # compiled to a graph switch under ms.jit
@@ -49,12 +56,12 @@ class TrainStep:
         return self._step(x0, t, noise, y)
 
 
-def step_noise(seed, step, shape, timesteps):
-    """(t [B] int32, noise [B,C,H,W] float32) for a global step, derived from (seed, step).
+def step_noise(seed, step, shape, timesteps, rank=0):
+    """(t [B] int32, noise [B,C,H,W] float32) for a global step, derived from (seed, step[, rank]).
 
-    Drawing them from the step number makes a resumed run replay exactly.
+    Drawing them from the step number makes a resumed run replay exactly; each rank draws its own.
     """
-    rng = np.random.default_rng([seed, step])
+    rng = np.random.default_rng([seed, step] if rank == 0 else [seed, step, 0, rank])
     t = rng.integers(0, timesteps, size=(shape[0],), dtype=np.int32)
     noise = rng.standard_normal(shape, dtype=np.float32)
     return Tensor(t), Tensor(noise)
@@ -101,14 +108,20 @@ class Run:
     ema: Optional[EMA]
 
 
-def build_run(cfg, steps_per_epoch):
-    """Model, schedule, Adam with cosine-decay LR, loss scaler, compiled step and EMA from a Config."""
+def build_run(cfg, steps_per_epoch, world_size=1):
+    """Model, schedule, Adam with cosine-decay LR, loss scaler, compiled step and EMA from a Config.
+
+    Every rank seeds the same, so all start from the same parameters. With
+    ``train.lr_scaling: linear`` the LR is multiplied by ``world_size``.
+    """
     ms.set_seed(cfg.train.seed)
     model = build_model(cfg.model)
     sched = build_schedule(cfg.diffusion)
-    lrs = lr_schedule(cfg.train, steps_per_epoch)
+    scale = world_size if cfg.train.lr_scaling == "linear" else 1
+    lrs = [lr * scale for lr in lr_schedule(cfg.train, steps_per_epoch)]
     optimizer = nn.Adam(model.trainable_params(), learning_rate=lrs)
     scaler = amp.DynamicLossScaler(cfg.train.loss_scale, cfg.train.scale_factor, cfg.train.scale_window)
-    step = TrainStep(model, sched, optimizer, scaler, cfg.diffusion.loss_type, jit=cfg.train.jit)
+    step = TrainStep(model, sched, optimizer, scaler, cfg.diffusion.loss_type, jit=cfg.train.jit,
+                     world_size=world_size)
     ema = EMA(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
     return Run(model, sched, optimizer, scaler, step, lrs, ema)

@@ -29,6 +29,24 @@ def make_grid(images, nrow=8, pad=2):
     return grid
 
 
+def read_grid(path, image_size=28, channels=1, pad=2):
+    """Inverse of an exact-pixel :func:`save_grid`: PNG -> [N, C, S, S] in [-1, 1] (trailing blank tiles dropped)."""
+    img = plt.imread(path)
+    if img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    img = img[..., :3] if img.ndim == 3 else img[..., None].repeat(3, -1)
+    step = image_size + pad
+    rows, cols = (img.shape[0] - pad) // step, (img.shape[1] - pad) // step
+    if rows * step + pad != img.shape[0] or cols * step + pad != img.shape[1] or rows == 0:
+        raise ValueError(f"{path} is not a grid of {image_size}x{image_size} tiles with {pad}-pixel padding")
+    tiles = [img[pad + r * step: pad + r * step + image_size, pad + c * step: pad + c * step + image_size]
+             for r in range(rows) for c in range(cols)]
+    while tiles and np.all(tiles[-1] == 1.0):
+        tiles.pop()
+    out = np.stack(tiles).transpose(0, 3, 1, 2)[:, :channels]
+    return out.astype(np.float32) * 2.0 - 1.0
+
+
 def _show(ax, img):
     if img.shape[-1] == 1:
         ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
@@ -38,8 +56,15 @@ def _show(ax, img):
 
 
 def save_grid(images, path, nrow=8, title=None, row_labels=None):
-    """Save [N, C, H, W] images in [-1, 1] as a PNG grid; optional labels down the left side."""
+    """Save [N, C, H, W] images in [-1, 1] as a PNG grid (2-pixel white padding).
+
+    Without a title or row labels the PNG holds the grid's exact pixels (readable by
+    :func:`read_grid`); with them it is drawn as a figure.
+    """
     grid = make_grid(images, nrow)
+    if title is None and row_labels is None:
+        plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0)
+        return path
     scale = max(1.0, 8.0 / max(grid.shape[:2]) * 100)
     fig, ax = plt.subplots(figsize=(grid.shape[1] / 100 * scale, grid.shape[0] / 100 * scale), dpi=100)
     _show(ax, grid)

@@ -85,8 +85,7 @@ def main():
     samples, frames = result if args.gif else (result, None)
     np.save(os.path.join(out, "samples.npy"), samples.astype(np.float32))
     nrow = len(samples) // k if rows else int(np.ceil(np.sqrt(len(samples))))
-    title = f"{args.sampler}" + (f", {args.steps or 50} steps, eta {args.eta or 0}" if args.sampler == "ddim" else "")
-    save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, title=title, row_labels=rows)
+    save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, row_labels=rows)
     if frames is not None:
         save_gif(frames, os.path.join(out, "denoising.gif"), index=args.gif_index, every=max(1, len(frames) // 100))
     if args.forward_figure:

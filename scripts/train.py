@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""Train a DDPM: python scripts/train.py --config configs/fashion.yaml [--set train.batch_size=32] [--resume latest]"""
+"""Train a DDPM: python scripts/train.py --config configs/fashion.yaml [--set train.batch_size=32] [--resume latest]
+
+Data parallel on N devices: msrun --worker_num=N --local_worker_num=N --master_port=8118 --join=True
+scripts/train.py --config ... (train.batch_size is per device).
+"""
 import json
 import os
 import sys
@@ -19,10 +23,12 @@ def main():
     args = parser.parse_args()
 
     from ddpm_ms.config import load_config  # pylint: disable=import-outside-toplevel
+    from ddpm_ms.distributed import setup  # pylint: disable=import-outside-toplevel
     from ddpm_ms.loop import Trainer  # pylint: disable=import-outside-toplevel
 
     cfg = load_config(args.config, args.set)
-    summary = Trainer(cfg, resume=args.resume).fit(progress=not args.no_progress)
+    rank, world_size = setup()   # (0, 1) unless launched by msrun
+    summary = Trainer(cfg, resume=args.resume, rank=rank, world_size=world_size).fit(progress=not args.no_progress)
     if summary["interrupted"] is not None:
         print(f"interrupted by signal {summary['interrupted']} at step {summary['step']}; "
               f"saved {summary['checkpoint']}; continue with --resume latest", file=sys.stderr)
