@@ -140,7 +140,9 @@ def restore_training(data, model, optimizer, loss_scaler, path="checkpoint", ema
             ema.load(data)
         except KeyError as e:
             raise CheckpointError(f"{path}: {e.args[0]}; resume with ema.enabled=false") from None
-    ms.load_param_into_net(optimizer, data)   # Adam moments, beta powers, global_step
+    # Adam moments, beta powers and global_step; the LR list is rebuilt from the config (its length
+    # depends on the steps per epoch, which change with the number of msrun workers)
+    ms.load_param_into_net(optimizer, {k: v for k, v in data.items() if k != "learning_rate"})
     ms.ops.assign(loss_scaler.scale_value, Tensor(data["loss_scaler.scale_value"].asnumpy()))
     ms.ops.assign(loss_scaler.counter, Tensor(data["loss_scaler.counter"].asnumpy()))
     return checkpoint_position(data)

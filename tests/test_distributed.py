@@ -31,7 +31,9 @@ def test_two_msrun_workers(data_dir, tmp_path):
     if not os.path.exists(msrun):
         pytest.skip("msrun is not installed with this MindSpore")
     dist, single = tmp_path / "dist", tmp_path / "single"
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    # msrun starts workers with the `python` on PATH: make that this interpreter (the venv's)
+    env = dict(os.environ, PYTHONPATH=ROOT,
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={_free_port()}", "--join=True",
            f"--log_dir={tmp_path / 'logs'}", WORKER, TINY, str(dist), "train.batch_size=4", *COMMON]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=str(tmp_path))
