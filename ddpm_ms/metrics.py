@@ -64,7 +64,11 @@ def train_classifier(root, epochs=4, batch_size=100, seed=0):
     net = FashionClassifier()
     opt = nn.Adam(net.trainable_params(), learning_rate=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    grad_fn = ms.value_and_grad(lambda a, b: loss_fn(net(a), b), None, opt.parameters)
+
+    def forward(a, b):
+        return loss_fn(net(a), b)
+
+    grad_fn = ms.value_and_grad(forward, None, opt.parameters)
 
     @ms.jit
     def step(a, b):
@@ -114,7 +118,9 @@ def features(net, images):
 
 def predict_proba(net, images):
     """Class probabilities [N, 10]."""
-    return _batched(lambda x: ops.softmax(net(x), -1), images).astype(np.float64)
+    def proba(x):
+        return ops.softmax(net(x), -1)
+    return _batched(proba, images).astype(np.float64)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
