@@ -140,26 +140,33 @@ class ConvNextBlock(nn.Cell):
         return h + self.res_conv(x)
 
 
-class Attention(nn.Cell):
-    """Multi-head softmax self-attention over the H*W positions."""
+class _MultiHeadQKV(nn.Cell):
+    """Shared 1x1 q/k/v projection: x [B, dim, H, W] -> q, k, v each [B, heads, dim_head, H*W]."""
 
     def __init__(self, dim, heads=4, dim_head=32):
         super().__init__()
         self.scale = dim_head ** -0.5
         self.heads = heads
-        hidden_dim = dim_head * heads
-        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, pad_mode="valid", has_bias=False)
-        self.to_out = nn.Conv2d(hidden_dim, dim, 1, pad_mode="valid", has_bias=True)
+        self.to_qkv = nn.Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False)
+
+    def qkv(self, x):
+        q, k, v = ops.chunk(self.to_qkv(x), 3, 1)
+        return _heads(q, self.heads), _heads(k, self.heads), _heads(v, self.heads)
+
+
+class Attention(_MultiHeadQKV):
+    """Multi-head softmax self-attention over the H*W positions."""
+
+    def __init__(self, dim, heads=4, dim_head=32):
+        super().__init__(dim, heads, dim_head)
+        self.to_out = nn.Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True)
 
     def construct(self, x):
         b, _, h, w = x.shape
-        q, k, v = ops.chunk(self.to_qkv(x), 3, 1)
-        q = _heads(q, self.heads) * self.scale
-        k = _heads(k, self.heads)
-        v = _heads(v, self.heads)
-        sim = ops.bmm(q.swapaxes(2, 3), k)                 # b h i j
+        q, k, v = self.qkv(x)
+        sim = ops.bmm((q * self.scale).swapaxes(2, 3), k)    # b h i j
         attn = ops.softmax(sim, axis=-1)
-        out = ops.bmm(attn, v.swapaxes(2, 3))              # b h i d
+        out = ops.bmm(attn, v.swapaxes(2, 3))                 # b h i d
         out = out.swapaxes(-1, -2).reshape((b, -1, h, w))
         return self.to_out(out)
 
@@ -178,26 +185,22 @@ class LayerNorm(nn.Cell):
         return (x - mean) * ops.rsqrt(var + self.eps) * self.g
 
 
-class LinearAttention(nn.Cell):
+class LinearAttention(_MultiHeadQKV):
     """Linear attention (Shen et al. 2018): softmax over features for q, positions for k."""
 
     def __init__(self, dim, heads=4, dim_head=32):
-        super().__init__()
-        self.scale = dim_head ** -0.5
-        self.heads = heads
-        hidden_dim = dim_head * heads
-        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, pad_mode="valid", has_bias=False)
+        super().__init__(dim, heads, dim_head)
         self.to_out = nn.SequentialCell([
-            nn.Conv2d(hidden_dim, dim, 1, pad_mode="valid", has_bias=True),
+            nn.Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True),
             LayerNorm(dim),
         ])
 
     def construct(self, x):
         b, _, h, w = x.shape
-        q, k, v = ops.chunk(self.to_qkv(x), 3, 1)
-        q = softmax_axis2(_heads(q, self.heads)) * self.scale
-        k = ops.softmax(_heads(k, self.heads), -1)
-        v = _heads(v, self.heads) / (h * w)
+        q, k, v = self.qkv(x)
+        q = softmax_axis2(q) * self.scale
+        k = ops.softmax(k, -1)
+        v = v / (h * w)
         context = ops.bmm(k, v.swapaxes(2, 3))             # b h d e
         out = ops.bmm(context.swapaxes(2, 3), q)           # b h e n
         return self.to_out(out.reshape((b, -1, h, w)))
