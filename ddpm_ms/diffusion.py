@@ -5,7 +5,6 @@ noise-prediction model ``eps_model(x_t, t[, y]) -> eps`` where one is needed.
 Randomness is injectable: pass ``noise`` to make a call deterministic.
 """
 import numpy as np
-import mindspore as ms
 from mindspore import Tensor, ops
 
 from .schedule import extract

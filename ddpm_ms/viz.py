@@ -1,6 +1,5 @@
 """Pictures people look at: sample grids (PNG), denoising animations (GIF), loss curves, the forward process."""
 import json
-import os
 
 import matplotlib
 
