@@ -117,62 +117,71 @@ class Trainer:
             if i >= self.step_in_epoch:
                 yield columns[0], (columns[1] if self.conditional else None)
 
+    def _train_step(self, images, labels):
+        """One optimizer step (and EMA update) on a batch; returns the loss Tensor."""
+        seed, k = self.cfg.train.seed, self.cfg.model.num_classes
+        t, noise = step_noise(seed, self.step, images.shape, self.run.sched.num_timesteps, self.rank)
+        y = None if labels is None else drop_labels(seed, self.step, labels, self.cfg.train.cond_drop_prob, k)
+        loss, _ = self.run.step(ms.Tensor(images), t, noise, y)
+        self.step += 1
+        self.step_in_epoch += 1
+        if self.run.ema is not None and self.step % self.cfg.ema.update_every == 0:
+            self.run.ema.update()
+        return loss
+
+    def _end_epoch(self):
+        """Advance the epoch counter; rank 0 draws the epoch's sample grid."""
+        self.epoch += 1
+        self.step_in_epoch = 0
+        if self.is_main:
+            grid = self.sample(self.cfg.train.sample_num, seed=self.epoch)
+            save_grid(grid, os.path.join(self.out, f"samples_epoch{self.epoch:03d}.png"),
+                      title=f"epoch {self.epoch}, step {self.step}")
+
+    def _write_final(self, interrupted):
+        """Rank 0: last checkpoint, loss curve and (unless interrupted) the final grid, .npy and GIF."""
+        path = self.save()
+        if os.path.exists(self.metrics_path):
+            plot_loss_curve(self.metrics_path, os.path.join(self.out, "loss_curve.png"))
+        if interrupted is None:
+            t_cfg = self.cfg.train
+            final, frames = self.sample(t_cfg.sample_num, frames=True, seed=12345)
+            save_grid(final, os.path.join(self.out, "samples_final.png"), title=f"step {self.step}")
+            np.save(os.path.join(self.out, "samples_final.npy"), final)
+            if t_cfg.gif:
+                save_gif(frames, os.path.join(self.out, "denoising.gif"), index=0, every=max(1, len(frames) // 100))
+        return path
+
     def fit(self, progress=True):
         """Train to ``total_steps``. Returns a summary dict (``interrupted`` is set after a signal)."""
         t_cfg = self.cfg.train
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (progress and self.is_main),
                    unit="step")
-        interrupted, tick, tick_step, start = None, time.time(), self.step, time.time()
-        start_step = self.step
+        interrupted, start, start_step = None, time.time(), self.step
+        tick, tick_step = start, self.step
         with stop_on_signals() as stop:
             while self.step < self.total_steps and interrupted is None:
                 for images, labels in self._batches():
-                    t, noise = step_noise(t_cfg.seed, self.step, images.shape, self.run.sched.num_timesteps,
-                                          self.rank)
-                    y = None if labels is None else drop_labels(t_cfg.seed, self.step, labels, t_cfg.cond_drop_prob,
-                                                                self.cfg.model.num_classes)
-                    loss, _ = self.run.step(ms.Tensor(images), t, noise, y)
-                    self.step += 1
-                    if self.run.ema is not None and self.step % self.cfg.ema.update_every == 0:
-                        self.run.ema.update()
-                    self.step_in_epoch += 1
+                    loss = self._train_step(images, labels)
                     bar.update(1)
                     if self.is_main and (self.step % t_cfg.log_every == 0 or self.step == self.total_steps):
                         now = time.time()
                         rate = (self.step - tick_step) * self.global_batch / max(now - tick, 1e-9)
-                        row = self._log(float(loss.asnumpy()), rate)
+                        row = self._log(float(loss.asnumpy()), rate)   # the only host sync in the loop
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.1f}")
                         tick, tick_step = now, self.step
                     if self.is_main and self.step % t_cfg.ckpt_every == 0:
                         self.save()
-                    if stop["signal"] is not None:
-                        interrupted = stop["signal"]
-                        break
-                    if self.step >= self.total_steps:
+                    interrupted = stop["signal"]
+                    if interrupted is not None or self.step >= self.total_steps:
                         break
                 if interrupted is None and self.step_in_epoch >= self.steps_per_epoch:
-                    self.epoch += 1
-                    self.step_in_epoch = 0
-                    if not self.is_main:
-                        continue
-                    grid = self.sample(t_cfg.sample_num, seed=self.epoch)
-                    save_grid(grid, os.path.join(self.out, f"samples_epoch{self.epoch:03d}.png"),
-                              title=f"epoch {self.epoch}, step {self.step}")
+                    self._end_epoch()
         bar.close()
         elapsed = time.time() - start
         summary = {"step": self.step, "epoch": self.epoch, "checkpoint": None, "seconds": elapsed,
                    "img_per_s": (self.step - start_step) * self.global_batch / max(elapsed, 1e-9),
                    "interrupted": interrupted, "rank": self.rank, "world_size": self.world_size}
-        if not self.is_main:
-            return summary
-        summary["checkpoint"] = self.save()
-        if os.path.exists(self.metrics_path):
-            plot_loss_curve(self.metrics_path, os.path.join(self.out, "loss_curve.png"))
-        if interrupted is None:
-            final, frames = self.sample(t_cfg.sample_num, frames=True, seed=12345)
-            save_grid(final, os.path.join(self.out, "samples_final.png"), title=f"step {self.step}")
-            np.save(os.path.join(self.out, "samples_final.npy"), final)
-            if t_cfg.gif:
-                save_gif(frames, os.path.join(self.out, "denoising.gif"), index=0,
-                         every=max(1, len(frames) // 100))
+        if self.is_main:
+            summary["checkpoint"] = self._write_final(interrupted)
         return summary
