@@ -97,10 +97,14 @@ class Trainer:
         """
         m, size = self.cfg.model, self.cfg.data.image_size
         labels = np.arange(num) % m.num_classes if self.conditional else None
-        with self.run.ema.swapped() if self.run.ema else nullcontext():
-            return generate(self.run.model, self.run.sched, (m.channels, size, size), num, seed=seed,
-                            labels=labels, guidance=self.cfg.train.guidance, null_class=m.num_classes,
-                            frames=frames, jit=self.cfg.train.jit)
+        self.run.model.set_train(False)
+        try:
+            with self.run.ema.swapped() if self.run.ema else nullcontext():
+                return generate(self.run.model, self.run.sched, (m.channels, size, size), num, seed=seed,
+                                labels=labels, guidance=self.cfg.train.guidance, null_class=m.num_classes,
+                                frames=frames, jit=self.cfg.train.jit)
+        finally:
+            self.run.model.set_train(True)
 
     def _log(self, loss, img_per_s):
         row = {"step": self.step, "epoch": self.epoch, "loss": loss,

@@ -36,6 +36,26 @@ def softmax_axis2(x):
     return ops.softmax(x.swapaxes(-1, -2), -1).swapaxes(-1, -2)
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters); in inference it runs on the LayerNorm kernel.
+
+    Normalising [B, G, C/G, H, W] over its last three axes is the same function;
+    on CPU its forward is about 2x faster, while GroupNorm's own backward is the
+    faster one, so training (``set_train(True)``) keeps the GroupNorm kernel.
+    """
+
+    def construct(self, x):
+        if self.training:
+            return self._cal_output(x)
+        b, c, h, w = x.shape
+        g = self.num_groups
+        shape = (g, c // g, h, w)
+        y, _, _ = ops.LayerNorm(begin_norm_axis=2, begin_params_axis=1, epsilon=self.eps)(
+            x.reshape((b,) + shape), self.gamma.reshape(g, c // g, 1, 1).broadcast_to(shape),
+            self.beta.reshape(g, c // g, 1, 1).broadcast_to(shape))
+        return y.reshape(b, c, h, w)
+
+
 def _heads(x, heads):
     """[b, heads*c, h, w] -> [b, heads, c, h*w]."""
     b, hc, h, w = x.shape
@@ -51,6 +71,43 @@ class Residual(nn.Cell):
 
     def construct(self, x):
         return self.fn(x) + x
+
+
+class _DepthwiseConvFn(nn.Cell):
+    """y = depthwise_conv(x, w) ('same' padding, stride 1) with a cheaper hand-written backward.
+
+    MindSpore's CPU backward of a grouped conv is ~5x its forward. Both grads are
+    ordinary forward convs instead (same maths, reordered sums):
+      dL/dx = depthwise_conv(dL/dy, w flipped in H and W)
+      dL/dw[c] = sum_b xpad[b, c] (*) dL/dy[b, c], one grouped conv with batch folded into channels.
+    """
+
+    def __init__(self, kernel_size):
+        super().__init__()
+        self.pad = kernel_size // 2
+
+    def construct(self, x, w):
+        c = x.shape[1]
+        return ops.Conv2D(c, w.shape[2], pad_mode="pad", pad=self.pad, group=c)(x, w)
+
+    def bprop(self, x, w, out, dout):
+        b, c, h, wd = x.shape
+        p = self.pad
+        dx = ops.Conv2D(c, w.shape[2], pad_mode="pad", pad=p, group=c)(dout, ops.reverse(w, [2, 3]))
+        xpad = ops.pad(x, (p, p, p, p)).transpose(1, 0, 2, 3).reshape(1, c * b, h + 2 * p, wd + 2 * p)
+        dw = ops.Conv2D(c, (h, wd), group=c)(xpad, dout.transpose(1, 0, 2, 3)).reshape(w.shape)
+        return dx, dw
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d(dim, dim, k, padding=k//2, group=dim)`` (same parameter, same init), faster backward."""
+
+    def __init__(self, dim, kernel_size):
+        super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, group=dim, pad_mode="pad")
+        self.depthwise = _DepthwiseConvFn(kernel_size)
+
+    def construct(self, x):
+        return self.depthwise(x, self.weight)
 
 
 def Upsample(dim):  # pylint: disable=invalid-name
@@ -83,7 +140,7 @@ class Block(nn.Cell):
     def __init__(self, dim, dim_out, groups=1):
         super().__init__()
         self.proj = nn.Conv2d(dim, dim_out, 3, pad_mode="pad", padding=1)
-        self.norm = nn.GroupNorm(groups, dim_out)
+        self.norm = GroupNorm(groups, dim_out)
         self.act = nn.SiLU()
 
     def construct(self, x, scale_shift=None):
@@ -122,12 +179,12 @@ class ConvNextBlock(nn.Cell):
         super().__init__()
         self.mlp = (nn.SequentialCell([GELU(), nn.Dense(time_emb_dim, dim)])
                     if time_emb_dim is not None else None)
-        self.ds_conv = nn.Conv2d(dim, dim, 7, padding=3, group=dim, pad_mode="pad")
+        self.ds_conv = DepthwiseConv2d(dim, 7)
         self.net = nn.SequentialCell([
-            nn.GroupNorm(1, dim) if norm else nn.Identity(),
+            GroupNorm(1, dim) if norm else nn.Identity(),
             nn.Conv2d(dim, dim_out * mult, 3, padding=1, pad_mode="pad"),
             GELU(),
-            nn.GroupNorm(1, dim_out * mult),
+            GroupNorm(1, dim_out * mult),
             nn.Conv2d(dim_out * mult, dim_out, 3, padding=1, pad_mode="pad"),
         ])
         self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
@@ -212,7 +269,7 @@ class PreNorm(nn.Cell):
     def __init__(self, dim, fn):
         super().__init__()
         self.fn = fn
-        self.norm = nn.GroupNorm(1, dim)
+        self.norm = GroupNorm(1, dim)
 
     def construct(self, x):
         return self.fn(self.norm(x))

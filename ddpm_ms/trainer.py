@@ -25,6 +25,7 @@ class TrainStep:
 
     def __init__(self, model, sched, optimizer, loss_scaler, loss_type="huber", jit=True, world_size=1):
         self.model = model
+        model.set_train(True)   # training kernels (see model.GroupNorm)
         self.sched = sched
         self.optimizer = optimizer
         self.loss_scaler = loss_scaler
