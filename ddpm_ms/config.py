@@ -28,6 +28,8 @@ class ModelConfig:
     block_type: str = "convnext"
     resnet_groups: int = 8
     num_classes: Optional[int] = None
+    attn_heads: int = 4
+    attn_dim_head: int = 32
 
 
 @dataclass
@@ -180,6 +182,8 @@ def validate(cfg):
     _check(m.channels > 0, "model.channels", f"must be > 0, got {m.channels}")
     _check(m.block_type in BLOCK_TYPES, "model.block_type", f"must be one of {BLOCK_TYPES}, got {m.block_type!r}")
     _check(m.num_classes is None or m.num_classes > 1, "model.num_classes", f"must be > 1, got {m.num_classes}")
+    _check(m.attn_heads > 0 and m.attn_dim_head > 0, "model.attn_heads",
+           f"attn_heads and attn_dim_head must be > 0, got {m.attn_heads}, {m.attn_dim_head}")
     _check(m.convnext_mult > 0, "model.convnext_mult", f"must be > 0, got {m.convnext_mult}")
     _check(d.timesteps > 1, "diffusion.timesteps", f"must be > 1, got {d.timesteps}")
     _check(d.beta_schedule in BETA_SCHEDULES, "diffusion.beta_schedule",

@@ -278,11 +278,11 @@ class PreNorm(nn.Cell):
 class _Stage(nn.Cell):
     """Two blocks, residual linear attention, then a resampling layer."""
 
-    def __init__(self, block1, block2, dim, resample):
+    def __init__(self, block1, block2, dim, resample, heads=4, dim_head=32):
         super().__init__()
         self.block1 = block1
         self.block2 = block2
-        self.attn = Residual(PreNorm(dim, LinearAttention(dim)))
+        self.attn = Residual(PreNorm(dim, LinearAttention(dim, heads, dim_head)))
         self.resample = resample
 
     def construct(self, x, t):
@@ -296,12 +296,13 @@ class Unet(nn.Cell):
     H and W must be divisible by 2**(len(dim_mults) - 1).
     ``num_classes`` adds a learned class embedding (plus one "null" class,
     index ``num_classes``, for classifier-free guidance) to the time embedding;
-    then ``construct(x, t, y)`` takes labels y [B] int.
+    then ``construct(x, t, y)`` takes labels y [B] int. ``attn_heads`` x
+    ``attn_dim_head`` is the width of every attention layer (tutorial: 4 x 32).
     """
 
     def __init__(self, dim, init_dim=None, out_dim=None, dim_mults=(1, 2, 4, 8), channels=3,
                  with_time_emb=True, convnext_mult=2, block_type="convnext", resnet_groups=8,
-                 num_classes=None):
+                 num_classes=None, attn_heads=4, attn_dim_head=32):
         super().__init__()
         if block_type not in BLOCK_TYPES:
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
@@ -335,22 +336,23 @@ class Unet(nn.Cell):
                 self.class_emb = nn.Embedding(num_classes + 1, time_dim)
 
         num_resolutions = len(in_out)
+        attn = (attn_heads, attn_dim_head)
         downs = []
         for ind, (d_in, d_out) in enumerate(in_out):
             is_last = ind >= num_resolutions - 1
             downs.append(_Stage(block(d_in, d_out, time_dim), block(d_out, d_out, time_dim), d_out,
-                                Downsample(d_out) if not is_last else nn.Identity()))
+                                Downsample(d_out) if not is_last else nn.Identity(), *attn))
         ups = []
         for ind, (d_in, d_out) in enumerate(reversed(in_out[1:])):
             is_last = ind >= num_resolutions - 1   # never true: every up stage upsamples, as in the tutorial
             ups.append(_Stage(block(d_out * 2, d_in, time_dim), block(d_in, d_in, time_dim), d_in,
-                              Upsample(d_in) if not is_last else nn.Identity()))
+                              Upsample(d_in) if not is_last else nn.Identity(), *attn))
         self.downs = nn.CellList(downs)
         self.ups = nn.CellList(ups)
 
         mid_dim = dims[-1]
         self.mid_block1 = block(mid_dim, mid_dim, time_dim)
-        self.mid_attn = Residual(PreNorm(mid_dim, Attention(mid_dim)))
+        self.mid_attn = Residual(PreNorm(mid_dim, Attention(mid_dim, *attn)))
         self.mid_block2 = block(mid_dim, mid_dim, time_dim)
 
         out_dim = channels if out_dim is None else out_dim
