@@ -3,6 +3,7 @@
 
     python bench/bench.py              # full table (about 10 minutes on 2 cores)
     python bench/bench.py --quick      # fewer steps, rougher numbers
+    python bench/bench.py --ckpt PATH  # only DDPM-200 vs DDIM-50 sampling, with a trained checkpoint's model
 
 Every measurement runs in its own subprocess so that its peak RSS is its own.
 Variants:
@@ -63,19 +64,31 @@ def measure_train(impl, batch, steps):
     return {"img_per_s": batch / dt, "s_per_step": dt, "first_step_s": warm}
 
 
-def measure_sample(impl, batch, steps, total_steps=200):
-    """Seconds for ``total_steps`` DDPM steps of ``batch`` images (extrapolated when steps < total)."""
+def measure_sample(impl, batch, steps, total_steps=200, sampler="ddpm", ckpt=None):
+    """Seconds for ``total_steps`` DDPM steps of ``batch`` images (extrapolated when steps < total).
+
+    ``sampler="ddim"`` times ddpm_ms's DDIM over ``steps`` of the ``total_steps`` (compile included).
+    With ``ckpt`` the model and schedule are the checkpoint's (EMA weights).
+    """
     import numpy as np  # pylint: disable=import-outside-toplevel
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     import ddpm_ms  # pylint: disable=import-outside-toplevel
     ms.set_seed(0)
-    model = _model(impl)
+    if ckpt:
+        from ddpm_ms.checkpoint import load_model  # pylint: disable=import-outside-toplevel
+        model, sched, cfg, _ = load_model(ckpt)
+        total_steps, steps = sched.num_timesteps, min(steps, sched.num_timesteps)
+        if cfg.model.num_classes is not None:
+            raise SystemExit("error: --ckpt needs an unconditional checkpoint")
+    else:
+        model = _model(impl)
+        sched = ddpm_ms.NoiseSchedule.from_name("linear", total_steps)
     model.set_train(False)
-    sched = ddpm_ms.NoiseSchedule.from_name("linear", total_steps)
-    if impl == "ddpm_ms" and steps >= total_steps:
+    if impl == "ddpm_ms" and (sampler == "ddim" or steps >= total_steps):
+        loop = ddpm_ms.ddim_sample_loop if sampler == "ddim" else ddpm_ms.p_sample_loop
         t0 = time.perf_counter()
-        ddpm_ms.p_sample_loop(model, sched, (batch, 1, 28, 28), seed=0, progress=False)
-        return {"seconds": time.perf_counter() - t0, "measured_steps": total_steps}
+        loop(model, sched, (batch, 1, 28, 28), seed=0, steps=steps, progress=False)
+        return {"seconds": time.perf_counter() - t0, "measured_steps": steps, "of_steps": steps}
     # the tutorial's loop: PyNative p_sample with a host-side Python branch per step
     from ddpm_ms.diffusion import p_sample  # pylint: disable=import-outside-toplevel
     from ddpm_ms.schedule import timestep_tensor  # pylint: disable=import-outside-toplevel
@@ -86,19 +99,21 @@ def measure_sample(impl, batch, steps, total_steps=200):
         x = p_sample(sched, model, x, timestep_tensor(total_steps - 2 - i, batch))
         x.asnumpy()
     per = (time.perf_counter() - t0) / steps
-    return {"seconds": per * total_steps, "measured_steps": steps}
+    return {"seconds": per * total_steps, "measured_steps": steps, "of_steps": total_steps}
 
 
 def _child(args):
-    fn = measure_train if args.kind == "train" else measure_sample
-    result = fn(args.impl, args.batch, args.steps)
+    if args.kind == "train":
+        result = measure_train(args.impl, args.batch, args.steps)
+    else:
+        result = measure_sample(args.impl, args.batch, args.steps, sampler=args.kind, ckpt=args.ckpt)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
-def _spawn(kind, impl, batch, steps, env):
+def _spawn(kind, impl, batch, steps, env, ckpt=None):
     cmd = [sys.executable, __file__, "--child", "--kind", kind, "--impl", impl, "--batch", str(batch),
-           "--steps", str(steps)]
+           "--steps", str(steps)] + (["--ckpt", ckpt] if ckpt else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env), check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -109,8 +124,9 @@ def _spawn(kind, impl, batch, steps, env):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer timed steps")
+    p.add_argument("--ckpt", help="time DDPM-200 vs DDIM-50 sampling with this checkpoint's model only")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--kind", choices=("train", "sample"), help=argparse.SUPPRESS)
+    p.add_argument("--kind", choices=("train", "ddpm", "ddim"), help=argparse.SUPPRESS)
     p.add_argument("--impl", choices=("tutorial", "ddpm_ms"), help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -120,36 +136,39 @@ def main():
         return
     q = args.quick
     plan = [
-        # label, kind, impl, batch, timed steps, env
+        # label (its first row is the 1.0x base), kind, variant, batch, timed steps, env
         ("train B=16", "train", "tutorial", 16, 2, DEFAULT_ENV),
         ("train B=16", "train", "tutorial+env", 16, 3 if q else 6, FAST_ENV),
         ("train B=16", "train", "ddpm_ms", 16, 3 if q else 10, FAST_ENV),
         ("train B=64", "train", "tutorial+env", 64, 2 if q else 4, FAST_ENV),
         ("train B=64", "train", "ddpm_ms", 64, 2 if q else 5, FAST_ENV),
-        ("sample 64x200", "sample", "tutorial", 64, 2, DEFAULT_ENV),
-        ("sample 64x200", "sample", "tutorial+env", 64, 5 if q else 10, FAST_ENV),
-        ("sample 64x200", "sample", "ddpm_ms", 64, 200, FAST_ENV),
+        ("sample 64 images", "ddpm", "tutorial", 64, 2, DEFAULT_ENV),
+        ("sample 64 images", "ddpm", "tutorial+env", 64, 5 if q else 10, FAST_ENV),
+        ("sample 64 images", "ddpm", "ddpm_ms", 64, 200, FAST_ENV),
+        ("sample 64 images", "ddim", "ddpm_ms DDIM-50", 64, 50, FAST_ENV),
     ]
+    if args.ckpt:
+        plan = [(f"sample 64 images ({os.path.basename(args.ckpt)})", kind, variant, batch, steps, env)
+                for label, kind, variant, batch, steps, env in plan[-2:]]
     rows = []
     for label, kind, variant, batch, steps, env in plan:
-        impl = "ddpm_ms" if variant == "ddpm_ms" else "tutorial"
-        r = _spawn(kind, impl, batch, steps, env)
-        rows.append((label, variant, r))
-        print(f"  done: {label:14s} {variant:13s} {json.dumps(r)}", file=sys.stderr, flush=True)
+        impl = "tutorial" if variant.startswith("tutorial") else "ddpm_ms"
+        r = _spawn(kind, impl, batch, steps, env, args.ckpt)
+        rows.append((label, kind, variant, r))
+        print(f"  done: {label:16s} {variant:15s} {json.dumps(r)}", file=sys.stderr, flush=True)
     base = {}
-    print("| workload | variant | result | vs tutorial | peak RSS MiB | timed |")
+    print("| workload | variant | result | vs " + ("DDPM" if args.ckpt else "tutorial") + " | peak RSS MiB | timed |")
     print("|---|---|---|---|---|---|")
-    for label, variant, r in rows:
-        if "img_per_s" in r:
+    for label, kind, variant, r in rows:
+        if kind == "train":
             value, text = r["img_per_s"], f"{r['img_per_s']:.1f} img/s"
-            base.setdefault(label, value)
-            ratio = value / base[label]
-            timed = f"{r.get('s_per_step', 0):.2f} s/step"
+            ratio = value / base.setdefault(label, value)
+            timed = f"{r['s_per_step']:.2f} s/step"
         else:
             value, text = r["seconds"], f"{r['seconds']:.0f} s"
-            base.setdefault(label, value)
-            ratio = base[label] / value
-            timed = f"{r['measured_steps']} steps" + (" (extrapolated)" if r["measured_steps"] < 200 else "")
+            ratio = base.setdefault(label, value) / value
+            timed = f"{kind.upper()}-{r['of_steps']}" + (
+                f" ({r['measured_steps']} steps timed, extrapolated)" if r["measured_steps"] < r["of_steps"] else "")
         print(f"| {label} | {variant} | {text} | {ratio:.1f}x | {r['peak_rss_mib']:.0f} | {timed} |")
 
 

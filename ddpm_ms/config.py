@@ -77,6 +77,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     sample_num: int = 64
+    sample_sampler: str = "ddpm"        # sampler of the per-epoch and final grids ("ddim": cheaper previews)
+    sample_steps: Optional[int] = None  # DDIM steps of those grids (None: 50)
     gif: bool = True
     cond_drop_prob: float = 0.1
     guidance: float = 3.0
@@ -175,6 +177,7 @@ def validate(cfg):
     from .schedule import BETA_SCHEDULES
     from .diffusion import LOSS_TYPES
     from .model import BLOCK_TYPES
+    from .sampling import SAMPLERS
     m, d, data, t = cfg.model, cfg.diffusion, cfg.data, cfg.train
     _check(m.dim > 0, "model.dim", f"must be > 0, got {m.dim}")
     _check(len(m.dim_mults) > 0 and all(x > 0 for x in m.dim_mults), "model.dim_mults",
@@ -209,6 +212,10 @@ def validate(cfg):
     _check(t.scale_window > 0, "train.scale_window", f"must be > 0, got {t.scale_window}")
     _check(0 <= t.cond_drop_prob < 1, "train.cond_drop_prob", f"must be in [0, 1), got {t.cond_drop_prob}")
     _check(t.lr_scaling in ("none", "linear"), "train.lr_scaling", f"must be 'none' or 'linear', got {t.lr_scaling!r}")
+    _check(t.sample_sampler in SAMPLERS, "train.sample_sampler",
+           f"must be one of {sorted(SAMPLERS)}, got {t.sample_sampler!r}")
+    _check(t.sample_steps is None or (t.sample_sampler == "ddim" and 1 <= t.sample_steps <= d.timesteps),
+           "train.sample_steps", f"needs sample_sampler 'ddim' and 1 <= steps <= {d.timesteps}, got {t.sample_steps}")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
     _check(0 <= cfg.ema.decay < 1, "ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
     _check(cfg.ema.update_every > 0, "ema.update_every", f"must be > 0, got {cfg.ema.update_every}")

@@ -95,14 +95,14 @@ class Trainer:
 
         A class-conditional model draws labels 0, 1, ... in turn with guidance ``train.guidance``.
         """
-        m, size = self.cfg.model, self.cfg.data.image_size
+        m, t_cfg, size = self.cfg.model, self.cfg.train, self.cfg.data.image_size
         labels = np.arange(num) % m.num_classes if self.conditional else None
         self.run.model.set_train(False)
         try:
             with self.run.ema.swapped() if self.run.ema else nullcontext():
                 return generate(self.run.model, self.run.sched, (m.channels, size, size), num, seed=seed,
-                                labels=labels, guidance=self.cfg.train.guidance, null_class=m.num_classes,
-                                frames=frames, jit=self.cfg.train.jit)
+                                sampler=t_cfg.sample_sampler, steps=t_cfg.sample_steps, labels=labels,
+                                guidance=t_cfg.guidance, null_class=m.num_classes, frames=frames, jit=t_cfg.jit)
         finally:
             self.run.model.set_train(True)
 

@@ -1,7 +1,7 @@
 """Reverse-process samplers as plain functions with one signature (k-diffusion style).
 
     sampler(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=..., return_all=False,
-            progress=True, jit=True) -> ndarray
+            progress=True, jit=True, clip_denoised=True) -> ndarray
 
 ``eps_model(x [B,C,H,W], t [B] int32) -> eps`` (see :func:`guided_eps` for
 classifier-free guidance). One compiled step (fixed shapes, ``t`` and the
@@ -9,13 +9,16 @@ per-step coefficients as Tensors) is reused for every step. Noise comes from a
 seeded numpy Generator on the host, so the same seed gives the same images in
 GRAPH and PYNATIVE modes. Each returns x_0 [B,C,H,W] float32, or with
 ``return_all`` every step's output stacked as [S, B, C, H, W] (last = x_0).
+
+``clip_denoised`` (improved-diffusion's default) clips each step's predicted x_0 to [-1, 1]; without
+it (the tutorial's eq. 11 update) an imperfect model's chain can drift far outside the data range.
 """
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 from tqdm.auto import tqdm
 
-from .diffusion import p_mean, predict_start_from_noise
+from .diffusion import clipped_start_and_noise, p_mean, p_mean_clipped, predict_start_from_noise
 from .schedule import extract, timestep_tensor
 
 
@@ -42,7 +45,7 @@ def _loop(step, x, plan, rng, shape, return_all, progress, desc):
 
 
 def p_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=1.0, return_all=False,
-                  progress=True, jit=True):
+                  progress=True, jit=True, clip_denoised=True):
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2): x_{t-1} = mu_theta(x_t, t) + eta * sigma_t z.
 
     Always runs all T steps (``steps`` must be None or T). ``eta=0`` is the
@@ -52,9 +55,10 @@ def p_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=1.0
         raise ValueError(f"DDPM runs all {sched.num_timesteps} steps; use the DDIM sampler for {steps}")
     rng, x = _start(shape, seed, x_T)
     noise_scale = Tensor(np.float32(eta))
+    mean_fn = p_mean_clipped if clip_denoised else p_mean
 
     def denoise(x_t, t, z):
-        mean = p_mean(sched, x_t, t, eps_model(x_t, t))
+        mean = mean_fn(sched, x_t, t, eps_model(x_t, t))
         return mean + noise_scale * extract(sched.posterior_std, t, x_t.shape) * z   # sigma_0 = 0
 
     plan = [(timestep_tensor(i, shape[0]),) for i in reversed(range(sched.num_timesteps))]
@@ -84,8 +88,13 @@ def ddim_coefficients(sched, steps, eta):
     return out
 
 
+def _start_and_noise(sched, x_t, t, eps):
+    """(x_0 predicted by eq. 4, eps) unclipped."""
+    return predict_start_from_noise(sched, x_t, t, eps), eps
+
+
 def ddim_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=50, eta=0.0, return_all=False,
-                     progress=True, jit=True):
+                     progress=True, jit=True, clip_denoised=True):
     """DDIM sampling (Song et al. 2021, eq. 12) over ``steps`` evenly spaced timesteps.
 
     x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma z. Deterministic at eta=0;
@@ -93,10 +102,10 @@ def ddim_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=50, eta=0.
     """
     steps = 50 if steps is None else steps
     rng, x = _start(shape, seed, x_T)
+    start_and_noise = clipped_start_and_noise if clip_denoised else _start_and_noise
 
     def denoise(x_t, t, sqrt_a_prev, dir_coef, sigma, z):
-        eps = eps_model(x_t, t)
-        x0 = predict_start_from_noise(sched, x_t, t, eps)
+        x0, eps = start_and_noise(sched, x_t, t, eps_model(x_t, t))
         return sqrt_a_prev * x0 + dir_coef * eps + sigma * z
 
     def scalar(v):
@@ -109,10 +118,10 @@ def ddim_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=50, eta=0.
 
 
 def ddpm_no_noise_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=0.0, return_all=False,
-                       progress=True, jit=True):
+                       progress=True, jit=True, clip_denoised=True):
     """The ablation: DDPM's means with no noise added back at any step (eta is ignored)."""
     del eta
-    return p_sample_loop(eps_model, sched, shape, seed, x_T, steps, 0.0, return_all, progress, jit)
+    return p_sample_loop(eps_model, sched, shape, seed, x_T, steps, 0.0, return_all, progress, jit, clip_denoised)
 
 
 SAMPLERS = {"ddpm": p_sample_loop, "ddim": ddim_sample_loop, "ddpm-no-noise": ddpm_no_noise_loop}
@@ -136,19 +145,19 @@ def guided_eps(model, y, guidance, null_class):
 
 
 def sample(eps_model, sched, image_size, batch_size=16, channels=3, seed=0, sampler="ddpm", steps=None, eta=None,
-           return_all=False, progress=True, jit=True):
+           return_all=False, progress=True, jit=True, clip_denoised=True):
     """Sample ``batch_size`` square images [B, channels, S, S] in about [-1, 1] with a named sampler.
 
     With ``return_all`` returns every step instead: [S, B, channels, S, S].
     """
     out = generate(eps_model, sched, (channels, image_size, image_size), batch_size, seed=seed,
                    batch_size=batch_size, sampler=sampler, steps=steps, eta=eta, frames=return_all,
-                   progress=progress, jit=jit)
+                   progress=progress, jit=jit, clip_denoised=clip_denoised)
     return out[1] if return_all else out
 
 
 def generate(model, sched, image_shape, num, seed=0, batch_size=64, sampler="ddpm", steps=None, eta=None,
-             labels=None, guidance=1.0, null_class=None, frames=False, progress=True, jit=True):
+             labels=None, guidance=1.0, null_class=None, frames=False, progress=True, jit=True, clip_denoised=True):
     """Sample ``num`` images [num, C, H, W] in batches; batch i uses seed + i.
 
     ``labels`` [num] int with ``guidance`` w and ``null_class`` samples a class-conditional model with
@@ -163,7 +172,7 @@ def generate(model, sched, image_shape, num, seed=0, batch_size=64, sampler="ddp
         eps_model = model if labels is None else guided_eps(model, labels[start:start + n], guidance, null_class)
         want = frames and i == 0
         x = SAMPLERS[sampler](eps_model, sched, (n, *image_shape), seed=seed + i, steps=steps, return_all=want,
-                              progress=progress, jit=jit, **kwargs)
+                              progress=progress, jit=jit, clip_denoised=clip_denoised, **kwargs)
         if want:
             first_frames, x = x, x[-1]
         chunks.append(x)

@@ -78,7 +78,8 @@ class NoiseSchedule:
 
     FIELDS = ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
               "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas", "sqrt_recip_alphas_cumprod",
-              "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_std", "p2_loss_weight")
+              "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_std", "posterior_mean_coef1",
+              "posterior_mean_coef2", "p2_loss_weight")
 
     def __init__(self, betas, p2_gamma=0.0, p2_k=1.0):
         betas = np.asarray(betas, dtype=np.float64)
@@ -101,6 +102,9 @@ class NoiseSchedule:
             "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
             "posterior_variance": posterior_variance,
             "posterior_std": np.sqrt(posterior_variance),
+            # eq. 7: mu~_t(x_t, x_0) = coef1 x_0 + coef2 x_t
+            "posterior_mean_coef1": np.sqrt(alphas_cumprod_prev) * betas / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": np.sqrt(alphas) * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             "p2_loss_weight": (p2_k + snr) ** -p2_gamma,
         }
         self.num_timesteps = int(betas.shape[0])

@@ -58,6 +58,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=250)
     parser.add_argument("--no-ema", action="store_true")
+    parser.add_argument("--no-clip", action="store_true", help="sample without clipping the predicted x_0")
     parser.add_argument("--data-root", help="Fashion-MNIST folder (default: the usual lookup)")
     args = parser.parse_args()
 
@@ -89,7 +90,7 @@ def main():
         labels = None if k is None else np.arange(NUM_EVAL) % k
         images = generate(model, sched, (cfg.model.channels, cfg.data.image_size, cfg.data.image_size), NUM_EVAL,
                           seed=args.seed, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
-                          eta=args.eta, labels=labels, null_class=k)
+                          eta=args.eta, labels=labels, null_class=k, clip_denoised=not args.no_clip)
     try:
         result = evaluator.evaluate(images)
     except ValueError as e:

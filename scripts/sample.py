@@ -42,6 +42,8 @@ def main():
     parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance w")
     parser.add_argument("--per-class", action="store_true", help="a grid of every class, one labelled row each")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
+    parser.add_argument("--no-clip", action="store_true",
+                        help="do not clip the predicted x_0 to [-1, 1] at each step (the tutorial's update)")
     parser.add_argument("--gif", action="store_true", help="also write denoising.gif of the first batch")
     parser.add_argument("--gif-index", type=int, default=0, help="which image of the first batch to animate")
     parser.add_argument("--forward-figure", action="store_true",
@@ -81,7 +83,7 @@ def main():
     c, size = cfg.model.channels, cfg.data.image_size
     result = generate(model, sched, (c, size, size), num, seed=args.seed, batch_size=args.batch_size,
                       sampler=args.sampler, steps=args.steps, eta=args.eta, labels=labels, guidance=args.guidance,
-                      null_class=k, frames=args.gif)
+                      null_class=k, frames=args.gif, clip_denoised=not args.no_clip)
     samples, frames = result if args.gif else (result, None)
     np.save(os.path.join(out, "samples.npy"), samples.astype(np.float32))
     nrow = len(samples) // k if rows else int(np.ceil(np.sqrt(len(samples))))

@@ -103,3 +103,12 @@ def test_signal_saves_and_stops(data_dir, tmp_path):
     summary = tr.fit(progress=False)
     assert summary["interrupted"] == signal.SIGTERM and summary["step"] == 3
     assert ckpt.checkpoint_position(ckpt.read_checkpoint(summary["checkpoint"])) == (3, 0, 3)
+
+
+def test_preview_grids_follow_sample_sampler(data_dir, tmp_path):
+    tr = Trainer(_cfg(tmp_path, "train.sample_sampler=ddim", "train.sample_steps=3"))
+    images, frames = tr.sample(2, frames=True)
+    assert images.shape == (2, 1, 28, 28) and len(frames) == 3 + 1     # x_T and one frame per DDIM step
+    tr = Trainer(_cfg(tmp_path / "ddpm"))
+    _, frames = tr.sample(2, frames=True)
+    assert len(frames) == tr.run.sched.num_timesteps + 1

@@ -47,16 +47,39 @@ def test_ddim_full_steps_eta1_is_ddpm():
     np.testing.assert_allclose(ddim, ddpm, rtol=1e-4, atol=1e-4)
 
 
-def test_ddim_one_step_closed_form():
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_one_step_closed_form(clip):
     s = NoiseSchedule.from_name("cosine", 100)
     x = _x_T(3)
     out = ddim_sample_loop(_const_eps, s, SHAPE, seed=0, x_T=x, steps=4, eta=0.0, return_all=True,
-                           progress=False)[0]
+                           progress=False, clip_denoised=clip)[0]
     t, t_prev = ddim_timesteps(100, 4)[:2]
     ab, ab_prev = s.np["alphas_cumprod"][t], s.np["alphas_cumprod"][t_prev]
     eps = x * 0.3 + 0.1
     x0 = (x - np.sqrt(1 - ab) * eps) / np.sqrt(ab)
+    if clip:   # x_0 clipped to [-1, 1], eps re-derived from it (eq. 4)
+        assert np.abs(x0).max() > 1.5          # the clip is exercised
+        x0 = np.clip(x0, -1, 1)
+        eps = (x - np.sqrt(ab) * x0) / np.sqrt(1 - ab)
     np.testing.assert_allclose(out, np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev) * eps, rtol=1e-4, atol=1e-5)
+
+
+def test_ddpm_clipped_step_is_the_posterior_mean_of_clipped_x0(mode):
+    s = NoiseSchedule.from_name("linear", 10)
+    x = _x_T(4)
+    out = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=0, x_T=x, return_all=True, progress=False)[0]
+    plain = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=0, x_T=x, return_all=True, progress=False,
+                               clip_denoised=False)[0]
+    t = 9
+    b, ab, ab_prev = s.np["betas"][t], s.np["alphas_cumprod"][t], s.np["alphas_cumprod"][t - 1]
+    x0 = (x - np.sqrt(1 - ab) * (x * 0.3 + 0.1)) / np.sqrt(ab)
+    assert np.abs(x0).max() > 1.5
+
+    def mean(x_0):   # eq. 7
+        return (np.sqrt(ab_prev) * b * x_0 + np.sqrt(1 - b) * (1 - ab_prev) * x) / (1 - ab)
+
+    np.testing.assert_allclose(out, mean(np.clip(x0, -1, 1)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(plain, mean(x0), rtol=1e-4, atol=1e-4)      # eq. 7 == eq. 11 without the clip
 
 
 def test_ddim_with_oracle_recovers_x0():
@@ -74,9 +97,9 @@ def test_ddim_with_oracle_recovers_x0():
 
 def test_no_noise_ablation_uses_ddpm_means_only():
     s = NoiseSchedule.from_name("linear", 10)
-    a = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), progress=False)
-    b = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=2, x_T=_x_T(), progress=False)
-    c = p_sample_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), progress=False)
+    a = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), progress=False, clip_denoised=False)
+    b = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=2, x_T=_x_T(), progress=False, clip_denoised=False)
+    c = p_sample_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), progress=False, clip_denoised=False)
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 1e-2
     x = _x_T()   # closed form: iterate the DDPM mean
