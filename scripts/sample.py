@@ -4,6 +4,7 @@
 Writes samples.png (a grid) and samples.npy ([N, C, H, W] float32 in [-1, 1]) into --out; --gif adds
 denoising.gif; --forward-figure adds the tutorial's forward-diffusion figure. A class-conditional
 checkpoint takes --class NAME|INDEX and --guidance W, or --per-class for a labelled 10-row grid.
+--ablation adds ablation.png: DDPM and DDPM with no noise added back, from the same starting noise.
 EMA weights are used when the checkpoint has them (--no-ema for the raw weights).
 """
 import os
@@ -48,6 +49,8 @@ def main():
     parser.add_argument("--gif-index", type=int, default=0, help="which image of the first batch to animate")
     parser.add_argument("--forward-figure", action="store_true",
                         help="also write forward_diffusion.png (one training image at t=0,50,100,150,199)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also write ablation.png: 8 DDPM samples above the same 8 with no noise added back")
     args = parser.parse_args()
     if args.sampler != "ddim" and (args.steps is not None or args.eta is not None):
         parser.error("--steps and --eta apply to --sampler ddim")
@@ -90,6 +93,13 @@ def main():
     save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, row_labels=rows)
     if frames is not None:
         save_gif(frames, os.path.join(out, "denoising.gif"), index=args.gif_index, every=max(1, len(frames) // 100))
+    if args.ablation:
+        n = min(8, num)
+        rows = [generate(model, sched, (c, size, size), n, seed=args.seed, batch_size=n, sampler=name,
+                         labels=None if labels is None else labels[:n], guidance=args.guidance, null_class=k,
+                         clip_denoised=not args.no_clip) for name in ("ddpm", "ddpm-no-noise")]
+        save_grid(np.concatenate(rows), os.path.join(out, "ablation.png"), nrow=n,
+                  row_labels=["DDPM", "no noise added"], title="same starting noise x_T")
     if args.forward_figure:
         from ddpm_ms.data import load_fashion_arrays, resolve_fashion_dir
         from ddpm_ms.viz import forward_diffusion_figure

@@ -42,11 +42,11 @@ def trained(tmp_path_factory):
 
 def test_sample_script_writes_grid_npy_gif(trained, tmp_path):
     proc = _run("sample.py", "--ckpt", str(trained / "ckpt_step00000003.ckpt"), "--num", "5", "--batch-size", "3",
-                "--out", str(tmp_path), "--gif", "--forward-figure", "--seed", "1")
+                "--out", str(tmp_path), "--gif", "--forward-figure", "--ablation", "--seed", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     samples = np.load(tmp_path / "samples.npy")
     assert samples.shape == (5, 1, 28, 28) and samples.dtype == np.float32 and np.isfinite(samples).all()
-    for name in ("samples.png", "denoising.gif", "forward_diffusion.png"):
+    for name in ("samples.png", "denoising.gif", "forward_diffusion.png", "ablation.png"):
         assert os.path.getsize(tmp_path / name) > 0
 
 

@@ -17,5 +17,5 @@ def test_notebook_executes(data_dir, tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "2992180" in outputs
     assert "(10, 16, 1, 28, 28)" in outputs
-    for name in ("forward_diffusion.png", "loss_curve.png", "samples.png", "denoising.gif"):
+    for name in ("forward_diffusion.png", "loss_curve.png", "samples.png", "denoising.gif", "ddim.png", "ablation.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0, name

@@ -108,7 +108,7 @@ def test_signal_saves_and_stops(data_dir, tmp_path):
 def test_preview_grids_follow_sample_sampler(data_dir, tmp_path):
     tr = Trainer(_cfg(tmp_path, "train.sample_sampler=ddim", "train.sample_steps=3"))
     images, frames = tr.sample(2, frames=True)
-    assert images.shape == (2, 1, 28, 28) and len(frames) == 3 + 1     # x_T and one frame per DDIM step
+    assert images.shape == (2, 1, 28, 28) and len(frames) == 3     # one frame per DDIM step
     tr = Trainer(_cfg(tmp_path / "ddpm"))
     _, frames = tr.sample(2, frames=True)
-    assert len(frames) == tr.run.sched.num_timesteps + 1
+    assert len(frames) == tr.run.sched.num_timesteps
