@@ -173,8 +173,12 @@ class Evaluator:
         self.ref_feats = features(self.net, ref)
         self.ref_stats = gaussian_stats(self.ref_feats)
 
-    def evaluate(self, images, num=NUM_EVAL):
-        """JSON-ready scores for the first ``num`` images [N, 1, 28, 28] in [-1, 1]."""
+    def evaluate(self, images, num=NUM_EVAL, labels=None):
+        """JSON-ready scores for the first ``num`` images [N, 1, 28, 28] in [-1, 1].
+
+        With the requested ``labels`` [N] of class-conditional samples, ``label_agreement`` is the
+        fraction the classifier assigns to the requested class (compare with ``classifier_accuracy``).
+        """
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
             raise ValueError(f"expected images of shape [N, 1, 28, 28], got {list(images.shape)}")
@@ -184,6 +188,8 @@ class Evaluator:
         feats = features(self.net, images)
         probs = predict_proba(self.net, images)
         hist = np.bincount(probs.argmax(1), minlength=10)
+        agreement = {} if labels is None else {
+            "label_agreement": float((probs.argmax(1) == np.asarray(labels)[:num]).mean())}
         return {
             "num_images": int(num),
             "fd": frechet_distance(*gaussian_stats(feats), *self.ref_stats),
@@ -192,4 +198,5 @@ class Evaluator:
             "class_histogram": [int(c) for c in hist],
             "classes_present": int((hist >= max(1, num // 100)).sum()),
             "classifier_accuracy": round(self.accuracy, 4),
+            **agreement,
         }

@@ -58,6 +58,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=250)
     parser.add_argument("--no-ema", action="store_true")
+    parser.add_argument("--guidance", type=non_negative_float, default=3.0,
+                        help="classifier-free guidance w for a class-conditional --ckpt (labels 0..9 in turn)")
     parser.add_argument("--no-clip", action="store_true", help="sample without clipping the predicted x_0")
     parser.add_argument("--data-root", help="Fashion-MNIST folder (default: the usual lookup)")
     args = parser.parse_args()
@@ -73,6 +75,7 @@ def main():
     if args.calibrate:
         print(json.dumps(calibration(evaluator, root), indent=1))
         return 0
+    labels = None
     if args.samples:
         if args.samples.endswith(".npy"):
             images = np.load(args.samples)
@@ -90,9 +93,10 @@ def main():
         labels = None if k is None else np.arange(NUM_EVAL) % k
         images = generate(model, sched, (cfg.model.channels, cfg.data.image_size, cfg.data.image_size), NUM_EVAL,
                           seed=args.seed, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
-                          eta=args.eta, labels=labels, null_class=k, clip_denoised=not args.no_clip)
+                          eta=args.eta, labels=labels, guidance=args.guidance, null_class=k,
+                          clip_denoised=not args.no_clip)
     try:
-        result = evaluator.evaluate(images)
+        result = evaluator.evaluate(images, labels=labels)
     except ValueError as e:
         parser.error(str(e))
     print(json.dumps(result))

@@ -73,6 +73,14 @@ def test_real_images_score_far_better_than_noise(evaluator):
     assert ev.evaluate(real) == r               # deterministic
 
 
+def test_label_agreement_of_requested_classes(evaluator):
+    ev, root = evaluator
+    real, labels = metrics.real_images(root, metrics.HELDOUT_RANGE)
+    right = ev.evaluate(real, labels=labels)["label_agreement"]
+    wrong = ev.evaluate(real, labels=(np.asarray(labels) + 1) % 10)["label_agreement"]
+    assert right > 0.7 and wrong < 0.2
+
+
 def test_grid_png_gives_the_same_numbers_as_npy(evaluator, tmp_path):
     ev, root = evaluator
     real, _ = metrics.real_images(root, metrics.HELDOUT_RANGE)
