@@ -106,6 +106,11 @@ class Trainer:
         finally:
             self.run.model.set_train(True)
 
+    @property
+    def grid_columns(self):
+        """Columns of the sample grids: one per class for a conditional model (labels go 0, 1, ... in turn)."""
+        return self.cfg.model.num_classes if self.conditional else 8
+
     def _log(self, loss, img_per_s):
         row = {"step": self.step, "epoch": self.epoch, "loss": loss,
                "lr": float(self.run.lrs[min(self.step, len(self.run.lrs)) - 1]),
@@ -139,7 +144,7 @@ class Trainer:
         self.step_in_epoch = 0
         if self.is_main:
             grid = self.sample(self.cfg.train.sample_num, seed=self.epoch)
-            save_grid(grid, os.path.join(self.out, f"samples_epoch{self.epoch:03d}.png"),
+            save_grid(grid, os.path.join(self.out, f"samples_epoch{self.epoch:03d}.png"), nrow=self.grid_columns,
                       title=f"epoch {self.epoch}, step {self.step}")
 
     def _write_final(self, interrupted):
@@ -150,7 +155,8 @@ class Trainer:
         if interrupted is None:
             t_cfg = self.cfg.train
             final, frames = self.sample(t_cfg.sample_num, frames=True, seed=12345)
-            save_grid(final, os.path.join(self.out, "samples_final.png"), title=f"step {self.step}")
+            save_grid(final, os.path.join(self.out, "samples_final.png"), nrow=self.grid_columns,
+                      title=f"step {self.step}")
             np.save(os.path.join(self.out, "samples_final.npy"), final)
             if t_cfg.gif:
                 save_gif(frames, os.path.join(self.out, "denoising.gif"), index=0, every=max(1, len(frames) // 100))
