@@ -17,12 +17,13 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 from .config import Config, ConfigError, load_config
 from .diffusion import p_losses, p_mean, p_sample, predict_start_from_noise, q_sample
 from .model import Unet, count_params
-from .sampling import ddim_sample_loop, ddpm_no_noise_loop, generate, guided_eps, p_sample_loop, sample
+from .sampling import (ddim_sample_loop, ddpm_no_noise_loop, generate, guidance_cond, guided_eps, p_sample_loop,
+                       sample)
 from .schedule import NoiseSchedule, extract, make_betas
 from .trainer import TrainStep, build_model, build_run, build_schedule
 
 __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "load_config", "p_losses", "p_mean", "p_sample", "predict_start_from_noise",
-           "q_sample", "Unet", "count_params", "ddim_sample_loop", "ddpm_no_noise_loop", "generate", "guided_eps",
-           "p_sample_loop", "sample", "NoiseSchedule", "extract", "make_betas", "TrainStep", "build_model",
+           "q_sample", "Unet", "count_params", "ddim_sample_loop", "ddpm_no_noise_loop", "generate", "guidance_cond",
+           "guided_eps", "p_sample_loop", "sample", "NoiseSchedule", "extract", "make_betas", "TrainStep", "build_model",
            "build_run", "build_schedule"]

@@ -14,6 +14,7 @@ import yaml
 from mindspore import Tensor
 
 from .config import ConfigError, from_dict
+from .params import assign_parameters
 
 PREFIX = "ckpt_step"
 FORMAT = 1
@@ -126,10 +127,9 @@ def check_compatible(model, data, path="checkpoint"):
 
 
 def load_model_weights(model, data, path="checkpoint", prefix=""):
-    """Copy weights named ``prefix + param.name`` from a checkpoint dict into ``model``."""
+    """Copy weights named ``prefix + param.name`` from a checkpoint dict into ``model`` (in place)."""
     check_compatible(model, {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}, path)
-    ms.load_param_into_net(model, {p.name: data[prefix + p.name] for p in model.trainable_params()},
-                           strict_load=True)
+    assign_parameters((p, data[prefix + p.name]) for p in model.trainable_params())
 
 
 def restore_training(data, model, optimizer, loss_scaler, path="checkpoint", ema=None):
@@ -142,9 +142,10 @@ def restore_training(data, model, optimizer, loss_scaler, path="checkpoint", ema
             raise CheckpointError(f"{path}: {e.args[0]}; resume with ema.enabled=false") from None
     # Adam moments, beta powers and global_step; the LR list is rebuilt from the config (its length
     # depends on the steps per epoch, which change with the number of msrun workers)
-    ms.load_param_into_net(optimizer, {k: v for k, v in data.items() if k != "learning_rate"})
-    ms.ops.assign(loss_scaler.scale_value, Tensor(data["loss_scaler.scale_value"].asnumpy()))
-    ms.ops.assign(loss_scaler.counter, Tensor(data["loss_scaler.counter"].asnumpy()))
+    assign_parameters((p, data[p.name]) for _, p in optimizer.parameters_and_names()
+                      if p.name in data and p.name != "learning_rate")
+    assign_parameters([(loss_scaler.scale_value, data["loss_scaler.scale_value"]),
+                       (loss_scaler.counter, data["loss_scaler.counter"])])
     return checkpoint_position(data)
 
 

@@ -1,9 +1,10 @@
 """Exponential moving average of model weights, the weights DDPM samples from."""
 from contextlib import contextmanager
 
-import numpy as np
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, ops
+
+from .params import assign_parameters
 
 PREFIX = "ema."
 
@@ -55,18 +56,17 @@ class EMA:
         missing = [s.name for s in self.shadow if s.name not in data]
         if missing or self.num_updates.name not in data:
             raise KeyError(f"checkpoint has no EMA weights ({(missing or [self.num_updates.name])[0]} missing)")
-        for s in self.shadow:
-            s.set_data(Tensor(data[s.name].asnumpy()))
-        self.num_updates.set_data(Tensor(np.int32(data[self.num_updates.name].asnumpy())))
+        assign_parameters([(s, data[s.name]) for s in self.shadow] + [(self.num_updates, data[self.num_updates.name])])
 
     @contextmanager
     def swapped(self):
-        """Temporarily put the EMA weights into the model (e.g. to sample), then restore the raw weights."""
-        raw = [Tensor(p.asnumpy()) for p in self.params]
-        for p, s in zip(self.params, self.shadow):
-            p.set_data(Tensor(s.asnumpy()))
+        """Temporarily put the EMA weights into the model (e.g. to sample), then restore the raw weights.
+
+        In place, so compiled graphs (the train step, cached sampling steps) see both changes.
+        """
+        raw = [p.asnumpy().copy() for p in self.params]   # asnumpy() may share the storage
+        assign_parameters(zip(self.params, self.shadow))
         try:
             yield
         finally:
-            for p, r in zip(self.params, raw):
-                p.set_data(r)
+            assign_parameters(zip(self.params, raw))

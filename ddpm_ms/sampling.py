@@ -1,11 +1,12 @@
 """Reverse-process samplers as plain functions with one signature (k-diffusion style).
 
     sampler(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=..., return_all=False,
-            progress=True, jit=True, clip_denoised=True) -> ndarray
+            progress=True, jit=True, clip_denoised=True, cond=()) -> ndarray
 
-``eps_model(x [B,C,H,W], t [B] int32) -> eps`` (see :func:`guided_eps` for
-classifier-free guidance). One compiled step (fixed shapes, ``t`` and the
-per-step coefficients as Tensors) is reused for every step. Noise comes from a
+``eps_model(x [B,C,H,W], t [B] int32, *cond) -> eps``; ``cond`` (default ``()``) holds extra Tensors
+such as the labels and guidance weight of :func:`guided_eps`. One compiled step (``t``, the per-step
+coefficients and ``cond`` as Tensor inputs) serves every step; it is kept on ``eps_model``, so later
+calls and batches of the same shape reuse the compiled graph instead of compiling again. Noise comes from a
 seeded numpy Generator on the host, so the same seed gives the same images in
 GRAPH and PYNATIVE modes. Each returns x_0 [B,C,H,W] float32, or with
 ``return_all`` every step's output stacked as [S, B, C, H, W] (last = x_0).
@@ -15,16 +16,33 @@ it (the tutorial's eq. 11 update) an imperfect model's chain can drift far outsi
 """
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, ops
+from mindspore import Tensor, nn, ops
 from tqdm.auto import tqdm
 
 from .diffusion import clipped_start_and_noise, p_mean, p_mean_clipped, predict_start_from_noise
 from .schedule import extract, timestep_tensor
 
 
-def compile_step(fn, jit=True):
-    """ms.jit(fn) when ``jit`` else fn: the one place samplers choose compiled or eager."""
-    return ms.jit(fn) if jit else fn
+def _cache(obj):
+    """A dict kept on ``obj`` (a model or eps function) for what sampling builds once per model."""
+    return vars(obj).setdefault("_ddpm_ms_sampling_cache", {})
+
+
+def compile_step(build, eps_model, sched, clip_denoised, jit=True):
+    """The step ``build(eps_model, sched, clip_denoised)``, compiled with ms.jit when ``jit``.
+
+    The one place samplers choose compiled or eager. A compiled step is cached on ``eps_model`` per
+    (builder, schedule, clip), so later calls and batches reuse it and MindSpore compiles each input
+    shape once; the graph reads the model's Parameters, so new weights (training, EMA) are seen.
+    The step holds ``sched``, so its id stays unique while cached.
+    """
+    if not jit:
+        return build(eps_model, sched, clip_denoised)
+    cache = _cache(eps_model) if hasattr(eps_model, "__dict__") else {}
+    key = (build.__name__, id(sched), clip_denoised)
+    if key not in cache:
+        cache[key] = ms.jit(build(eps_model, sched, clip_denoised))
+    return cache[key]
 
 
 def _start(shape, seed, x_T):
@@ -33,19 +51,30 @@ def _start(shape, seed, x_T):
     return rng, x
 
 
-def _loop(step, x, plan, rng, shape, return_all, progress, desc):
-    """Run ``step(x, *coeffs, z)`` over ``plan`` (a list of coefficient tuples), drawing z each step."""
+def _loop(step, x, plan, rng, shape, return_all, progress, desc, cond):
+    """Run ``step(x, *coeffs, z, *cond)`` over ``plan`` (a list of coefficient tuples), drawing z each step."""
     frames = []
     for coeffs in tqdm(plan, desc=desc, disable=not progress, leave=False):
         z = Tensor(rng.standard_normal(shape, dtype=np.float32))
-        x = step(x, *coeffs, z)
+        x = step(x, *coeffs, z, *cond)
         if return_all:
             frames.append(x.asnumpy())
     return np.stack(frames) if return_all else x.asnumpy()
 
 
+def _ddpm_step(eps_model, sched, clip_denoised):
+    """x_{t-1} = mu_theta(x_t, t) + noise_scale * sigma_t z: eq. 11, or eq. 7 with the clipped x_0."""
+    mean_fn = p_mean_clipped if clip_denoised else p_mean
+
+    def ddpm_step(x_t, t, noise_scale, z, *cond):
+        mean = mean_fn(sched, x_t, t, eps_model(x_t, t, *cond))
+        return mean + noise_scale * extract(sched.posterior_std, t, x_t.shape) * z   # sigma_0 = 0
+
+    return ddpm_step
+
+
 def p_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=1.0, return_all=False,
-                  progress=True, jit=True, clip_denoised=True):
+                  progress=True, jit=True, clip_denoised=True, cond=()):
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2): x_{t-1} = mu_theta(x_t, t) + eta * sigma_t z.
 
     Always runs all T steps (``steps`` must be None or T). ``eta=0`` is the
@@ -55,14 +84,9 @@ def p_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=1.0
         raise ValueError(f"DDPM runs all {sched.num_timesteps} steps; use the DDIM sampler for {steps}")
     rng, x = _start(shape, seed, x_T)
     noise_scale = Tensor(np.float32(eta))
-    mean_fn = p_mean_clipped if clip_denoised else p_mean
-
-    def denoise(x_t, t, z):
-        mean = mean_fn(sched, x_t, t, eps_model(x_t, t))
-        return mean + noise_scale * extract(sched.posterior_std, t, x_t.shape) * z   # sigma_0 = 0
-
-    plan = [(timestep_tensor(i, shape[0]),) for i in reversed(range(sched.num_timesteps))]
-    return _loop(compile_step(denoise, jit), x, plan, rng, shape, return_all, progress, "DDPM sampling")
+    plan = [(timestep_tensor(i, shape[0]), noise_scale) for i in reversed(range(sched.num_timesteps))]
+    step = compile_step(_ddpm_step, eps_model, sched, clip_denoised, jit)
+    return _loop(step, x, plan, rng, shape, return_all, progress, "DDPM sampling", cond)
 
 
 def ddim_timesteps(num_timesteps, steps):
@@ -93,8 +117,19 @@ def _start_and_noise(sched, x_t, t, eps):
     return predict_start_from_noise(sched, x_t, t, eps), eps
 
 
+def _ddim_step(eps_model, sched, clip_denoised):
+    """x_prev = sqrt(a_prev) x0_pred + dir_coef eps + sigma z   (Song et al. 2021, eq. 12)."""
+    start_and_noise = clipped_start_and_noise if clip_denoised else _start_and_noise
+
+    def ddim_step(x_t, t, sqrt_a_prev, dir_coef, sigma, z, *cond):
+        x0, eps = start_and_noise(sched, x_t, t, eps_model(x_t, t, *cond))
+        return sqrt_a_prev * x0 + dir_coef * eps + sigma * z
+
+    return ddim_step
+
+
 def ddim_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=50, eta=0.0, return_all=False,
-                     progress=True, jit=True, clip_denoised=True):
+                     progress=True, jit=True, clip_denoised=True, cond=()):
     """DDIM sampling (Song et al. 2021, eq. 12) over ``steps`` evenly spaced timesteps.
 
     x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma z. Deterministic at eta=0;
@@ -102,11 +137,6 @@ def ddim_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=50, eta=0.
     """
     steps = 50 if steps is None else steps
     rng, x = _start(shape, seed, x_T)
-    start_and_noise = clipped_start_and_noise if clip_denoised else _start_and_noise
-
-    def denoise(x_t, t, sqrt_a_prev, dir_coef, sigma, z):
-        x0, eps = start_and_noise(sched, x_t, t, eps_model(x_t, t))
-        return sqrt_a_prev * x0 + dir_coef * eps + sigma * z
 
     def scalar(v):
         return Tensor(np.float32(v))
@@ -114,34 +144,54 @@ def ddim_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=50, eta=0.
     plan = [(timestep_tensor(t, shape[0]), scalar(np.sqrt(a_prev)),
              scalar(np.sqrt(max(1 - a_prev - sigma ** 2, 0.0))), scalar(sigma))
             for t, _, a_prev, sigma in ddim_coefficients(sched, steps, eta)]
-    return _loop(compile_step(denoise, jit), x, plan, rng, shape, return_all, progress, "DDIM sampling")
+    step = compile_step(_ddim_step, eps_model, sched, clip_denoised, jit)
+    return _loop(step, x, plan, rng, shape, return_all, progress, "DDIM sampling", cond)
 
 
 def ddpm_no_noise_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=0.0, return_all=False,
-                       progress=True, jit=True, clip_denoised=True):
+                       progress=True, jit=True, clip_denoised=True, cond=()):
     """The ablation: DDPM's means with no noise added back at any step (eta is ignored)."""
     del eta
-    return p_sample_loop(eps_model, sched, shape, seed, x_T, steps, 0.0, return_all, progress, jit, clip_denoised)
+    return p_sample_loop(eps_model, sched, shape, seed, x_T, steps, 0.0, return_all, progress, jit, clip_denoised,
+                         cond)
 
 
 SAMPLERS = {"ddpm": p_sample_loop, "ddim": ddim_sample_loop, "ddpm-no-noise": ddpm_no_noise_loop}
 
 
-def guided_eps(model, y, guidance, null_class):
-    """Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + w (eps_c - eps_u), one batched call.
+class ClassifierFreeGuidance(nn.Cell):
+    """eps = eps_u + w (eps_c - eps_u) (Ho & Salimans 2022), both from one batched call of ``model``.
 
-    y [B] int32 labels; returns eps_model(x [B,...], t [B]) -> [B,...]. w=0 is unconditional, w=1 conditional.
+    construct(x [B,C,H,W], t [B], y [B] int32, w [] float32) -> eps [B,C,H,W]; w=0 is unconditional
+    (label ``null_class``), w=1 conditional.
     """
-    y = Tensor(np.asarray(y, np.int32))
-    y_both = ops.concat((y, ops.full_like(y, null_class)))
-    w = Tensor(np.float32(guidance))
 
-    def eps_model(x, t):
-        eps = model(ops.concat((x, x)), ops.concat((t, t)), y_both)
+    def __init__(self, model, null_class):
+        super().__init__()
+        self.model = model
+        self.null_class = null_class
+
+    def construct(self, x, t, y, w):
+        y_both = ops.concat((y, ops.full_like(y, self.null_class)))
+        eps = self.model(ops.concat((x, x)), ops.concat((t, t)), y_both)
         eps_c, eps_u = ops.chunk(eps, 2, 0)
         return eps_u + w * (eps_c - eps_u)
 
-    return eps_model
+
+def guided_eps(model, null_class):
+    """The classifier-free-guidance eps function of a class-conditional ``model``, made once per model.
+
+    Call it as ``eps(x, t, *guidance_cond(y, w))``, or pass ``cond=guidance_cond(y, w)`` to a sampler.
+    """
+    cache = _cache(model)
+    if ("cfg", null_class) not in cache:
+        cache[("cfg", null_class)] = ClassifierFreeGuidance(model, null_class)
+    return cache[("cfg", null_class)]
+
+
+def guidance_cond(y, guidance):
+    """The ``cond`` Tensors of :func:`guided_eps`: labels y [B] -> (y int32 [B], w float32 [])."""
+    return Tensor(np.asarray(y, np.int32)), Tensor(np.float32(guidance))
 
 
 def sample(eps_model, sched, image_size, batch_size=16, channels=3, seed=0, sampler="ddpm", steps=None, eta=None,
@@ -166,13 +216,14 @@ def generate(model, sched, image_shape, num, seed=0, batch_size=64, sampler="ddp
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     kwargs = {} if eta is None else {"eta": eta}
+    eps_model = model if labels is None else guided_eps(model, null_class)
     chunks, first_frames = [], None
     for i, start in enumerate(range(0, num, batch_size)):
         n = min(batch_size, num - start)
-        eps_model = model if labels is None else guided_eps(model, labels[start:start + n], guidance, null_class)
+        cond = () if labels is None else guidance_cond(labels[start:start + n], guidance)
         want = frames and i == 0
         x = SAMPLERS[sampler](eps_model, sched, (n, *image_shape), seed=seed + i, steps=steps, return_all=want,
-                              progress=progress, jit=jit, clip_denoised=clip_denoised, **kwargs)
+                              progress=progress, jit=jit, clip_denoised=clip_denoised, cond=cond, **kwargs)
         if want:
             first_frames, x = x, x[-1]
         chunks.append(x)

@@ -54,6 +54,25 @@ def test_resume_is_exact(data_dir, tmp_path):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=a.name)
 
 
+def test_preview_grids_leave_training_untouched(data_dir, tmp_path, monkeypatch):
+    # the epoch-end grid swaps the EMA weights in and out; the compiled train step must go on from the raw ones
+    shown = Trainer(_cfg(tmp_path / "a", "train.max_steps=10"))
+    shown.fit(progress=False)
+
+    def no_preview(self, num, frames=False, seed=0):
+        blank = np.zeros((num, 1, 28, 28), np.float32)
+        return (blank, blank[None]) if frames else blank
+
+    monkeypatch.setattr(Trainer, "sample", no_preview)
+    hidden = Trainer(_cfg(tmp_path / "b", "train.max_steps=10"))
+    hidden.fit(progress=False)
+    pa, pb = _params(shown.run.model), _params(hidden.run.model)
+    for name in pa:
+        np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
+    saved = ckpt.read_checkpoint(ckpt.list_checkpoints(str(tmp_path / "a"))[-1])
+    np.testing.assert_array_equal(saved["init_conv.weight"].asnumpy(), pb["init_conv.weight"])
+
+
 def test_checkpoint_contents_and_keep_last(data_dir, tmp_path):
     tr = Trainer(_cfg(tmp_path, "train.max_steps=12", "train.ckpt_every=4", "train.keep_last=2"))
     tr.fit(progress=False)

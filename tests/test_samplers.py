@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, Tensor, nn, ops
 
 from ddpm_ms import NoiseSchedule, Unet
+from ddpm_ms.checkpoint import load_model_weights
 from ddpm_ms.ema import EMA
-from ddpm_ms.sampling import (ddim_coefficients, ddim_sample_loop, ddim_timesteps, ddpm_no_noise_loop, guided_eps,
-                              p_sample_loop)
+from ddpm_ms.sampling import (ddim_coefficients, ddim_sample_loop, ddim_timesteps, ddpm_no_noise_loop, generate,
+                              guidance_cond, guided_eps, p_sample_loop)
 from ddpm_ms.trainer import drop_labels
 
 SHAPE = (3, 1, 8, 8)
@@ -118,9 +119,42 @@ def test_guidance_interpolates_between_uncond_and_cond(mode):
     cond = net(x, t, Tensor(y)).asnumpy()
     uncond = net(x, t, Tensor(np.full(2, 10, np.int32))).asnumpy()
     assert np.abs(cond - uncond).max() > 1e-5
-    np.testing.assert_allclose(guided_eps(net, y, 0.0, 10)(x, t).asnumpy(), uncond, atol=1e-5)
-    np.testing.assert_allclose(guided_eps(net, y, 1.0, 10)(x, t).asnumpy(), cond, atol=1e-5)
-    np.testing.assert_allclose(guided_eps(net, y, 3.0, 10)(x, t).asnumpy(), uncond + 3 * (cond - uncond), atol=1e-4)
+    eps = guided_eps(net, 10)
+    np.testing.assert_allclose(eps(x, t, *guidance_cond(y, 0.0)).asnumpy(), uncond, atol=1e-5)
+    np.testing.assert_allclose(eps(x, t, *guidance_cond(y, 1.0)).asnumpy(), cond, atol=1e-5)
+    np.testing.assert_allclose(eps(x, t, *guidance_cond(y, 3.0)).asnumpy(), uncond + 3 * (cond - uncond), atol=1e-4)
+
+
+def test_compiled_step_is_reused_and_reads_new_weights(mode):
+    ms.set_seed(0)
+    net = Unet(dim=8, channels=1, dim_mults=(1, 2))
+    net.set_train(False)
+    s = NoiseSchedule.from_name("linear", 10)
+    a = ddim_sample_loop(net, s, SHAPE, seed=0, steps=3, progress=False)
+    compiled = dict(net._ddpm_ms_sampling_cache)
+    assert len(compiled) == 1
+    np.testing.assert_array_equal(ddim_sample_loop(net, s, SHAPE, seed=0, steps=3, progress=False), a)
+    assert net._ddpm_ms_sampling_cache == compiled          # the same compiled step, not a new one
+    load_model_weights(net, {p.name: Tensor(p.asnumpy() * 0.5) for p in net.trainable_params()})
+    b = ddim_sample_loop(net, s, SHAPE, seed=0, steps=3, progress=False)
+    assert np.abs(a - b).max() > 1e-3
+    np.testing.assert_allclose(b, ddim_sample_loop(net, s, SHAPE, seed=0, steps=3, progress=False, jit=False),
+                               atol=1e-4)
+
+
+def test_guided_generate_matches_eager_across_batches():
+    ms.set_seed(0)
+    net = Unet(dim=8, channels=1, dim_mults=(1, 2), num_classes=10)
+    net.set_train(False)
+    s = NoiseSchedule.from_name("linear", 10)
+    kwargs = dict(batch_size=2, sampler="ddim", steps=3, labels=np.array([9, 2, 5]), guidance=3.0, null_class=10,
+                  progress=False)
+    out = generate(net, s, (1, 8, 8), 3, **kwargs)
+    assert guided_eps(net, 10) is guided_eps(net, 10)
+    assert len(guided_eps(net, 10)._ddpm_ms_sampling_cache) == 1
+    np.testing.assert_allclose(out, generate(net, s, (1, 8, 8), 3, jit=False, **kwargs), atol=1e-4)
+    swapped = dict(kwargs, labels=np.array([2, 9, 5]))
+    assert np.abs(out[:2] - generate(net, s, (1, 8, 8), 3, **swapped)[:2]).max() > 1e-4
 
 
 def test_label_dropout_rate():
@@ -162,3 +196,28 @@ def test_ema_closed_form(warmup):
     with ema.swapped():
         np.testing.assert_allclose(toy.w.asnumpy(), expected, rtol=1e-5)
     np.testing.assert_array_equal(toy.w.asnumpy(), c.astype(np.float32))
+
+
+def test_ema_swap_is_seen_by_graphs_compiled_before_it(mode):
+    """The train step and cached sampling steps are compiled once; the swap must reach their weights."""
+    toy = _Toy()
+    ema = EMA(toy, decay=0.5, warmup=False)
+    x = Tensor(np.ones(2, np.float32))
+
+    def forward(x):
+        return toy(x)
+
+    def train_update():            # an optimizer-like in-place update, compiled once
+        ops.assign(toy.w, toy.w + 1.0)
+        return toy.w
+
+    forward, train_update = ms.jit(forward), ms.jit(train_update)
+    np.testing.assert_allclose(forward(x).asnumpy(), [2.0, -4.0])
+    train_update()
+    ema.update()                   # shadow = 0.5 [2, -4] + 0.5 [3, -3]
+    with ema.swapped():
+        np.testing.assert_allclose(forward(x).asnumpy(), [2.5, -3.5])
+    np.testing.assert_allclose(forward(x).asnumpy(), [3.0, -3.0])
+    train_update()
+    np.testing.assert_allclose(toy.w.asnumpy(), [4.0, -2.0])
+    np.testing.assert_allclose(forward(x).asnumpy(), [4.0, -2.0])
