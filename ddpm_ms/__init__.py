@@ -25,5 +25,5 @@ from .trainer import TrainStep, build_model, build_run, build_schedule
 __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "load_config", "p_losses", "p_mean", "p_sample", "predict_start_from_noise",
            "q_sample", "Unet", "count_params", "ddim_sample_loop", "ddpm_no_noise_loop", "generate", "guidance_cond",
-           "guided_eps", "p_sample_loop", "sample", "NoiseSchedule", "extract", "make_betas", "TrainStep", "build_model",
-           "build_run", "build_schedule"]
+           "guided_eps", "p_sample_loop", "sample", "NoiseSchedule", "extract", "make_betas", "TrainStep",
+           "build_model", "build_run", "build_schedule"]

@@ -164,20 +164,32 @@ def inception_score(probs, eps=1e-12):
     return float(np.exp(kl.mean()))
 
 
+def per_class_agreement(pred, labels, num_classes=10):
+    """Fraction of predictions equal to the label, per class: pred, labels [N] int -> [num_classes] (None if absent)."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    return [float((pred[labels == k] == k).mean()) if (labels == k).any() else None for k in range(num_classes)]
+
+
 class Evaluator:
-    """Scores sample sets against the fixed real reference set with the cached classifier."""
+    """Scores sample sets against the fixed real reference set with the cached classifier.
+
+    ``class_accuracy`` [10]: the classifier's per-class accuracy on the real reference images, the
+    ceiling for the per-class label agreement of generated images.
+    """
 
     def __init__(self, root, retrain=False):
         self.net, self.accuracy = load_classifier(root, retrain)
-        ref, _ = real_images(root, REFERENCE_RANGE)
+        ref, ref_labels = real_images(root, REFERENCE_RANGE)
         self.ref_feats = features(self.net, ref)
         self.ref_stats = gaussian_stats(self.ref_feats)
+        self.class_accuracy = per_class_agreement(predict_proba(self.net, ref).argmax(1), ref_labels)
 
     def evaluate(self, images, num=NUM_EVAL, labels=None):
         """JSON-ready scores for the first ``num`` images [N, 1, 28, 28] in [-1, 1].
 
         With the requested ``labels`` [N] of class-conditional samples, ``label_agreement`` is the
-        fraction the classifier assigns to the requested class (compare with ``classifier_accuracy``).
+        fraction the classifier assigns to the requested class (compare with ``classifier_accuracy``),
+        and ``label_agreement_per_class`` the same per class (compare with ``classifier_accuracy_per_class``).
         """
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
@@ -189,7 +201,9 @@ class Evaluator:
         probs = predict_proba(self.net, images)
         hist = np.bincount(probs.argmax(1), minlength=10)
         agreement = {} if labels is None else {
-            "label_agreement": float((probs.argmax(1) == np.asarray(labels)[:num]).mean())}
+            "label_agreement": float((probs.argmax(1) == np.asarray(labels)[:num]).mean()),
+            "label_agreement_per_class": per_class_agreement(probs.argmax(1), np.asarray(labels)[:num]),
+            "classifier_accuracy_per_class": [round(a, 4) for a in self.class_accuracy]}
         return {
             "num_images": int(num),
             "fd": frechet_distance(*gaussian_stats(feats), *self.ref_stats),

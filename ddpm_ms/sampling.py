@@ -33,8 +33,9 @@ def compile_step(build, eps_model, sched, clip_denoised, jit=True):
 
     The one place samplers choose compiled or eager. A compiled step is cached on ``eps_model`` per
     (builder, schedule, clip), so later calls and batches reuse it and MindSpore compiles each input
-    shape once; the graph reads the model's Parameters, so new weights (training, EMA) are seen.
-    The step holds ``sched``, so its id stays unique while cached.
+    shape once. The graph reads the model's Parameters, so it sees new weights that are assigned in
+    place (training, the EMA swap, checkpoint loading: see :mod:`ddpm_ms.params`). The step holds
+    ``sched``, so its id stays unique while cached.
     """
     if not jit:
         return build(eps_model, sched, clip_denoised)

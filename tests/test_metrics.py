@@ -76,9 +76,15 @@ def test_real_images_score_far_better_than_noise(evaluator):
 def test_label_agreement_of_requested_classes(evaluator):
     ev, root = evaluator
     real, labels = metrics.real_images(root, metrics.HELDOUT_RANGE)
-    right = ev.evaluate(real, labels=labels)["label_agreement"]
+    scores = ev.evaluate(real, labels=labels)
+    right = scores["label_agreement"]
     wrong = ev.evaluate(real, labels=(np.asarray(labels) + 1) % 10)["label_agreement"]
     assert right > 0.7 and wrong < 0.2
+    per_class, counts = scores["label_agreement_per_class"], np.bincount(labels, minlength=10)
+    assert len(per_class) == 10 and all(0.0 <= a <= 1.0 for a in per_class)
+    assert np.dot(per_class, counts) / counts.sum() == pytest.approx(right)
+    assert np.mean(scores["classifier_accuracy_per_class"]) == pytest.approx(ev.accuracy, abs=0.02)
+    assert metrics.per_class_agreement([1, 1, 0], [1, 0, 0], 3) == [0.5, 1.0, None]
 
 
 def test_grid_png_gives_the_same_numbers_as_npy(evaluator, tmp_path):

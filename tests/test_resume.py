@@ -32,10 +32,20 @@ def test_epoch_order_depends_only_on_seed_and_epoch(data_dir, tmp_path):
     assert a.shape == (8, 1, 28, 28) and a.min() >= -1.0 and a.max() <= 1.0 + 1e-6
 
 
-def test_resume_is_exact(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """10 steps in one go; the epoch-end grid (EMA weights swapped in and out) comes after step 8."""
+    if not os.path.isdir(os.environ.get("DDPM_MS_DATA_DIR") or ""):
+        pytest.skip("DDPM_MS_DATA_DIR does not point at the Fashion-MNIST IDX files")
+    out = tmp_path_factory.mktemp("straight")
+    trainer = Trainer(_cfg(out, "train.max_steps=10"))
+    trainer.fit(progress=False)
+    return trainer, out
+
+
+def test_resume_is_exact(straight, tmp_path):
     # 10 steps straight vs 5 steps, stop, resume for 5 more; the epoch boundary (8 steps) is crossed after resume.
-    straight = Trainer(_cfg(tmp_path / "a", "train.max_steps=10"))
-    straight.fit(progress=False)
+    straight, _ = straight
     first = Trainer(_cfg(tmp_path / "b", "train.max_steps=5"))
     first.fit(progress=False)
     assert first.step == 5
@@ -54,22 +64,21 @@ def test_resume_is_exact(data_dir, tmp_path):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=a.name)
 
 
-def test_preview_grids_leave_training_untouched(data_dir, tmp_path, monkeypatch):
+def test_preview_grids_leave_training_untouched(straight, tmp_path, monkeypatch):
     # the epoch-end grid swaps the EMA weights in and out; the compiled train step must go on from the raw ones
-    shown = Trainer(_cfg(tmp_path / "a", "train.max_steps=10"))
-    shown.fit(progress=False)
+    shown, shown_dir = straight
 
     def no_preview(self, num, frames=False, seed=0):
         blank = np.zeros((num, 1, 28, 28), np.float32)
         return (blank, blank[None]) if frames else blank
 
     monkeypatch.setattr(Trainer, "sample", no_preview)
-    hidden = Trainer(_cfg(tmp_path / "b", "train.max_steps=10"))
+    hidden = Trainer(_cfg(tmp_path, "train.max_steps=10"))
     hidden.fit(progress=False)
     pa, pb = _params(shown.run.model), _params(hidden.run.model)
     for name in pa:
         np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
-    saved = ckpt.read_checkpoint(ckpt.list_checkpoints(str(tmp_path / "a"))[-1])
+    saved = ckpt.read_checkpoint(ckpt.list_checkpoints(str(shown_dir))[-1])
     np.testing.assert_array_equal(saved["init_conv.weight"].asnumpy(), pb["init_conv.weight"])
 
 
