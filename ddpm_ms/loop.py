@@ -54,6 +54,7 @@ class Trainer:
         self.out = cfg.train.out_dir
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
+        self.progress = True       # progress bars (fit(progress=False) turns them off, sampling's too)
         self.conditional = cfg.model.num_classes is not None
         if self.is_main:
             os.makedirs(self.out, exist_ok=True)
@@ -102,7 +103,8 @@ class Trainer:
             with self.run.ema.swapped() if self.run.ema else nullcontext():
                 return generate(self.run.model, self.run.sched, (m.channels, size, size), num, seed=seed,
                                 sampler=t_cfg.sample_sampler, steps=t_cfg.sample_steps, labels=labels,
-                                guidance=t_cfg.guidance, null_class=m.num_classes, frames=frames, jit=t_cfg.jit)
+                                guidance=t_cfg.guidance, null_class=m.num_classes, frames=frames, jit=t_cfg.jit,
+                                progress=self.progress)
         finally:
             self.run.model.set_train(True)
 
@@ -165,6 +167,7 @@ class Trainer:
     def fit(self, progress=True):
         """Train to ``total_steps``. Returns a summary dict (``interrupted`` is set after a signal)."""
         t_cfg = self.cfg.train
+        self.progress = progress
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (progress and self.is_main),
                    unit="step")
         interrupted, start, start_step = None, time.time(), self.step
