@@ -24,7 +24,7 @@ train: venv
 	$(PY) scripts/train.py --config $(CONFIG)
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: venv
 	$(PY) bench/bench.py
