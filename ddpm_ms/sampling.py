@@ -16,7 +16,7 @@ it (the tutorial's eq. 11 update) an imperfect model's chain can drift far outsi
 """
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, ops
 from tqdm.auto import tqdm
 
 from .diffusion import clipped_start_and_noise, p_mean, p_mean_clipped, predict_start_from_noise
@@ -160,33 +160,22 @@ def ddpm_no_noise_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, et
 SAMPLERS = {"ddpm": p_sample_loop, "ddim": ddim_sample_loop, "ddpm-no-noise": ddpm_no_noise_loop}
 
 
-class ClassifierFreeGuidance(nn.Cell):
-    """eps = eps_u + w (eps_c - eps_u) (Ho & Salimans 2022), both from one batched call of ``model``.
-
-    construct(x [B,C,H,W], t [B], y [B] int32, w [] float32) -> eps [B,C,H,W]; w=0 is unconditional
-    (label ``null_class``), w=1 conditional.
-    """
-
-    def __init__(self, model, null_class):
-        super().__init__()
-        self.model = model
-        self.null_class = null_class
-
-    def construct(self, x, t, y, w):
-        y_both = ops.concat((y, ops.full_like(y, self.null_class)))
-        eps = self.model(ops.concat((x, x)), ops.concat((t, t)), y_both)
-        eps_c, eps_u = ops.chunk(eps, 2, 0)
-        return eps_u + w * (eps_c - eps_u)
-
-
 def guided_eps(model, null_class):
     """The classifier-free-guidance eps function of a class-conditional ``model``, made once per model.
 
+    eps(x [B,C,H,W], t [B], y [B] int32, w [] float32) -> eps_u + w (eps_c - eps_u) (Ho & Salimans 2022),
+    both from one batched call of ``model``; w=0 is unconditional (label ``null_class``), w=1 conditional.
     Call it as ``eps(x, t, *guidance_cond(y, w))``, or pass ``cond=guidance_cond(y, w)`` to a sampler.
+    A plain function, not a Cell: a Cell holding ``model`` would rename its parameters ("model.<name>").
     """
     cache = _cache(model)
     if ("cfg", null_class) not in cache:
-        cache[("cfg", null_class)] = ClassifierFreeGuidance(model, null_class)
+        def eps(x, t, y, w):
+            y_both = ops.concat((y, ops.full_like(y, null_class)))
+            eps_c, eps_u = ops.chunk(model(ops.concat((x, x)), ops.concat((t, t)), y_both), 2, 0)
+            return eps_u + w * (eps_c - eps_u)
+
+        cache[("cfg", null_class)] = eps
     return cache[("cfg", null_class)]
 
 

@@ -120,11 +120,13 @@ def test_conditional_training_and_class_sampling(tmp_path):
     if not os.path.isdir(os.environ.get("DDPM_MS_DATA_DIR", "")):
         pytest.skip("needs DDPM_MS_DATA_DIR")
     out = tmp_path / "cond"
-    proc = _run("train.py", "--config", TINY, "--no-progress", "--set", f"train.out_dir={out}",
-                "--set", "train.max_steps=2", "--set", "train.sample_num=4", "--set", "model.num_classes=10",
-                "--set", "train.gif=false")
+    cond = ["--config", TINY, "--no-progress", "--set", f"train.out_dir={out}", "--set", "train.sample_num=4",
+            "--set", "model.num_classes=10", "--set", "train.gif=false"]
+    proc = _run("train.py", *cond, "--set", "train.max_steps=9")     # a guided epoch-end grid after step 8
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = str(out / "ckpt_step00000002.ckpt")
+    ckpt = str(out / "ckpt_step00000009.ckpt")
+    resumed = _run("train.py", *cond, "--set", "train.max_steps=10", "--resume", ckpt)   # same parameter names
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     one = _run("sample.py", "--ckpt", ckpt, "--num", "3", "--class", "ankle boot", "--guidance", "2",
                "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]

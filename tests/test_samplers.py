@@ -149,7 +149,9 @@ def test_guided_generate_matches_eager_across_batches():
     s = NoiseSchedule.from_name("linear", 10)
     kwargs = dict(batch_size=2, sampler="ddim", steps=3, labels=np.array([9, 2, 5]), guidance=3.0, null_class=10,
                   progress=False)
+    names = [p.name for p in net.trainable_params()]
     out = generate(net, s, (1, 8, 8), 3, **kwargs)
+    assert [p.name for p in net.trainable_params()] == names     # checkpoints keep their keys
     assert guided_eps(net, 10) is guided_eps(net, 10)
     assert len(guided_eps(net, 10)._ddpm_ms_sampling_cache) == 1
     np.testing.assert_allclose(out, generate(net, s, (1, 8, 8), 3, jit=False, **kwargs), atol=1e-4)
