@@ -23,9 +23,17 @@ from .diffusion import clipped_start_and_noise, p_mean, p_mean_clipped, predict_
 from .schedule import extract, timestep_tensor
 
 
-def _cache(obj):
-    """A dict kept on ``obj`` (a model or eps function) for what sampling builds once per model."""
-    return vars(obj).setdefault("_ddpm_ms_sampling_cache", {})
+def _once(obj, key, make):
+    """``make()``, built once per (obj, key) and kept on ``obj`` (a model or eps function).
+
+    Objects that cannot hold attributes get a fresh ``make()`` on every call.
+    """
+    if not hasattr(obj, "__dict__"):
+        return make()
+    cache = vars(obj).setdefault("_ddpm_ms_sampling_cache", {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def compile_step(build, eps_model, sched, clip_denoised, jit=True):
@@ -39,11 +47,8 @@ def compile_step(build, eps_model, sched, clip_denoised, jit=True):
     """
     if not jit:
         return build(eps_model, sched, clip_denoised)
-    cache = _cache(eps_model) if hasattr(eps_model, "__dict__") else {}
-    key = (build.__name__, id(sched), clip_denoised)
-    if key not in cache:
-        cache[key] = ms.jit(build(eps_model, sched, clip_denoised))
-    return cache[key]
+    return _once(eps_model, (build.__name__, id(sched), clip_denoised),
+                 lambda: ms.jit(build(eps_model, sched, clip_denoised)))
 
 
 def _start(shape, seed, x_T):
@@ -168,15 +173,12 @@ def guided_eps(model, null_class):
     Call it as ``eps(x, t, *guidance_cond(y, w))``, or pass ``cond=guidance_cond(y, w)`` to a sampler.
     A plain function, not a Cell: a Cell holding ``model`` would rename its parameters ("model.<name>").
     """
-    cache = _cache(model)
-    if ("cfg", null_class) not in cache:
-        def eps(x, t, y, w):
-            y_both = ops.concat((y, ops.full_like(y, null_class)))
-            eps_c, eps_u = ops.chunk(model(ops.concat((x, x)), ops.concat((t, t)), y_both), 2, 0)
-            return eps_u + w * (eps_c - eps_u)
+    def eps(x, t, y, w):
+        y_both = ops.concat((y, ops.full_like(y, null_class)))
+        eps_c, eps_u = ops.chunk(model(ops.concat((x, x)), ops.concat((t, t)), y_both), 2, 0)
+        return eps_u + w * (eps_c - eps_u)
 
-        cache[("cfg", null_class)] = eps
-    return cache[("cfg", null_class)]
+    return _once(model, ("cfg", null_class), lambda: eps)
 
 
 def guidance_cond(y, guidance):
