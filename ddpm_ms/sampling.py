@@ -198,9 +198,20 @@ def sample(eps_model, sched, image_size, batch_size=16, channels=3, seed=0, samp
     return out[1] if return_all else out
 
 
+def batch_plan(num, batch_size):
+    """(count, size): ``num`` images in ``count`` batches of one ``size`` <= ``batch_size``.
+
+    One shape for every batch means one compiled step; the last batch is padded (extra images dropped).
+    """
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"need num >= 1 and batch_size >= 1, got {num} and {batch_size}")
+    count = -(-num // batch_size)
+    return count, -(-num // count)
+
+
 def generate(model, sched, image_shape, num, seed=0, batch_size=64, sampler="ddpm", steps=None, eta=None,
              labels=None, guidance=1.0, null_class=None, frames=False, progress=True, jit=True, clip_denoised=True):
-    """Sample ``num`` images [num, C, H, W] in batches; batch i uses seed + i.
+    """Sample ``num`` images [num, C, H, W] in equal batches (:func:`batch_plan`); batch i uses seed + i.
 
     ``labels`` [num] int with ``guidance`` w and ``null_class`` samples a class-conditional model with
     classifier-free guidance. With ``frames`` also returns the first batch's steps [S, B, C, H, W].
@@ -209,15 +220,17 @@ def generate(model, sched, image_shape, num, seed=0, batch_size=64, sampler="ddp
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     kwargs = {} if eta is None else {"eta": eta}
     eps_model = model if labels is None else guided_eps(model, null_class)
+    count, size = batch_plan(num, batch_size)
+    if labels is not None:
+        labels = np.resize(np.asarray(labels)[:num], count * size)    # the padding repeats the first labels
     chunks, first_frames = [], None
-    for i, start in enumerate(range(0, num, batch_size)):
-        n = min(batch_size, num - start)
-        cond = () if labels is None else guidance_cond(labels[start:start + n], guidance)
+    for i in range(count):
+        cond = () if labels is None else guidance_cond(labels[i * size:(i + 1) * size], guidance)
         want = frames and i == 0
-        x = SAMPLERS[sampler](eps_model, sched, (n, *image_shape), seed=seed + i, steps=steps, return_all=want,
+        x = SAMPLERS[sampler](eps_model, sched, (size, *image_shape), seed=seed + i, steps=steps, return_all=want,
                               progress=progress, jit=jit, clip_denoised=clip_denoised, cond=cond, **kwargs)
         if want:
             first_frames, x = x, x[-1]
         chunks.append(x)
-    images = np.concatenate(chunks)
+    images = np.concatenate(chunks)[:num]
     return (images, first_frames) if frames else images

@@ -58,7 +58,7 @@ def main():
     import numpy as np
     from ddpm_ms.checkpoint import load_model
     from ddpm_ms.data import FASHION_CLASSES
-    from ddpm_ms.sampling import generate
+    from ddpm_ms.sampling import batch_plan, generate
     from ddpm_ms.viz import save_gif, save_grid
 
     model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
@@ -78,8 +78,9 @@ def main():
     elif k is not None:
         labels = np.arange(args.num) % k
     num = args.num if labels is None else len(labels)
-    if not 0 <= args.gif_index < min(num, args.batch_size):
-        parser.error(f"--gif-index must be in [0, {min(num, args.batch_size)})")
+    first_batch = batch_plan(num, args.batch_size)[1]
+    if not 0 <= args.gif_index < first_batch:
+        parser.error(f"--gif-index must be in [0, {first_batch}) (the first batch)")
 
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples")
     os.makedirs(out, exist_ok=True)

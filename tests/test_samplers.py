@@ -7,8 +7,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from ddpm_ms import NoiseSchedule, Unet
 from ddpm_ms.checkpoint import load_model_weights
 from ddpm_ms.ema import EMA
-from ddpm_ms.sampling import (ddim_coefficients, ddim_sample_loop, ddim_timesteps, ddpm_no_noise_loop, generate,
-                              guidance_cond, guided_eps, p_sample_loop)
+from ddpm_ms.sampling import (batch_plan, ddim_coefficients, ddim_sample_loop, ddim_timesteps, ddpm_no_noise_loop,
+                              generate, guidance_cond, guided_eps, p_sample_loop)
 from ddpm_ms.trainer import drop_labels
 
 SHAPE = (3, 1, 8, 8)
@@ -157,6 +157,35 @@ def test_guided_generate_matches_eager_across_batches():
     np.testing.assert_allclose(out, generate(net, s, (1, 8, 8), 3, jit=False, **kwargs), atol=1e-4)
     swapped = dict(kwargs, labels=np.array([2, 9, 5]))
     assert np.abs(out[:2] - generate(net, s, (1, 8, 8), 3, **swapped)[:2]).max() > 1e-4
+
+
+def test_batch_plan():
+    assert batch_plan(100, 64) == (2, 50)
+    assert batch_plan(64, 64) == (1, 64)
+    assert batch_plan(5, 2) == (3, 2)
+    assert batch_plan(3, 10) == (1, 3)
+    for num, bs in [(1, 1), (7, 3), (1000, 64), (65, 64)]:
+        count, size = batch_plan(num, bs)
+        assert size <= bs and count * size >= num > (count - 1) * size
+    with pytest.raises(ValueError):
+        batch_plan(0, 4)
+
+
+def test_generate_uses_one_batch_shape_and_the_batch_seeds():
+    shapes = []
+
+    def eps(x, t):
+        shapes.append(tuple(x.shape))
+        return _const_eps(x, t)
+
+    s = NoiseSchedule.from_name("linear", 10)
+    kwargs = dict(sampler="ddim", steps=2, eta=1.0, progress=False, jit=False)
+    out = generate(eps, s, (1, 8, 8), 5, seed=3, batch_size=2, **kwargs)
+    assert out.shape == (5, 1, 8, 8)
+    assert set(shapes) == {(2, 1, 8, 8)}                  # the remainder batch is padded, not a new shape
+    batches = [ddim_sample_loop(_const_eps, s, (2, 1, 8, 8), seed=3 + i, steps=2, eta=1.0, progress=False, jit=False)
+               for i in range(3)]
+    np.testing.assert_allclose(out, np.concatenate(batches)[:5], atol=1e-6)
 
 
 def test_label_dropout_rate():
