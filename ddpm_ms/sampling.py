@@ -222,6 +222,8 @@ def generate(model, sched, image_shape, num, seed=0, batch_size=64, sampler="ddp
     eps_model = model if labels is None else guided_eps(model, null_class)
     count, size = batch_plan(num, batch_size)
     if labels is not None:
+        if len(labels) < num:
+            raise ValueError(f"need a label for each of the {num} images, got {len(labels)}")
         labels = np.resize(np.asarray(labels)[:num], count * size)    # the padding repeats the first labels
     chunks, first_frames = [], None
     for i in range(count):

@@ -186,6 +186,8 @@ def test_generate_uses_one_batch_shape_and_the_batch_seeds():
     batches = [ddim_sample_loop(_const_eps, s, (2, 1, 8, 8), seed=3 + i, steps=2, eta=1.0, progress=False, jit=False)
                for i in range(3)]
     np.testing.assert_allclose(out, np.concatenate(batches)[:5], atol=1e-6)
+    with pytest.raises(ValueError, match="label for each"):      # padding must not hide missing labels
+        generate(eps, s, (1, 8, 8), 5, batch_size=2, labels=np.arange(3), null_class=10, **kwargs)
 
 
 def test_label_dropout_rate():
