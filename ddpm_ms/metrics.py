@@ -199,10 +199,12 @@ class Evaluator:
         images = np.clip(images[:num], -1.0, 1.0)
         feats = features(self.net, images)
         probs = predict_proba(self.net, images)
-        hist = np.bincount(probs.argmax(1), minlength=10)
+        pred = probs.argmax(1)
+        hist = np.bincount(pred, minlength=10)
+        wanted = None if labels is None else np.asarray(labels)[:num]
         agreement = {} if labels is None else {
-            "label_agreement": float((probs.argmax(1) == np.asarray(labels)[:num]).mean()),
-            "label_agreement_per_class": per_class_agreement(probs.argmax(1), np.asarray(labels)[:num]),
+            "label_agreement": float((pred == wanted).mean()),
+            "label_agreement_per_class": per_class_agreement(pred, wanted),
             "classifier_accuracy_per_class": [round(a, 4) for a in self.class_accuracy]}
         return {
             "num_images": int(num),
