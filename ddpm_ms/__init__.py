@@ -9,13 +9,13 @@ import os
 
 # A busy-waiting host queue steals a core on small CPU machines; blocking runs are ~2x faster there.
 os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-# On AVX-512 CPUs MindSpore 2.10's oneDNN picks a reference NCHW convolution ("jit_uni_ncsp:conv+ref")
-# that is ~100x slower than its AVX2 gemm path. Capping the ISA fixes it; set the variable to override.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+# The oneDNN ISA cap that MindSpore's own convolutions need on AVX-512 CPUs is set by ddpm_ms.kernels, and only
+# when the model falls back to those convolutions.
 
 # pylint: disable=wrong-import-position
 from .config import Config, ConfigError, load_config
 from .diffusion import p_losses, p_mean, p_sample, predict_start_from_noise, q_sample
+from . import kernels
 from .model import Unet, count_params
 from .sampling import (ddim_sample_loop, ddpm_no_noise_loop, generate, guidance_cond, guided_eps, p_sample_loop,
                        sample)
@@ -26,4 +26,4 @@ __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "load_config", "p_losses", "p_mean", "p_sample", "predict_start_from_noise",
            "q_sample", "Unet", "count_params", "ddim_sample_loop", "ddpm_no_noise_loop", "generate", "guidance_cond",
            "guided_eps", "p_sample_loop", "sample", "NoiseSchedule", "extract", "make_betas", "TrainStep",
-           "build_model", "build_run", "build_schedule"]
+           "build_model", "build_run", "build_schedule", "kernels"]

@@ -17,6 +17,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
+from .layers import Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm
+
 BLOCK_TYPES = ("convnext", "resnet")
 
 
@@ -36,26 +38,6 @@ def softmax_axis2(x):
     return ops.softmax(x.swapaxes(-1, -2), -1).swapaxes(-1, -2)
 
 
-class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters); in inference it runs on the LayerNorm kernel.
-
-    Normalising [B, G, C/G, H, W] over its last three axes is the same function;
-    on CPU its forward is about 2x faster, while GroupNorm's own backward is the
-    faster one, so training (``set_train(True)``) keeps the GroupNorm kernel.
-    """
-
-    def construct(self, x):
-        if self.training:
-            return self._cal_output(x)
-        b, c, h, w = x.shape
-        g = self.num_groups
-        shape = (g, c // g, h, w)
-        y, _, _ = ops.LayerNorm(begin_norm_axis=2, begin_params_axis=1, epsilon=self.eps)(
-            x.reshape((b,) + shape), self.gamma.reshape(g, c // g, 1, 1).broadcast_to(shape),
-            self.beta.reshape(g, c // g, 1, 1).broadcast_to(shape))
-        return y.reshape(b, c, h, w)
-
-
 def _heads(x, heads):
     """[b, heads*c, h, w] -> [b, heads, c, h*w]."""
     b, hc, h, w = x.shape
@@ -73,51 +55,14 @@ class Residual(nn.Cell):
         return self.fn(x) + x
 
 
-class _DepthwiseConvFn(nn.Cell):
-    """y = depthwise_conv(x, w) ('same' padding, stride 1) with a cheaper hand-written backward.
-
-    MindSpore's CPU backward of a grouped conv is ~5x its forward. Both grads are
-    ordinary forward convs instead (same maths, reordered sums):
-      dL/dx = depthwise_conv(dL/dy, w flipped in H and W)
-      dL/dw[c] = sum_b xpad[b, c] (*) dL/dy[b, c], one grouped conv with batch folded into channels.
-    """
-
-    def __init__(self, kernel_size):
-        super().__init__()
-        self.pad = kernel_size // 2
-
-    def construct(self, x, w):
-        c = x.shape[1]
-        return ops.Conv2D(c, w.shape[2], pad_mode="pad", pad=self.pad, group=c)(x, w)
-
-    def bprop(self, x, w, out, dout):
-        b, c, h, wd = x.shape
-        p = self.pad
-        dx = ops.Conv2D(c, w.shape[2], pad_mode="pad", pad=p, group=c)(dout, ops.reverse(w, [2, 3]))
-        xpad = ops.pad(x, (p, p, p, p)).transpose(1, 0, 2, 3).reshape(1, c * b, h + 2 * p, wd + 2 * p)
-        dw = ops.Conv2D(c, (h, wd), group=c)(xpad, dout.transpose(1, 0, 2, 3)).reshape(w.shape)
-        return dx, dw
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d(dim, dim, k, padding=k//2, group=dim)`` (same parameter, same init), faster backward."""
-
-    def __init__(self, dim, kernel_size):
-        super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, group=dim, pad_mode="pad")
-        self.depthwise = _DepthwiseConvFn(kernel_size)
-
-    def construct(self, x):
-        return self.depthwise(x, self.weight)
-
-
 def Upsample(dim):  # pylint: disable=invalid-name
     """Transposed conv that doubles H and W: [B, dim, H, W] -> [B, dim, 2H, 2W]."""
-    return nn.Conv2dTranspose(dim, dim, 4, 2, pad_mode="pad", padding=1)
+    return Conv2dTranspose(dim, dim, 4, 2, pad_mode="pad", padding=1)
 
 
 def Downsample(dim):  # pylint: disable=invalid-name
     """Strided conv that halves H and W: [B, dim, H, W] -> [B, dim, H/2, W/2]."""
-    return nn.Conv2d(dim, dim, 4, 2, pad_mode="pad", padding=1)
+    return Conv2d(dim, dim, 4, 2, pad_mode="pad", padding=1)
 
 
 class SinusoidalPositionEmbeddings(nn.Cell):
@@ -139,7 +84,7 @@ class Block(nn.Cell):
 
     def __init__(self, dim, dim_out, groups=1):
         super().__init__()
-        self.proj = nn.Conv2d(dim, dim_out, 3, pad_mode="pad", padding=1)
+        self.proj = Conv2d(dim, dim_out, 3, pad_mode="pad", padding=1)
         self.norm = GroupNorm(groups, dim_out)
         self.act = nn.SiLU()
 
@@ -160,7 +105,7 @@ class ResnetBlock(nn.Cell):
                     if time_emb_dim is not None else None)
         self.block1 = Block(dim, dim_out, groups=groups)
         self.block2 = Block(dim_out, dim_out, groups=groups)
-        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+        self.res_conv = Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
     def construct(self, x, time_emb=None):
         scale_shift = None
@@ -182,12 +127,12 @@ class ConvNextBlock(nn.Cell):
         self.ds_conv = DepthwiseConv2d(dim, 7)
         self.net = nn.SequentialCell([
             GroupNorm(1, dim) if norm else nn.Identity(),
-            nn.Conv2d(dim, dim_out * mult, 3, padding=1, pad_mode="pad"),
+            Conv2d(dim, dim_out * mult, 3, padding=1, pad_mode="pad"),
             GELU(),
             GroupNorm(1, dim_out * mult),
-            nn.Conv2d(dim_out * mult, dim_out, 3, padding=1, pad_mode="pad"),
+            Conv2d(dim_out * mult, dim_out, 3, padding=1, pad_mode="pad"),
         ])
-        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+        self.res_conv = Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
     def construct(self, x, time_emb=None):
         h = self.ds_conv(x)
@@ -204,7 +149,7 @@ class _MultiHeadQKV(nn.Cell):
         super().__init__()
         self.scale = dim_head ** -0.5
         self.heads = heads
-        self.to_qkv = nn.Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False)
+        self.to_qkv = Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False)
 
     def qkv(self, x):
         q, k, v = ops.chunk(self.to_qkv(x), 3, 1)
@@ -216,7 +161,7 @@ class Attention(_MultiHeadQKV):
 
     def __init__(self, dim, heads=4, dim_head=32):
         super().__init__(dim, heads, dim_head)
-        self.to_out = nn.Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True)
+        self.to_out = Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True)
 
     def construct(self, x):
         b, _, h, w = x.shape
@@ -248,7 +193,7 @@ class LinearAttention(_MultiHeadQKV):
     def __init__(self, dim, heads=4, dim_head=32):
         super().__init__(dim, heads, dim_head)
         self.to_out = nn.SequentialCell([
-            nn.Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True),
+            Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True),
             LayerNorm(dim),
         ])
 
@@ -311,7 +256,7 @@ class Unet(nn.Cell):
         self.channels = channels
         self.num_classes = num_classes
         init_dim = dim // 3 * 2 if init_dim is None else init_dim
-        self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3, pad_mode="pad", has_bias=True)
+        self.init_conv = Conv2d(channels, init_dim, 7, padding=3, pad_mode="pad", has_bias=True)
 
         dims = [init_dim, *[dim * m for m in dim_mults]]
         in_out = list(zip(dims[:-1], dims[1:]))
@@ -357,7 +302,7 @@ class Unet(nn.Cell):
 
         out_dim = channels if out_dim is None else out_dim
         self.final_block = block(dim, dim, None)
-        self.final_conv = nn.Conv2d(dim, out_dim, 1)
+        self.final_conv = Conv2d(dim, out_dim, 1)
 
     def construct(self, x, time, y=None):
         x = self.init_conv(x)

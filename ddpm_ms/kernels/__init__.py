@@ -1,0 +1,92 @@
+"""Fast CPU kernels: convolutions on the wheel's oneDNN and a GroupNorm, as MindSpore AOT custom ops.
+
+MindSpore's CPU Conv2D hands oneDNN plain NCHW/OIHW layouts, which on AVX-512 machines land on a reference or
+im2col kernel. These kernels give the same oneDNN NHWC activations and its own weight layout, so it picks its JIT
+kernels; the maths is unchanged (see ``tests/test_kernels.py``).
+
+Which path runs is chosen when a layer is built:
+
+- ``DDPM_MS_KERNELS=auto`` (default): the kernels on CPU if they build; otherwise MindSpore's ops, with one
+  warning line saying why.
+- ``DDPM_MS_KERNELS=onednn``: the kernels or an error (:class:`KernelBuildError`).
+- ``DDPM_MS_KERNELS=off``: MindSpore's ops.
+
+``set_mode`` does the same from Python (for layers built afterwards). Both paths hold the same parameters, so a
+checkpoint written on one loads on the other, and on GPU or Ascend.
+"""
+import os
+import sys
+
+from .builder import KernelBuildError, build
+
+MODES = ("auto", "onednn", "off")
+_ENV = "DDPM_MS_KERNELS"
+_state = {"mode": None, "lib": None, "reason": None, "warned": False}
+
+
+def mode():
+    """The requested mode: ``set_mode``'s, else ``$DDPM_MS_KERNELS``, else 'auto'."""
+    m = _state["mode"] or os.environ.get(_ENV, "auto")
+    if m not in MODES:
+        raise KernelBuildError(f"{_ENV} must be one of {', '.join(MODES)}, got {m!r}")
+    return m
+
+
+def set_mode(m):
+    """Choose the path for layers built from now on: 'auto', 'onednn' or 'off' (None: back to the environment)."""
+    if m is not None and m not in MODES:
+        raise ValueError(f"kernel mode must be one of {MODES}, got {m!r}")
+    _state.update(mode=m, lib=None, reason=None, warned=False)
+
+
+def _device():
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    return ms.get_context("device_target")
+
+
+def _cap_isa():
+    """Cap oneDNN at AVX2 for MindSpore's own convolutions (unless the user chose an ISA).
+
+    On AVX-512 CPUs MindSpore 2.10 hands oneDNN plain NCHW convolutions that land on a reference kernel
+    ("jit_uni_ncsp:conv+ref", ~100x slower than the AVX2 gemm path). oneDNN reads the variable once, at its first
+    primitive, so this must happen before the model first runs; layers call it when they are built. The fast
+    kernels need no cap: with them the whole process keeps AVX-512 (about 1.2x faster measured).
+    """
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+
+def library():
+    """Path of the kernel library if the fast path is to be used, else None (after one warning line)."""
+    m = mode()
+    if m == "off":
+        _cap_isa()
+        return None
+    if _state["lib"] is not None:
+        return _state["lib"]
+    if _state["reason"] is None:
+        device = _device()
+        if device != "CPU":
+            _state["reason"] = f"the device is {device}; the fast kernels are CPU-only"
+        else:
+            try:
+                _state["lib"] = build()
+                return _state["lib"]
+            except KernelBuildError as e:
+                _state["reason"] = str(e)
+    if m == "onednn":
+        raise KernelBuildError(f"{_ENV}=onednn but the fast kernels cannot be used: {_state['reason']}")
+    _cap_isa()
+    if not _state["warned"]:
+        _state["warned"] = True
+        print(f"warning: ddpm_ms: using MindSpore's convolutions and GroupNorm ({_state['reason']})",
+              file=sys.stderr, flush=True)
+    return None
+
+
+def status():
+    """One line: which path layers built now get, and why."""
+    lib = library()
+    return f"oneDNN kernels ({lib})" if lib else f"MindSpore ops ({_state['reason'] or _ENV + '=off'})"
+
+
+__all__ = ["KernelBuildError", "MODES", "build", "library", "mode", "set_mode", "status"]

@@ -1,0 +1,457 @@
+// ddpm_ms CPU kernels for MindSpore's AOT custom ops (ops.Custom(func_type="aot")).
+//
+// Convolutions run on the oneDNN that ships inside the mindspore wheel (lib/libdnnl.so.3), given NHWC activations
+// and weights in oneDNN's own ("any") layout, so that it picks its brgemm / depthwise JIT kernels instead of the
+// reference or im2col path that MindSpore's NCHW/OIHW Conv2D reaches. GroupNorm is written out here (NCHW, no
+// reorders), parallel over (sample, group).
+//
+// Every entry point has MindSpore's AOT signature
+//   int F(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra)
+// with the inputs first, then the outputs. Tensors are float32, NCHW activations and OIHW weights, as MindSpore
+// stores them. Stride S and padding P are part of each convolution's name (ConvFwd_s2p1), so every geometry has its
+// own op name (and so its own shape function on the Python side); the groups are IC / w.shape[1].
+//
+//   ConvFwd_sSpP(x, w) -> y                  y = conv(x, w)
+//   ConvBwdData_sSpP(dy, w) -> dx            dx = dL/dx; also the forward of a transposed convolution
+//   ConvBwdWeights_sSpP(x, dy) -> dw         dw = dL/dw; for a transposed convolution called as (dy, x)
+//   GroupNormFwd(x, gamma[G,C/G], beta[G,C/G]) -> y, mean[N,G], rstd[N,G]
+//   GroupNormBwd(dy, x, mean, rstd, gamma[G,C/G]) -> dx, dgamma[G,C/G], dbeta[G,C/G]
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "oneapi/dnnl/dnnl_threadpool.hpp"
+#include "oneapi/dnnl/dnnl_threadpool_iface.hpp"
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+int NumThreads() {
+  static const int n = [] {
+    const char *e = getenv("DDPM_MS_KERNEL_THREADS");
+    int v = e ? atoi(e) : static_cast<int>(std::thread::hardware_concurrency());
+    return std::max(1, v);
+  }();
+  return n;
+}
+
+// A small fork-join pool for oneDNN's THREADPOOL runtime (the runtime the wheel's libdnnl.so.3 was built with) and
+// for the GroupNorm loops. MindSpore calls an AOT kernel on one of its actor threads; if two kernels run at once,
+// the second one runs its loop on its own thread instead of waiting.
+class Pool : public dnnl::threadpool_interop::threadpool_iface {
+ public:
+  explicit Pool(int n) : n_(n) {
+    for (int i = 1; i < n_; i++) workers_.emplace_back([this] { Loop(); });
+  }
+  int get_num_threads() const override { return n_; }
+  bool get_in_parallel() const override { return in_parallel_; }
+  uint64_t get_flags() const override { return 0; }
+  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (n <= 1 || n_ == 1 || in_parallel_ || !busy.owns_lock()) {
+      for (int i = 0; i < n; i++) fn(i, n);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      fn_ = &fn;
+      total_ = n;
+      next_.store(0);
+      done_.store(0);
+      gen_++;
+    }
+    cv_.notify_all();
+    Work();
+    std::unique_lock<std::mutex> lk(m_);
+    done_cv_.wait(lk, [&] { return done_.load() == total_; });
+    fn_ = nullptr;
+  }
+
+ private:
+  void Work() {
+    in_parallel_ = true;
+    int i;
+    while ((i = next_.fetch_add(1)) < total_) {
+      (*fn_)(i, total_);
+      if (done_.fetch_add(1) + 1 == total_) {
+        std::lock_guard<std::mutex> lk(m_);
+        done_cv_.notify_all();
+      }
+    }
+    in_parallel_ = false;
+  }
+  void Loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lk(m_);
+      cv_.wait(lk, [&] { return gen_ != seen; });
+      seen = gen_;
+      lk.unlock();
+      Work();
+    }
+  }
+  int n_;
+  std::vector<std::thread> workers_;
+  std::mutex m_, busy_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int, int)> *fn_ = nullptr;
+  int total_ = 0;
+  std::atomic<int> next_{0}, done_{0};
+  uint64_t gen_ = 0;
+  static thread_local bool in_parallel_;
+};
+thread_local bool Pool::in_parallel_ = false;
+
+Pool &ThePool() {
+  static Pool *p = new Pool(NumThreads());  // never destroyed: its threads outlive static destruction
+  return *p;
+}
+
+// Run fn(i) for i in [0, n) on the pool, in NumThreads() contiguous chunks.
+void ParallelFor(int64_t n, const std::function<void(int64_t)> &fn) {
+  int chunks = static_cast<int>(std::min<int64_t>(n, NumThreads()));
+  ThePool().parallel_for(chunks, [&](int c, int nc) {
+    for (int64_t i = n * c / nc; i < n * (c + 1) / nc; i++) fn(i);
+  });
+}
+
+dnnl::engine &Engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+void SetConcurrency() {  // oneDNN reads the threadpool's size per calling thread
+  static thread_local bool done = false;
+  if (!done) {
+    dnnl_threadpool_interop_set_max_concurrency(NumThreads());
+    done = true;
+  }
+}
+
+dnnl::stream &Stream() {
+  static thread_local std::unique_ptr<dnnl::stream> s;
+  if (!s) {
+    SetConcurrency();
+    s.reset(new dnnl::stream(dnnl::threadpool_interop::make_stream(Engine(), &ThePool())));
+  }
+  return *s;
+}
+
+float *Scratch(int slot, size_t bytes) {  // per-thread reorder buffers, grown on demand
+  static thread_local std::vector<float> buf[4];
+  if (buf[slot].size() * sizeof(float) < bytes) buf[slot].resize(bytes / sizeof(float) + 16);
+  return buf[slot].data();
+}
+
+// ---------------------------------------------------------------- convolutions
+struct ConvGeometry {
+  memory::dims x, w, y, stride, pad_l, pad_r, dilation;
+  int groups;
+};
+
+// x [N, IC, H, W], w [OC, IC/G, KH, KW], y [N, OC, OH, OW]; the right/bottom padding follows from the shapes.
+ConvGeometry MakeGeometry(const int64_t *xs, const int64_t *ws, const int64_t *ys, int64_t S, int64_t P) {
+  for (int i = 2; i < 4; i++)
+    if (ws[1] <= 0 || xs[1] % ws[1] != 0 || ys[i] != (xs[i] + 2 * P - ws[i]) / S + 1)
+      throw std::runtime_error("shapes x, w, y do not fit one convolution with stride " + std::to_string(S) +
+                               " and padding " + std::to_string(P));
+  ConvGeometry g;
+  g.groups = static_cast<int>(xs[1] / ws[1]);
+  g.x = {xs[0], xs[1], xs[2], xs[3]};
+  g.y = {ys[0], ys[1], ys[2], ys[3]};
+  g.w = g.groups == 1 ? memory::dims{ws[0], ws[1], ws[2], ws[3]}
+                      : memory::dims{g.groups, ws[0] / g.groups, ws[1], ws[2], ws[3]};
+  g.stride = {S, S};
+  g.pad_l = {P, P};
+  g.pad_r = {(ys[2] - 1) * S + ws[2] - xs[2] - P, (ys[3] - 1) * S + ws[3] - xs[3] - P};
+  g.dilation = {0, 0};
+  return g;
+}
+
+tag PlainWeights(const ConvGeometry &g) { return g.groups == 1 ? tag::oihw : tag::goihw; }
+
+enum class ConvKind { kFwd, kBwdData, kBwdWeights };
+
+struct ConvPrimitive {
+  dnnl::primitive prim;
+  memory::desc x, w, y;  // the layouts the primitive runs on (x: src or diff_src, y: dst or diff_dst)
+};
+
+dnnl::primitive_attr Attr() {
+  dnnl::primitive_attr a;
+  const char *e = getenv("DDPM_MS_KERNEL_BF16");  // opt-in: bf16 arithmetic inside fp32 convolutions
+  if (e && e[0] == '1') a.set_fpmath_mode(dnnl::fpmath_mode::bf16);
+  return a;
+}
+
+std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g) {
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<ConvPrimitive>> cache;
+  std::string key = std::to_string(static_cast<int>(kind));
+  for (const auto *v : {&g.x, &g.w, &g.y, &g.stride, &g.pad_l, &g.pad_r})
+    for (auto d : *v) key += "," + std::to_string(d);
+  std::lock_guard<std::mutex> lk(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  SetConcurrency();
+  memory::desc x_md(g.x, dt::f32, tag::nhwc), y_md(g.y, dt::f32, tag::nhwc), w_any(g.w, dt::f32, tag::any);
+  auto attr = Attr();
+  auto fwd = dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
+                                                       dnnl::algorithm::convolution_direct, x_md, w_any, y_md,
+                                                       g.stride, g.dilation, g.pad_l, g.pad_r, attr);
+  auto e = std::make_shared<ConvPrimitive>();
+  if (kind == ConvKind::kFwd) {
+    e->prim = dnnl::convolution_forward(fwd);
+    e->x = fwd.src_desc();
+    e->w = fwd.weights_desc();
+    e->y = fwd.dst_desc();
+  } else if (kind == ConvKind::kBwdData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(Engine(), dnnl::algorithm::convolution_direct, x_md,
+                                                              w_any, y_md, g.stride, g.dilation, g.pad_l, g.pad_r,
+                                                              fwd, attr);
+    e->prim = dnnl::convolution_backward_data(pd);
+    e->x = pd.diff_src_desc();
+    e->w = pd.weights_desc();
+    e->y = pd.diff_dst_desc();
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(Engine(), dnnl::algorithm::convolution_direct, x_md,
+                                                                 w_any, y_md, g.stride, g.dilation, g.pad_l,
+                                                                 g.pad_r, fwd, attr);
+    e->prim = dnnl::convolution_backward_weights(pd);
+    e->x = pd.src_desc();
+    e->w = pd.diff_weights_desc();
+    e->y = pd.diff_dst_desc();
+  }
+  if (getenv("DDPM_MS_KERNEL_VERBOSE"))
+    fprintf(stderr, "ddpm_ms kernel conv%d %s -> %s\n", static_cast<int>(kind), key.c_str(),
+            dnnl::primitive_desc_base(const_cast<dnnl_primitive_desc_t>(e->prim.get_primitive_desc()), true)
+                .impl_info_str());
+  cache[key] = e;
+  return e;
+}
+
+// A plain MindSpore buffer as the primitive's layout `md`: the buffer itself, or a reordered copy in scratch `slot`.
+float *In(float *src, const memory::dims &d, tag plain, const memory::desc &md, int slot) {
+  memory::desc pmd(d, dt::f32, plain);
+  if (pmd == md) return src;
+  float *dst = Scratch(slot, md.get_size());
+  memory a(pmd, Engine(), src), b(md, Engine(), dst);
+  dnnl::reorder(a, b).execute(Stream(), a, b);
+  return dst;
+}
+
+// Where the primitive writes an output: MindSpore's buffer if the layouts agree, else scratch `slot` (see Out).
+float *OutBuffer(float *dst, const memory::dims &d, tag plain, const memory::desc &md, int slot) {
+  return memory::desc(d, dt::f32, plain) == md ? dst : Scratch(slot, md.get_size());
+}
+
+void Out(float *src, const memory::desc &md, float *dst, const memory::dims &d, tag plain) {
+  if (src == dst) return;
+  memory::desc pmd(d, dt::f32, plain);
+  memory a(md, Engine(), src), b(pmd, Engine(), dst);
+  dnnl::reorder(a, b).execute(Stream(), a, b);
+}
+
+bool AllFloat32(int nparam, const char **dtypes, const char *who) {
+  for (int i = 0; i < nparam; i++)
+    if (strcmp(dtypes[i], "float32") != 0) {
+      fprintf(stderr, "ddpm_ms kernel %s: float32 only, got %s\n", who, dtypes[i]);
+      return false;
+    }
+  return true;
+}
+
+int ConvFwd(int64_t S, int64_t P, void **params, int64_t **shapes) {  // x, w -> y
+  ConvGeometry g = MakeGeometry(shapes[0], shapes[1], shapes[2], S, P);
+  auto c = GetConv(ConvKind::kFwd, g);
+  float *x = In(static_cast<float *>(params[0]), g.x, tag::nchw, c->x, 0);
+  float *w = In(static_cast<float *>(params[1]), g.w, PlainWeights(g), c->w, 1);
+  float *y = OutBuffer(static_cast<float *>(params[2]), g.y, tag::nchw, c->y, 2);
+  memory mx(c->x, Engine(), x), mw(c->w, Engine(), w), my(c->y, Engine(), y);
+  c->prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, my}});
+  Out(y, c->y, static_cast<float *>(params[2]), g.y, tag::nchw);
+  return 0;
+}
+
+int ConvBwdData(int64_t S, int64_t P, void **params, int64_t **shapes) {  // dy, w -> dx
+  ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P);
+  auto c = GetConv(ConvKind::kBwdData, g);
+  float *dy = In(static_cast<float *>(params[0]), g.y, tag::nchw, c->y, 0);
+  float *w = In(static_cast<float *>(params[1]), g.w, PlainWeights(g), c->w, 1);
+  float *dx = OutBuffer(static_cast<float *>(params[2]), g.x, tag::nchw, c->x, 2);
+  memory mdy(c->y, Engine(), dy), mw(c->w, Engine(), w), mdx(c->x, Engine(), dx);
+  c->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}});
+  Out(dx, c->x, static_cast<float *>(params[2]), g.x, tag::nchw);
+  return 0;
+}
+
+int ConvBwdWeights(int64_t S, int64_t P, void **params, int64_t **shapes) {  // x, dy -> dw
+  ConvGeometry g = MakeGeometry(shapes[0], shapes[2], shapes[1], S, P);
+  auto c = GetConv(ConvKind::kBwdWeights, g);
+  float *x = In(static_cast<float *>(params[0]), g.x, tag::nchw, c->x, 0);
+  float *dy = In(static_cast<float *>(params[1]), g.y, tag::nchw, c->y, 1);
+  float *dw = OutBuffer(static_cast<float *>(params[2]), g.w, PlainWeights(g), c->w, 2);
+  memory mx(c->x, Engine(), x), mdy(c->y, Engine(), dy), mdw(c->w, Engine(), dw);
+  c->prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
+  Out(dw, c->w, static_cast<float *>(params[2]), g.w, PlainWeights(g));
+  return 0;
+}
+
+template <class F>
+int Guard(const char *who, int nparam, const char **dtypes, F body) {
+  if (!AllFloat32(nparam, dtypes, who)) return 1;
+  try {
+    return body();
+  } catch (std::exception &ex) {
+    fprintf(stderr, "ddpm_ms kernel %s: %s\n", who, ex.what());
+    return 1;
+  }
+}
+
+// ---------------------------------------------------------------- group normalisation
+// x [N, C, H, W] in G groups of C/G channels: for sample n and group g, mu and sigma^2 over its (C/G)*H*W values,
+// y = (x - mu) / sqrt(sigma^2 + eps) * gamma[c] + beta[c]. Sums in double, so that the result matches a
+// two-pass float reference to ~1e-7 whatever the group size.
+constexpr double kEps = 1e-5;  // nn.GroupNorm's default eps
+
+struct GnShape {
+  int64_t N, C, G, CG, HW;
+};
+GnShape MakeGnShape(const int64_t *xs, const int64_t *gs) {
+  return {xs[0], xs[1], gs[0], gs[1], xs[2] * xs[3]};
+}
+
+int GroupNormFwd(void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[0], shapes[1]);
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]),
+              *beta = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]), *mean = static_cast<float *>(params[4]),
+        *rstd = static_cast<float *>(params[5]);
+  const int64_t block = s.CG * s.HW;
+  ParallelFor(s.N * s.G, [&](int64_t ng) {
+    const float *xb = x + ng * block;
+    double sum = 0;
+    for (int64_t i = 0; i < block; i++) sum += xb[i];
+    const double mu = sum / block;
+    double sq = 0;
+    for (int64_t i = 0; i < block; i++) {
+      double d = xb[i] - mu;
+      sq += d * d;
+    }
+    const double r = 1.0 / std::sqrt(sq / block + kEps);
+    mean[ng] = static_cast<float>(mu);
+    rstd[ng] = static_cast<float>(r);
+    const int64_t g = ng % s.G;
+    for (int64_t c = 0; c < s.CG; c++) {
+      const float a = static_cast<float>(r) * gamma[g * s.CG + c];
+      const float b = beta[g * s.CG + c] - static_cast<float>(mu) * a;
+      const float *xc = xb + c * s.HW;
+      float *yc = y + ng * block + c * s.HW;
+      for (int64_t i = 0; i < s.HW; i++) yc[i] = xc[i] * a + b;
+    }
+  });
+  return 0;
+}
+
+// With xhat = (x - mu) * rstd and gdy = gamma[c] * dy, per (n, g):
+//   dx = rstd * (gdy - mean(gdy) - xhat * mean(gdy * xhat)),
+//   dgamma[c] = sum_{n,hw} dy * xhat,  dbeta[c] = sum_{n,hw} dy.
+int GroupNormBwd(void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[1], shapes[4]);
+  const float *dy = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]),
+              *mean = static_cast<const float *>(params[2]), *rstd = static_cast<const float *>(params[3]),
+              *gamma = static_cast<const float *>(params[4]);
+  float *dx = static_cast<float *>(params[5]), *dgamma = static_cast<float *>(params[6]),
+        *dbeta = static_cast<float *>(params[7]);
+  const int64_t block = s.CG * s.HW;
+  std::vector<double> part_dg(s.N * s.C), part_db(s.N * s.C);  // per (n, c), summed over n below
+  ParallelFor(s.N * s.G, [&](int64_t ng) {
+    const int64_t n = ng / s.G, g = ng % s.G;
+    const float mu = mean[ng], r = rstd[ng];
+    const float *xb = x + ng * block, *dyb = dy + ng * block;
+    double sum_gdy = 0, sum_gdy_xhat = 0;
+    for (int64_t c = 0; c < s.CG; c++) {
+      const float *xc = xb + c * s.HW, *dyc = dyb + c * s.HW;
+      double sdy = 0, sdyx = 0;
+      for (int64_t i = 0; i < s.HW; i++) {
+        sdy += dyc[i];
+        sdyx += static_cast<double>(dyc[i]) * ((xc[i] - mu) * r);
+      }
+      const int64_t ch = g * s.CG + c;
+      part_db[n * s.C + ch] = sdy;
+      part_dg[n * s.C + ch] = sdyx;
+      sum_gdy += gamma[ch] * sdy;
+      sum_gdy_xhat += gamma[ch] * sdyx;
+    }
+    const float m1 = static_cast<float>(sum_gdy / block), m2 = static_cast<float>(sum_gdy_xhat / block);
+    for (int64_t c = 0; c < s.CG; c++) {
+      const float gm = gamma[g * s.CG + c];
+      const float *xc = xb + c * s.HW, *dyc = dyb + c * s.HW;
+      float *dxc = dx + ng * block + c * s.HW;
+      for (int64_t i = 0; i < s.HW; i++) dxc[i] = r * (gm * dyc[i] - m1 - (xc[i] - mu) * r * m2);
+    }
+  });
+  for (int64_t c = 0; c < s.C; c++) {
+    double a = 0, b = 0;
+    for (int64_t n = 0; n < s.N; n++) {
+      a += part_dg[n * s.C + c];
+      b += part_db[n * s.C + c];
+    }
+    dgamma[c] = static_cast<float>(a);
+    dbeta[c] = static_cast<float>(b);
+  }
+  return 0;
+}
+
+}  // namespace
+
+#define DDPM_MS_AOT(name) \
+  extern "C" int name(int nparam, void **params, int *, int64_t **shapes, const char **dtypes, void *, void *)
+
+#define DDPM_MS_CONV(S, P)                                                                             \
+  DDPM_MS_AOT(ConvFwd_s##S##p##P) {                                                                    \
+    return Guard("ConvFwd_s" #S "p" #P, nparam, dtypes, [&] { return ConvFwd(S, P, params, shapes); }); \
+  }                                                                                                    \
+  DDPM_MS_AOT(ConvBwdData_s##S##p##P) {                                                                \
+    return Guard("ConvBwdData_s" #S "p" #P, nparam, dtypes,                                            \
+                 [&] { return ConvBwdData(S, P, params, shapes); });                                    \
+  }                                                                                                    \
+  DDPM_MS_AOT(ConvBwdWeights_s##S##p##P) {                                                             \
+    return Guard("ConvBwdWeights_s" #S "p" #P, nparam, dtypes,                                         \
+                 [&] { return ConvBwdWeights(S, P, params, shapes); });                                 \
+  }
+
+// The geometries ddpm_ms routes here (python side: ddpm_ms.kernels.CONV_GEOMETRIES): "same" convolutions with odd
+// kernels up to 7x7, and the 4x4 stride-2 down- and upsampling.
+DDPM_MS_CONV(1, 0)
+DDPM_MS_CONV(1, 1)
+DDPM_MS_CONV(1, 2)
+DDPM_MS_CONV(1, 3)
+DDPM_MS_CONV(2, 1)
+
+DDPM_MS_AOT(GroupNormFwd) {
+  return Guard("GroupNormFwd", nparam, dtypes, [&] { return GroupNormFwd(params, shapes); });
+}
+DDPM_MS_AOT(GroupNormBwd) {
+  return Guard("GroupNormBwd", nparam, dtypes, [&] { return GroupNormBwd(params, shapes); });
+}
+
+// A version stamp the loader checks after dlopen, so a stale cached build is never used.
+extern "C" int DdpmMsKernelAbi() { return 1; }

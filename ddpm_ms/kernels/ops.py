@@ -1,0 +1,124 @@
+"""The kernel library's entry points as MindSpore ``ops.Custom`` AOT primitives with hand-written backwards.
+
+Every op is float32 and NCHW/OIHW, like MindSpore's own. Each factory is cached, so a geometry gets one primitive
+(and one shape function) however many layers use it.
+
+MindSpore compiles a graph's Custom ops by their ``func`` string: two primitives with the same string but
+different shape functions would get one of the two. Each geometry therefore has its own entry point
+(``ConvFwd_s2p1``), and the groups, which the shape of a data gradient depends on, are a primitive attribute.
+"""
+import functools
+
+from mindspore import ops
+
+
+def _same_dtype(*dtypes):
+    return dtypes[0]
+
+
+def _conv_out(size, kernel, stride, pad):
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def _conv_in(size, kernel, stride, pad):
+    """Input size of a convolution whose output is ``size`` (exact when (in + 2 pad - kernel) % stride == 0)."""
+    return (size - 1) * stride - 2 * pad + kernel
+
+
+class ConvOps:
+    """The three convolution primitives of one geometry (stride, padding, groups).
+
+    ``fwd(x [N,IC,H,W], w [OC,IC/G,K,K]) -> y``, ``bwd_data(dy, w) -> dx``, ``bwd_weights(x, dy) -> dw``.
+    """
+
+    def __init__(self, lib, stride, pad, groups):
+        name = f"s{stride}p{pad}"
+
+        def fwd_shape(xs, ws):
+            return (xs[0], ws[0], _conv_out(xs[2], ws[2], stride, pad), _conv_out(xs[3], ws[3], stride, pad))
+
+        def bwd_data_shape(dys, ws):
+            return (dys[0], ws[1] * groups, _conv_in(dys[2], ws[2], stride, pad), _conv_in(dys[3], ws[3], stride, pad))
+
+        def bwd_weights_shape(xs, dys):
+            return (dys[1], xs[1] // groups, xs[2] + 2 * pad - (dys[2] - 1) * stride,
+                    xs[3] + 2 * pad - (dys[3] - 1) * stride)
+
+        self.fwd = _custom(f"{lib}:ConvFwd_{name}", fwd_shape, groups)
+        self.bwd_data = _custom(f"{lib}:ConvBwdData_{name}", bwd_data_shape, groups)
+        self.bwd_weights = _custom(f"{lib}:ConvBwdWeights_{name}", bwd_weights_shape, groups)
+
+
+def _custom(func, shape_fn, groups, bprop=None):
+    op = ops.Custom(func, shape_fn, _same_dtype, "aot", bprop=bprop)
+    op.add_prim_attr("ddpm_ms_groups", groups)   # keeps ops of one func string but other groups apart
+    return op
+
+
+@functools.lru_cache(maxsize=None)
+def conv_ops(lib, stride, pad, groups):
+    """The cached ConvOps of one geometry."""
+    return ConvOps(lib, stride, pad, groups)
+
+
+@functools.lru_cache(maxsize=None)
+def conv2d(lib, stride, pad, groups):
+    """y = conv2d(x, w), differentiable in x and w: ``op(x [N,IC,H,W], w [OC,IC/G,K,K]) -> [N,OC,OH,OW]``."""
+    c = conv_ops(lib, stride, pad, groups)
+
+    def bprop(x, w, out, dout):
+        return c.bwd_data(dout, w), c.bwd_weights(x, dout)
+
+    return _with_bprop(c.fwd, bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def conv_transpose2d(lib, stride, pad, groups):
+    """The transposed convolution (the data gradient of conv2d), differentiable:
+    ``op(x [N,IC,H,W], w [IC,OC/G,K,K]) -> [N,OC,(H-1)S-2P+K,...]``; w is laid out as MindSpore's Conv2dTranspose's.
+
+    Its gradients are the same kernels with the roles swapped: dx = conv2d(dy, w), dw = bwd_weights(dy, x).
+    """
+    c = conv_ops(lib, stride, pad, groups)
+
+    def bprop(x, w, out, dout):
+        return c.fwd(dout, w), c.bwd_weights(dout, x)
+
+    return _with_bprop(c.bwd_data, bprop)
+
+
+def _with_bprop(op, bprop):
+    """A new primitive with ``op``'s func, shape and attributes, and ``bprop`` as its backward."""
+    new = ops.Custom(op.func, op.out_shape, op.out_dtype, "aot", bprop=bprop)
+    for key, value in op.attrs.items():
+        if key.startswith("ddpm_ms_"):
+            new.add_prim_attr(key, value)
+    return new
+
+
+@functools.lru_cache(maxsize=None)
+def group_norm(lib):
+    """``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G]) -> (y [N,C,H,W], mean [N,G], rstd [N,G])``, differentiable.
+
+    Passing gamma and beta as [G, C/G] lets the shape function read G from the shapes alone.
+    """
+    def stats_shape(xs, gs, _bs):
+        return xs, (xs[0], gs[0]), (xs[0], gs[0])
+
+    def stats_dtype(xd, _gd, _bd):
+        return xd, xd, xd
+
+    def bwd_shape(_dys, xs, _ms, _rs, gs):
+        return xs, gs, gs
+
+    def bwd_dtype(dyd, *_):
+        return dyd, dyd, dyd
+
+    bwd = ops.Custom(f"{lib}:GroupNormBwd", bwd_shape, bwd_dtype, "aot")
+
+    def bprop(x, gamma, beta, out, dout):
+        _, mean, rstd = out
+        dx, dgamma, dbeta = bwd(dout[0], x, mean, rstd, gamma)
+        return dx, dgamma, dbeta
+
+    return ops.Custom(f"{lib}:GroupNormFwd", stats_shape, stats_dtype, "aot", bprop=bprop)

@@ -1,0 +1,149 @@
+"""Drop-in layers: MindSpore's Conv2d, Conv2dTranspose and GroupNorm (same parameters, names, shapes and
+initialisation) that run on :mod:`ddpm_ms.kernels` on CPU, and MindSpore's own ops elsewhere.
+
+The path is chosen when the layer is built (``ddpm_ms.kernels.library()``); a layer whose geometry or input dtype
+the kernels do not cover runs MindSpore's op. Checkpoints are the same either way.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+from . import kernels
+from .kernels import ops as kops
+
+# (stride, padding) pairs with an entry point in onednn_kernels.cc
+CONV_GEOMETRIES = ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1))
+
+
+def _square(pair):
+    return pair[0] if pair[0] == pair[1] else None
+
+
+def _symmetric_padding(cell):
+    """The one padding of all four sides, or None if they differ or the mode does not pad explicitly."""
+    if cell.pad_mode == "valid":
+        return 0
+    if cell.pad_mode == "same":
+        k = _square(cell.kernel_size)
+        return (k - 1) // 2 if k is not None and k % 2 == 1 and _square(cell.stride) == 1 else None
+    pads = (cell.padding,) * 4 if isinstance(cell.padding, int) else tuple(cell.padding)
+    return pads[0] if len(set(pads)) == 1 else None
+
+
+def _geometry(cell):
+    """(stride, padding) of a conv cell if the kernels cover it, else None."""
+    if getattr(cell, "data_format", "NCHW") != "NCHW" or _square(cell.dilation) != 1:
+        return None
+    geometry = (_square(cell.stride), _symmetric_padding(cell))
+    return geometry if geometry in CONV_GEOMETRIES else None
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` with the same parameters; runs on the oneDNN kernel on CPU. [B,IC,H,W] -> [B,OC,OH,OW]."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        lib = kernels.library()
+        geometry = _geometry(self)
+        self.fast = kops.conv2d(lib, *geometry, self.group) if lib and geometry else None
+        self.fast_pad = geometry[1] if geometry else 0
+
+    def construct(self, x):
+        exact = (x.shape[2] + 2 * self.fast_pad - self.kernel_size[0]) % self.stride[0] == 0
+        if self.fast is None or x.dtype != ms.float32 or not exact:
+            return super().construct(x)
+        y = self.fast(x, self.weight)
+        if self.has_bias:
+            y = self.bias_add(y, self.bias)
+        return y
+
+
+class Conv2dTranspose(nn.Conv2dTranspose):
+    """``nn.Conv2dTranspose`` with the same parameters; runs on the oneDNN kernels on CPU.
+
+    [B,IC,H,W] -> [B,OC,(H-1)S-2P+K,(W-1)S-2P+K].
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        lib = kernels.library()
+        geometry = _geometry(self) if self.pad_mode == "pad" and self.output_padding == 0 else None
+        self.fast = kops.conv_transpose2d(lib, *geometry, self.group) if lib and geometry else None
+
+    def construct(self, x):
+        if self.fast is None or x.dtype != ms.float32:
+            return super().construct(x)
+        y = self.fast(x, self.weight)
+        if self.has_bias:
+            y = self.bias_add(y, self.bias)
+        return y
+
+
+class _DepthwiseConvFn(nn.Cell):
+    """y = depthwise_conv(x, w) ('same' padding, stride 1) with a cheaper hand-written backward.
+
+    The fallback path of :class:`DepthwiseConv2d`. MindSpore's CPU backward of a grouped conv is ~5x its
+    forward. Both grads are ordinary forward convs instead (same maths, reordered sums):
+      dL/dx = depthwise_conv(dL/dy, w flipped in H and W)
+      dL/dw[c] = sum_b xpad[b, c] (*) dL/dy[b, c], one grouped conv with batch folded into channels.
+    """
+
+    def __init__(self, kernel_size):
+        super().__init__()
+        self.pad = kernel_size // 2
+
+    def construct(self, x, w):
+        c = x.shape[1]
+        return ops.Conv2D(c, w.shape[2], pad_mode="pad", pad=self.pad, group=c)(x, w)
+
+    def bprop(self, x, w, out, dout):
+        b, c, h, wd = x.shape
+        p = self.pad
+        dx = ops.Conv2D(c, w.shape[2], pad_mode="pad", pad=p, group=c)(dout, ops.reverse(w, [2, 3]))
+        xpad = ops.pad(x, (p, p, p, p)).transpose(1, 0, 2, 3).reshape(1, c * b, h + 2 * p, wd + 2 * p)
+        dw = ops.Conv2D(c, (h, wd), group=c)(xpad, dout.transpose(1, 0, 2, 3)).reshape(w.shape)
+        return dx, dw
+
+
+class DepthwiseConv2d(Conv2d):
+    """``nn.Conv2d(dim, dim, k, padding=k//2, group=dim)`` (same parameter, same init).
+
+    On the oneDNN kernels on CPU; elsewhere MindSpore's forward with the hand-written backward of
+    :class:`_DepthwiseConvFn`.
+    """
+
+    def __init__(self, dim, kernel_size):
+        super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, group=dim, pad_mode="pad")
+        self.depthwise = _DepthwiseConvFn(kernel_size)
+
+    def construct(self, x):
+        if self.fast is None or x.dtype != ms.float32:
+            return self.depthwise(x, self.weight)
+        return self.fast(x, self.weight)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters); [B,C,H,W] -> [B,C,H,W].
+
+    On CPU it runs the kernel library's GroupNorm (forward and backward). Elsewhere, in training it is
+    ``nn.GroupNorm``, and in inference it runs on the LayerNorm kernel: normalising [B, G, C/G, H, W] over its
+    last three axes is the same function, and on CPU its forward is about 2x faster.
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+        super().__init__(num_groups, num_channels, eps=eps, affine=affine)
+        lib = kernels.library()
+        self.fast = kops.group_norm(lib) if lib and eps == 1e-5 else None   # the kernel's eps is nn's default
+
+    def construct(self, x):
+        b, c, h, w = x.shape
+        g = self.num_groups
+        if self.fast is not None and x.dtype == ms.float32:
+            y, _, _ = self.fast(x, self.gamma.reshape(g, c // g), self.beta.reshape(g, c // g))
+            return y
+        if self.training:
+            return self._cal_output(x)
+        shape = (g, c // g, h, w)
+        y, _, _ = ops.LayerNorm(begin_norm_axis=2, begin_params_axis=1, epsilon=self.eps)(
+            x.reshape((b,) + shape), self.gamma.reshape(g, c // g, 1, 1).broadcast_to(shape),
+            self.beta.reshape(g, c // g, 1, 1).broadcast_to(shape))
+        return y.reshape(b, c, h, w)

@@ -1,0 +1,248 @@
+"""The CPU kernel library: the same maths as MindSpore's own ops, a safe build, and a fallback that works."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn, ops
+
+import ddpm_ms
+from ddpm_ms import kernels, layers
+from ddpm_ms.kernels import builder as kbuild
+
+from conftest import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def lib():
+    """The built library; CI (CI=true) must build it, elsewhere a machine without a compiler skips."""
+    try:
+        return kbuild.build()
+    except kbuild.KernelBuildError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"kernel library unavailable: {e}")
+
+
+@pytest.fixture
+def kernel_mode():
+    """Restore the kernel mode after a test that changes it."""
+    yield kernels.set_mode
+    kernels.set_mode(None)
+
+
+def _tutorial_layer_shapes():
+    """(kind, input shape, layer args) of every distinct conv / GroupNorm in the tutorial U-Net, batch 2."""
+    net = ddpm_ms.Unet(dim=28, channels=1, dim_mults=(1, 2, 4))
+    seen = {}
+
+    def hook(cell, inputs):
+        x = inputs[0]
+        if isinstance(cell, nn.GroupNorm):
+            key = ("gn", tuple(x.shape), cell.num_groups)
+        else:
+            pad = layers._symmetric_padding(cell)  # pylint: disable=protected-access
+            kind = "convT" if isinstance(cell, nn.Conv2dTranspose) else "conv"
+            key = (kind, tuple(x.shape), (cell.out_channels, cell.kernel_size[0], cell.stride[0], pad, cell.group))
+        seen[key] = True
+
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, (nn.Conv2d, nn.Conv2dTranspose, nn.GroupNorm)):
+            cell.register_forward_pre_hook(hook)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net(ms.Tensor(np.zeros((2, 1, 28, 28), np.float32)), ms.Tensor(np.array([1, 2], np.int32)))
+    return sorted(seen)
+
+
+SHAPES = _tutorial_layer_shapes()
+
+
+def _rel(a, b):
+    a, b = a.asnumpy(), b.asnumpy()
+    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+
+
+def _reference_and_fast(kind, shape, args, lib):
+    """(reference fn, fast fn, inputs): each fn maps inputs to a weighted sum of its output."""
+    rng = np.random.default_rng(abs(hash((kind, shape))) % 2**32)
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    if kind == "gn":
+        c, g = shape[1], args
+        gamma = ms.Tensor(rng.standard_normal(c).astype(np.float32))
+        beta = ms.Tensor(rng.standard_normal(c).astype(np.float32))
+        op = ddpm_ms.kernels.ops.group_norm(lib)
+
+        def ref(x, gamma, beta):
+            return ops.group_norm(x, g, gamma, beta, 1e-5)
+
+        def fast(x, gamma, beta):
+            return op(x, gamma.reshape(g, c // g), beta.reshape(g, c // g))[0]
+
+        return ref, fast, (x, gamma, beta)
+    out_c, k, s, p, groups = args
+    in_c = shape[1]
+    if kind == "conv":
+        w = ms.Tensor(rng.standard_normal((out_c, in_c // groups, k, k)).astype(np.float32) * 0.1)
+        ref_op = ops.Conv2D(out_c, k, pad_mode="pad", pad=p, stride=s, group=groups)
+        fast_op = ddpm_ms.kernels.ops.conv2d(lib, s, p, groups)
+        return ref_op, fast_op, (x, w)
+    w = ms.Tensor(rng.standard_normal((in_c, out_c // groups, k, k)).astype(np.float32) * 0.1)
+    out_shape = (shape[0], out_c, (shape[2] - 1) * s - 2 * p + k, (shape[3] - 1) * s - 2 * p + k)
+    ref_op = ops.Conv2DTranspose(out_c, k, pad_mode="pad", pad=p, stride=s, group=groups)
+    fast_op = ddpm_ms.kernels.ops.conv_transpose2d(lib, s, p, groups)
+
+    def ref(x, w):
+        return ref_op(x, w, out_shape)
+
+    return ref, fast_op, (x, w)
+
+
+def test_the_tutorial_unet_has_every_kind_of_layer():
+    kinds = {(k, a[2] if k != "gn" else None, a[4] > 1 if k != "gn" else None) for k, _, a in SHAPES}
+    assert ("conv", 1, True) in kinds          # the depthwise 7x7
+    assert ("conv", 2, False) in kinds         # the stride-2 downsample
+    assert ("convT", 2, False) in kinds        # the transposed upsample
+    assert ("gn", None, None) in kinds
+    assert len(SHAPES) > 20
+
+
+def _probed(fn, probe):
+    def loss(*args):
+        y = fn(*args)
+        return (y * probe).sum(), y
+    return loss
+
+
+@pytest.mark.parametrize("kind,shape,args", SHAPES, ids=[f"{k}{s}{a}" for k, s, a in SHAPES])
+def test_kernel_matches_mindspore(kind, shape, args, lib, mode):
+    """Output within 1e-5 and input/weight gradients within 1e-4 of MindSpore's op with autodiff (relative to max)."""
+    ref, fast, inputs = _reference_and_fast(kind, shape, args, lib)
+    probe = ms.Tensor(np.random.default_rng(7).standard_normal(ref(*inputs).shape).astype(np.float32))
+    results = []
+    for fn in (ref, fast):
+        grad = ms.value_and_grad(_probed(fn, probe), grad_position=tuple(range(len(inputs))), has_aux=True)
+        results.append(ms.jit(grad)(*inputs) if mode == "graph" else grad(*inputs))
+    (_, y_ref), g_ref = results[0]
+    (_, y_fast), g_fast = results[1]
+    assert float(np.abs(y_ref.asnumpy()).max()) > 1e-3
+    assert _rel(y_fast, y_ref) < 1e-5
+    for a, b in zip(g_fast, g_ref):
+        assert _rel(a, b) < 1e-4
+
+
+def _two_paths(kernel_mode, **kw):
+    """The same U-Net built on the fast and the fallback path, with the same weights."""
+    nets = []
+    for m in ("onednn", "off"):
+        kernel_mode(m)
+        ms.set_seed(3)
+        nets.append(ddpm_ms.Unet(**kw))
+    fast, plain = nets
+    assert sum(1 for _, c in fast.cells_and_names() if getattr(c, "fast", None) is not None) > 10
+    assert all(getattr(c, "fast", None) is None for _, c in plain.cells_and_names())
+    for a, b in zip(fast.get_parameters(), plain.get_parameters()):
+        assert a.name == b.name and a.shape == b.shape
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())   # same names, shapes and initialisation
+    return fast, plain
+
+
+def _loss_of(net, sched):
+    def loss(x0, t, noise):
+        return ddpm_ms.p_losses(sched, net, x0, t, noise, "huber")
+    return loss
+
+
+@pytest.mark.parametrize("block_type", ["convnext", "resnet"])
+def test_whole_unet_loss_and_grads_match_fallback(block_type, lib, kernel_mode, mode):
+    fast, plain = _two_paths(kernel_mode, dim=16, dim_mults=(1, 2), channels=1, block_type=block_type,
+                             attn_dim_head=16)
+    sched = ddpm_ms.NoiseSchedule.from_name("linear", 50)
+    rng = np.random.default_rng(0)
+    x0 = ms.Tensor(rng.uniform(-1, 1, (4, 1, 16, 16)).astype(np.float32))
+    t = ms.Tensor(np.array([0, 7, 30, 49], np.int32))
+    noise = ms.Tensor(rng.standard_normal((4, 1, 16, 16)).astype(np.float32))
+    out = []
+    for net in (fast, plain):
+        net.set_train(True)
+        fn = ms.value_and_grad(_loss_of(net, sched), None, net.trainable_params())
+        loss, grads = ms.jit(fn)(x0, t, noise) if mode == "graph" else fn(x0, t, noise)
+        out.append((float(loss.asnumpy()), [g.asnumpy() for g in grads]))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
+    for gf, gp in zip(out[0][1], out[1][1]):
+        assert np.abs(gf - gp).max() <= 1e-4 * np.abs(gp).max() + 1e-7
+
+
+def test_fallback_without_compiler(tmp_path, monkeypatch, kernel_mode, capfd, tiny_sched):
+    """No compiler: one warning line, MindSpore's ops, and the model still trains and samples."""
+    monkeypatch.setenv("DDPM_MS_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kbuild.shutil, "which", lambda name: None)
+    kernel_mode(None)
+    capfd.readouterr()
+    ms.set_seed(0)
+    net = ddpm_ms.Unet(**TINY)
+    ddpm_ms.Unet(**TINY)                                      # a second model: no second warning
+    err = capfd.readouterr().err
+    lines = [l for l in err.splitlines() if "ddpm_ms" in l]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("warning: ddpm_ms:") and "no C++ compiler" in lines[0]
+    assert all(getattr(c, "fast", None) is None for _, c in net.cells_and_names())
+    opt = nn.Adam(net.trainable_params(), 1e-3)
+    step = ddpm_ms.TrainStep(net, tiny_sched, opt, ms.amp.DynamicLossScaler(1024, 2, 100), jit=False)
+    x0 = ms.Tensor(np.zeros((2, 1, 8, 8), np.float32))
+    loss, finite = step(x0, ms.Tensor(np.array([1, 5], np.int32)), ms.Tensor(np.ones((2, 1, 8, 8), np.float32)))
+    assert np.isfinite(loss.asnumpy()) and bool(finite.asnumpy())
+    out = ddpm_ms.sample(net, tiny_sched, 8, 2, 1, seed=0, progress=False)
+    assert out.shape == (2, 1, 8, 8) and np.isfinite(out).all()
+    kernel_mode("onednn")                                      # forced: an error naming the cause instead
+    with pytest.raises(kbuild.KernelBuildError, match="no C\\+\\+ compiler"):
+        ddpm_ms.Unet(**TINY)
+
+
+def test_bad_mode_is_one_line_error(monkeypatch, kernel_mode):
+    monkeypatch.setenv("DDPM_MS_KERNELS", "fast")
+    kernel_mode(None)
+    with pytest.raises(kbuild.KernelBuildError, match="DDPM_MS_KERNELS must be one of auto, onednn, off"):
+        ddpm_ms.Unet(**TINY)
+
+
+def test_concurrent_builds_make_one_library(tmp_path, lib):
+    """Two processes building into an empty cache at once both get the same, complete library."""
+    env = dict(os.environ, DDPM_MS_KERNEL_CACHE=str(tmp_path),
+               DDPM_MS_ONEDNN_INCLUDE=kbuild._header_dir(kbuild.cache_dir()))  # pylint: disable=protected-access
+    code = "from ddpm_ms.kernels import build; print(build())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    paths = {o[0].strip() for o in outs}
+    assert len(paths) == 1
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".so")) == [os.path.basename(paths.pop())]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("tmp")]    # no half-written leftovers
+
+
+def test_build_key_follows_source_and_flags(monkeypatch):
+    key = kbuild.build_key("g++")
+    assert key == kbuild.build_key("g++")
+    assert key != kbuild.build_key("clang++")
+    monkeypatch.setattr(kbuild, "CXXFLAGS", kbuild.CXXFLAGS + ["-DX"])
+    assert key != kbuild.build_key("g++")
+
+
+def test_checkpoint_loads_across_paths(tmp_path, lib, kernel_mode):
+    """Weights saved from the fast path load into the fallback model and give the same output."""
+    fast, plain = _two_paths(kernel_mode, **TINY)
+    rng = np.random.default_rng(1)
+    for p in fast.get_parameters():     # move off the shared initialisation
+        p.set_data(ms.Tensor(p.asnumpy() + rng.normal(0, 0.01, p.shape).astype(np.float32)))
+    path = str(tmp_path / "w.ckpt")
+    ms.save_checkpoint(fast, path)
+    ms.load_param_into_net(plain, ms.load_checkpoint(path), strict_load=True)
+    x = ms.Tensor(rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32))
+    t = ms.Tensor(np.array([2, 9], np.int32))
+    fast.set_train(False)
+    plain.set_train(False)
+    np.testing.assert_allclose(fast(x, t).asnumpy(), plain(x, t).asnumpy(), atol=1e-5)
