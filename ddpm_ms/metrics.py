@@ -14,6 +14,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .data import load_fashion_arrays
+from .layers import Conv2d
 
 TRAIN_RANGE, HELDOUT_RANGE, REFERENCE_RANGE = (0, 4000), (4000, 5000), (5000, 7000)
 NUM_EVAL = 1000          # sample count every reported number uses
@@ -26,8 +27,8 @@ class FashionClassifier(nn.Cell):
     def __init__(self):
         super().__init__()
         self.body = nn.SequentialCell([
-            nn.Conv2d(1, 32, 3, pad_mode="same", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 64, 3, pad_mode="same", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
+            Conv2d(1, 32, 3, pad_mode="same", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
+            Conv2d(32, 64, 3, pad_mode="same", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
             nn.Flatten(), nn.Dense(64 * 7 * 7, 128), nn.ReLU(),
         ])
         self.head = nn.Dense(128, 10)
