@@ -194,13 +194,6 @@ struct ConvPrimitive {
   memory::desc x, w, y;  // the layouts the primitive runs on (x: src or diff_src, y: dst or diff_dst)
 };
 
-dnnl::primitive_attr Attr() {
-  dnnl::primitive_attr a;
-  const char *e = getenv("DDPM_MS_KERNEL_BF16");  // opt-in: bf16 arithmetic inside fp32 convolutions
-  if (e && e[0] == '1') a.set_fpmath_mode(dnnl::fpmath_mode::bf16);
-  return a;
-}
-
 std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g) {
   static std::mutex mu;
   static std::map<std::string, std::shared_ptr<ConvPrimitive>> cache;
@@ -212,7 +205,7 @@ std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g) {
   if (it != cache.end()) return it->second;
   SetConcurrency();
   memory::desc x_md(g.x, dt::f32, tag::nhwc), y_md(g.y, dt::f32, tag::nhwc), w_any(g.w, dt::f32, tag::any);
-  auto attr = Attr();
+  dnnl::primitive_attr attr;
   auto fwd = dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
                                                        dnnl::algorithm::convolution_direct, x_md, w_any, y_md,
                                                        g.stride, g.dilation, g.pad_l, g.pad_r, attr);
