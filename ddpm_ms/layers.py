@@ -37,6 +37,14 @@ def _geometry(cell):
     return geometry if geometry in CONV_GEOMETRIES else None
 
 
+def _fast_conv(cell, x):
+    """The cell's kernel op on (x, weight), plus its bias."""
+    y = cell.fast(x, cell.weight)
+    if cell.has_bias:
+        y = cell.bias_add(y, cell.bias)
+    return y
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with the same parameters; runs on the oneDNN kernel on CPU. [B,IC,H,W] -> [B,OC,OH,OW]."""
 
@@ -51,10 +59,7 @@ class Conv2d(nn.Conv2d):
         exact = (x.shape[2] + 2 * self.fast_pad - self.kernel_size[0]) % self.stride[0] == 0
         if self.fast is None or x.dtype != ms.float32 or not exact:
             return super().construct(x)
-        y = self.fast(x, self.weight)
-        if self.has_bias:
-            y = self.bias_add(y, self.bias)
-        return y
+        return _fast_conv(self, x)
 
 
 class Conv2dTranspose(nn.Conv2dTranspose):
@@ -72,10 +77,7 @@ class Conv2dTranspose(nn.Conv2dTranspose):
     def construct(self, x):
         if self.fast is None or x.dtype != ms.float32:
             return super().construct(x)
-        y = self.fast(x, self.weight)
-        if self.has_bias:
-            y = self.bias_add(y, self.bias)
-        return y
+        return _fast_conv(self, x)
 
 
 class _DepthwiseConvFn(nn.Cell):
