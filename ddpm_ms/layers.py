@@ -1,11 +1,13 @@
 """Drop-in layers: MindSpore's Conv2d, Conv2dTranspose and GroupNorm (same parameters, names, shapes and
-initialisation) that run on :mod:`ddpm_ms.kernels` on CPU, and MindSpore's own ops elsewhere.
+initialisation), the tutorial's channel LayerNorm and a softmax, that run on :mod:`ddpm_ms.kernels` on CPU, and
+MindSpore's own ops elsewhere.
 
 The path is chosen when the layer is built (``ddpm_ms.kernels.library()``); a layer whose geometry or input dtype
 the kernels do not cover runs MindSpore's op. Checkpoints are the same either way.
 """
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import initializer
 
 from . import kernels
 from .kernels import ops as kops
@@ -149,3 +151,46 @@ class GroupNorm(nn.GroupNorm):
             x.reshape((b,) + shape), self.gamma.reshape(g, c // g, 1, 1).broadcast_to(shape),
             self.beta.reshape(g, c // g, 1, 1).broadcast_to(shape))
         return y.reshape(b, c, h, w)
+
+
+class LayerNorm(nn.Cell):
+    """Channel LayerNorm with a gain only: (x - mean_c) / sqrt(var_c + eps) * g. [B,C,H,W] -> [B,C,H,W]."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.g = Parameter(initializer("ones", (1, dim, 1, 1)), name="g")
+        self.eps = eps
+        lib = kernels.library()
+        self.fast = kops.channel_norm(lib) if lib and eps == 1e-5 else None   # the kernel's eps
+
+    def construct(self, x):
+        if self.fast is not None and x.dtype == ms.float32:
+            y, _, _ = self.fast(x, self.g.reshape(-1))
+            return y
+        mean = x.mean(1, keep_dims=True)
+        var = ((x - mean) ** 2).mean(1, keep_dims=True)
+        return (x - mean) * ops.rsqrt(var + self.eps) * self.g
+
+
+def softmax_axis2(x):
+    """Softmax over axis -2 of a rank-4 tensor, via MindSpore's faster last-axis kernel."""
+    return ops.softmax(x.swapaxes(-1, -2), -1).swapaxes(-1, -2)
+
+
+class Softmax(nn.Cell):
+    """Softmax over ``axis`` (-1 or -2), on the kernel library's oneDNN softmax on CPU; same shape out."""
+
+    def __init__(self, axis):
+        super().__init__()
+        if axis not in (-1, -2):
+            raise ValueError(f"Softmax axis must be -1 or -2, got {axis}")
+        self.axis = axis
+        lib = kernels.library()
+        self.fast = kops.softmax(lib, axis) if lib else None
+
+    def construct(self, x):
+        if self.fast is not None and x.dtype == ms.float32:
+            return self.fast(x)
+        if self.axis == -2:
+            return softmax_axis2(x)
+        return ops.softmax(x, -1)

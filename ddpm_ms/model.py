@@ -8,16 +8,15 @@ Parameter for parameter this is MindSpore's "Diffusion Model" tutorial
 with MindSpore's layer defaults (``has_bias=False`` convolutions unless the
 tutorial says otherwise). ``Unet(dim=28, channels=1, dim_mults=(1, 2, 4))``
 has 2,992,180 trainable parameters. A few ops are written in a faster but
-mathematically identical form (see :class:`GELU` and :func:`softmax_axis2`).
+mathematically identical form (see :class:`GELU` and :mod:`ddpm_ms.layers`).
 """
 import math
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import initializer
+from mindspore import Tensor, nn, ops
 
-from .layers import Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm
+from .layers import Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm, LayerNorm, Softmax
 
 BLOCK_TYPES = ("convnext", "resnet")
 
@@ -31,11 +30,6 @@ class GELU(nn.Cell):
 
     def construct(self, x):
         return x * ops.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
-
-
-def softmax_axis2(x):
-    """Softmax over axis -2 of a rank-4 tensor, via the fast last-axis kernel."""
-    return ops.softmax(x.swapaxes(-1, -2), -1).swapaxes(-1, -2)
 
 
 def _heads(x, heads):
@@ -162,29 +156,16 @@ class Attention(_MultiHeadQKV):
     def __init__(self, dim, heads=4, dim_head=32):
         super().__init__(dim, heads, dim_head)
         self.to_out = Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True)
+        self.softmax = Softmax(-1)
 
     def construct(self, x):
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
         sim = ops.bmm((q * self.scale).swapaxes(2, 3), k)    # b h i j
-        attn = ops.softmax(sim, axis=-1)
+        attn = self.softmax(sim)
         out = ops.bmm(attn, v.swapaxes(2, 3))                 # b h i d
         out = out.swapaxes(-1, -2).reshape((b, -1, h, w))
         return self.to_out(out)
-
-
-class LayerNorm(nn.Cell):
-    """Channel LayerNorm with a gain only: (x - mean_c) / sqrt(var_c + eps) * g."""
-
-    def __init__(self, dim, eps=1e-5):
-        super().__init__()
-        self.g = Parameter(initializer("ones", (1, dim, 1, 1)), name="g")
-        self.eps = eps
-
-    def construct(self, x):
-        mean = x.mean(1, keep_dims=True)
-        var = ((x - mean) ** 2).mean(1, keep_dims=True)
-        return (x - mean) * ops.rsqrt(var + self.eps) * self.g
 
 
 class LinearAttention(_MultiHeadQKV):
@@ -192,6 +173,8 @@ class LinearAttention(_MultiHeadQKV):
 
     def __init__(self, dim, heads=4, dim_head=32):
         super().__init__(dim, heads, dim_head)
+        self.softmax_q = Softmax(-2)
+        self.softmax_k = Softmax(-1)
         self.to_out = nn.SequentialCell([
             Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True),
             LayerNorm(dim),
@@ -200,8 +183,8 @@ class LinearAttention(_MultiHeadQKV):
     def construct(self, x):
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
-        q = softmax_axis2(q) * self.scale
-        k = ops.softmax(k, -1)
+        q = self.softmax_q(q) * self.scale
+        k = self.softmax_k(k)
         v = v / (h * w)
         context = ops.bmm(k, v.swapaxes(2, 3))             # b h d e
         out = ops.bmm(context.swapaxes(2, 3), q)           # b h e n

@@ -44,8 +44,8 @@ def test_same_gradients():
         params = net.trainable_params()
         fn = ms.value_and_grad(lambda x_, t_, n=net: (n(x_, t_) * w).sum(), None, params)
         grads.append([g.asnumpy() for g in fn(x, t)[1]])
-    worst = max(np.abs(ga - gb).max() for ga, gb in zip(*grads))
-    assert worst < 1e-4, worst
+    worst = max(np.abs(ga - gb).max() / (np.abs(gb).max() + 1e-12) for ga, gb in zip(*grads))
+    assert worst < 2e-5, worst       # relative to each gradient's largest entry (up to ~60 here)
     assert max(np.abs(g).max() for g in grads[0]) > 1e-3
 
 

@@ -36,7 +36,7 @@ def kernel_mode():
 
 
 def _tutorial_layer_shapes():
-    """(kind, input shape, layer args) of every distinct conv / GroupNorm in the tutorial U-Net, batch 2."""
+    """(kind, input shape, layer args) of every distinct conv, norm and softmax in the tutorial U-Net, batch 2."""
     net = ddpm_ms.Unet(dim=28, channels=1, dim_mults=(1, 2, 4))
     seen = {}
 
@@ -44,6 +44,10 @@ def _tutorial_layer_shapes():
         x = inputs[0]
         if isinstance(cell, nn.GroupNorm):
             key = ("gn", tuple(x.shape), cell.num_groups)
+        elif isinstance(cell, layers.LayerNorm):
+            key = ("ln", tuple(x.shape), None)
+        elif isinstance(cell, layers.Softmax):
+            key = ("softmax", tuple(x.shape), cell.axis)
         else:
             pad = layers._symmetric_padding(cell)  # pylint: disable=protected-access
             kind = "convT" if isinstance(cell, nn.Conv2dTranspose) else "conv"
@@ -51,7 +55,7 @@ def _tutorial_layer_shapes():
         seen[key] = True
 
     for _, cell in net.cells_and_names():
-        if isinstance(cell, (nn.Conv2d, nn.Conv2dTranspose, nn.GroupNorm)):
+        if isinstance(cell, (nn.Conv2d, nn.Conv2dTranspose, nn.GroupNorm, layers.LayerNorm, layers.Softmax)):
             cell.register_forward_pre_hook(hook)
     ms.set_context(mode=ms.PYNATIVE_MODE)
     net(ms.Tensor(np.zeros((2, 1, 28, 28), np.float32)), ms.Tensor(np.array([1, 2], np.int32)))
@@ -83,6 +87,25 @@ def _reference_and_fast(kind, shape, args, lib):
             return op(x, gamma.reshape(g, c // g), beta.reshape(g, c // g))[0]
 
         return ref, fast, (x, gamma, beta)
+    if kind == "ln":
+        g = ms.Tensor(rng.uniform(0.5, 1.5, (1, shape[1], 1, 1)).astype(np.float32))
+        op = ddpm_ms.kernels.ops.channel_norm(lib)
+
+        def ref(x, g):
+            mean = x.mean(1, keep_dims=True)
+            return (x - mean) / ops.sqrt(((x - mean) ** 2).mean(1, keep_dims=True) + 1e-5) * g
+
+        def fast(x, g):
+            return op(x, g.reshape(-1))[0]
+
+        return ref, fast, (x, g)
+    if kind == "softmax":
+        axis = args
+
+        def ref(x):
+            return ops.softmax(x, axis)
+
+        return ref, ddpm_ms.kernels.ops.softmax(lib, axis), (x * 3,)
     out_c, k, s, p, groups = args
     in_c = shape[1]
     if kind == "conv":
@@ -102,11 +125,13 @@ def _reference_and_fast(kind, shape, args, lib):
 
 
 def test_the_tutorial_unet_has_every_kind_of_layer():
-    kinds = {(k, a[2] if k != "gn" else None, a[4] > 1 if k != "gn" else None) for k, _, a in SHAPES}
+    kinds = {(k, a[2], a[4] > 1) if k.startswith("conv") else (k, None, None) for k, _, a in SHAPES}
     assert ("conv", 1, True) in kinds          # the depthwise 7x7
     assert ("conv", 2, False) in kinds         # the stride-2 downsample
     assert ("convT", 2, False) in kinds        # the transposed upsample
     assert ("gn", None, None) in kinds
+    assert {k for k, _, _ in SHAPES} == {"conv", "convT", "gn", "ln", "softmax"}
+    assert {a for k, _, a in SHAPES if k == "softmax"} == {-1, -2}
     assert len(SHAPES) > 20
 
 

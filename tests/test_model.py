@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from ddpm_ms.model import GELU, Unet, count_params, softmax_axis2
+from ddpm_ms.layers import softmax_axis2
+from ddpm_ms.model import GELU, Unet, count_params
 from ddpm_ms.model import Attention, LinearAttention, SinusoidalPositionEmbeddings
 
 

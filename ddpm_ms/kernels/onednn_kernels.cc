@@ -16,6 +16,10 @@
 //   ConvBwdWeights_sSpP(x, dy) -> dw         dw = dL/dw; for a transposed convolution called as (dy, x)
 //   GroupNormFwd(x, gamma[G,C/G], beta[G,C/G]) -> y, mean[N,G], rstd[N,G]
 //   GroupNormBwd(dy, x, mean, rstd, gamma[G,C/G]) -> dx, dgamma[G,C/G], dbeta[G,C/G]
+//   ChannelNormFwd(x, g[C]) -> y, mean[N,H*W], rstd[N,H*W]      LayerNorm over the channels of each pixel
+//   ChannelNormBwd(dy, x, mean, rstd, g[C]) -> dx, dg[C]
+//   SoftmaxFwd_last(x) -> y, SoftmaxBwd_last(dy, y) -> dx        softmax over the last axis (oneDNN primitive)
+//   SoftmaxFwd_penult(x) -> y, SoftmaxBwd_penult(dy, y) -> dx    softmax over the second-to-last axis
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -413,10 +417,162 @@ int GroupNormBwd(void **params, int64_t **shapes) {
   return 0;
 }
 
+// ---------------------------------------------------------------- channel LayerNorm
+// x [N, C, H, W]: for each pixel, mu and sigma^2 over its C channels; y = (x - mu) / sqrt(sigma^2 + eps) * g[c].
+// The loops run over the H*W pixels of a sample at once (contiguous), accumulating over c.
+struct PixelStats {  // per-thread accumulators over the H*W pixels of one sample
+  std::vector<double> a, b;
+  explicit PixelStats(int64_t hw) : a(hw, 0.0), b(hw, 0.0) {}
+};
+
+int ChannelNormFwd(void **params, int64_t **shapes) {
+  const int64_t N = shapes[0][0], C = shapes[0][1], HW = shapes[0][2] * shapes[0][3];
+  const float *x = static_cast<const float *>(params[0]), *gain = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]), *mean = static_cast<float *>(params[3]),
+        *rstd = static_cast<float *>(params[4]);
+  ParallelFor(N, [&](int64_t n) {
+    const float *xn = x + n * C * HW;
+    PixelStats s(HW);
+    for (int64_t c = 0; c < C; c++)
+      for (int64_t i = 0; i < HW; i++) s.a[i] += xn[c * HW + i];
+    for (int64_t i = 0; i < HW; i++) s.a[i] /= C;
+    for (int64_t c = 0; c < C; c++)
+      for (int64_t i = 0; i < HW; i++) {
+        double d = xn[c * HW + i] - s.a[i];
+        s.b[i] += d * d;
+      }
+    float *mn = mean + n * HW, *rn = rstd + n * HW;
+    for (int64_t i = 0; i < HW; i++) {
+      mn[i] = static_cast<float>(s.a[i]);
+      rn[i] = static_cast<float>(1.0 / std::sqrt(s.b[i] / C + kEps));
+    }
+    for (int64_t c = 0; c < C; c++) {
+      const float gc = gain[c];
+      const float *xc = xn + c * HW;
+      float *yc = y + (n * C + c) * HW;
+      for (int64_t i = 0; i < HW; i++) yc[i] = (xc[i] - mn[i]) * rn[i] * gc;
+    }
+  });
+  return 0;
+}
+
+// With xhat = (x - mu) * rstd and gdy = g[c] * dy, per pixel:
+//   dx = rstd * (gdy - mean_c(gdy) - xhat * mean_c(gdy * xhat)),   dg[c] = sum_{n,hw} dy * xhat.
+int ChannelNormBwd(void **params, int64_t **shapes) {
+  const int64_t N = shapes[1][0], C = shapes[1][1], HW = shapes[1][2] * shapes[1][3];
+  const float *dy = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]),
+              *mean = static_cast<const float *>(params[2]), *rstd = static_cast<const float *>(params[3]),
+              *gain = static_cast<const float *>(params[4]);
+  float *dx = static_cast<float *>(params[5]), *dg = static_cast<float *>(params[6]);
+  std::vector<double> part_dg(N * C);
+  ParallelFor(N, [&](int64_t n) {
+    const float *xn = x + n * C * HW, *dyn = dy + n * C * HW, *mn = mean + n * HW, *rn = rstd + n * HW;
+    PixelStats s(HW);  // a: sum_c gdy, b: sum_c gdy * xhat
+    for (int64_t c = 0; c < C; c++) {
+      const float gc = gain[c];
+      const float *xc = xn + c * HW, *dyc = dyn + c * HW;
+      double sdg = 0;
+      for (int64_t i = 0; i < HW; i++) {
+        const float xhat = (xc[i] - mn[i]) * rn[i];
+        s.a[i] += gc * dyc[i];
+        s.b[i] += gc * dyc[i] * xhat;
+        sdg += static_cast<double>(dyc[i]) * xhat;
+      }
+      part_dg[n * C + c] = sdg;
+    }
+    for (int64_t c = 0; c < C; c++) {
+      const float gc = gain[c];
+      const float *xc = xn + c * HW, *dyc = dyn + c * HW;
+      float *dxc = dx + (n * C + c) * HW;
+      for (int64_t i = 0; i < HW; i++) {
+        const float xhat = (xc[i] - mn[i]) * rn[i];
+        dxc[i] = rn[i] * (gc * dyc[i] - static_cast<float>(s.a[i] / C) - xhat * static_cast<float>(s.b[i] / C));
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; c++) {
+    double a = 0;
+    for (int64_t n = 0; n < N; n++) a += part_dg[n * C + c];
+    dg[c] = static_cast<float>(a);
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- softmax
+// The tensor as [outer, D, inner] with the softmax over D: the last axis (inner = 1) or the second-to-last.
+memory::dims SoftmaxDims(int ndim, const int64_t *shape, bool last) {
+  int64_t outer = 1;
+  for (int i = 0; i < ndim - (last ? 1 : 2); i++) outer *= shape[i];
+  return last ? memory::dims{outer, shape[ndim - 1], 1} : memory::dims{outer, shape[ndim - 2], shape[ndim - 1]};
+}
+
+struct SoftmaxPrimitives {
+  dnnl::softmax_forward::primitive_desc fwd_pd;
+  dnnl::softmax_forward fwd;
+  dnnl::softmax_backward bwd;
+};
+
+std::shared_ptr<SoftmaxPrimitives> GetSoftmax(const memory::dims &d) {
+  static std::mutex mu;
+  static std::map<memory::dims, std::shared_ptr<SoftmaxPrimitives>> cache;
+  std::lock_guard<std::mutex> lk(mu);
+  auto it = cache.find(d);
+  if (it != cache.end()) return it->second;
+  SetConcurrency();
+  memory::desc md(d, dt::f32, tag::abc);
+  auto e = std::make_shared<SoftmaxPrimitives>();
+  e->fwd_pd = dnnl::softmax_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
+                                                    dnnl::algorithm::softmax_accurate, md, md, 1);
+  e->fwd = dnnl::softmax_forward(e->fwd_pd);
+  e->bwd = dnnl::softmax_backward(dnnl::softmax_backward::primitive_desc(
+      Engine(), dnnl::algorithm::softmax_accurate, md, md, md, 1, e->fwd_pd));
+  cache[d] = e;
+  return e;
+}
+
+int SoftmaxFwd(bool last, void **params, int *ndims, int64_t **shapes) {  // x -> y
+  memory::dims d = SoftmaxDims(ndims[0], shapes[0], last);
+  auto p = GetSoftmax(d);
+  memory::desc md(d, dt::f32, tag::abc);
+  memory mx(md, Engine(), params[0]), my(md, Engine(), params[1]);
+  p->fwd.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DST, my}});
+  return 0;
+}
+
+// dx = y * (dy - sum_D(dy * y)) over the softmax axis D of [outer, D, inner], written out for inner > 1: oneDNN's
+// backward takes a reference kernel there (~50x slower). The sums run over the contiguous inner axis.
+void SoftmaxBwdStrided(const memory::dims &d, const float *dy, const float *y, float *dx) {
+  const int64_t D = d[1], inner = d[2];
+  ParallelFor(d[0], [&](int64_t o) {
+    const int64_t base = o * D * inner;
+    std::vector<float> dot(inner, 0.f);
+    for (int64_t k = 0; k < D; k++)
+      for (int64_t i = 0; i < inner; i++) dot[i] += dy[base + k * inner + i] * y[base + k * inner + i];
+    for (int64_t k = 0; k < D; k++)
+      for (int64_t i = 0; i < inner; i++)
+        dx[base + k * inner + i] = y[base + k * inner + i] * (dy[base + k * inner + i] - dot[i]);
+  });
+}
+
+int SoftmaxBwd(bool last, void **params, int *ndims, int64_t **shapes) {  // dy, y -> dx
+  memory::dims d = SoftmaxDims(ndims[0], shapes[0], last);
+  if (d[2] > 1) {
+    SoftmaxBwdStrided(d, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                      static_cast<float *>(params[2]));
+    return 0;
+  }
+  auto p = GetSoftmax(d);
+  memory::desc md(d, dt::f32, tag::abc);
+  memory mdy(md, Engine(), params[0]), my(md, Engine(), params[1]), mdx(md, Engine(), params[2]);
+  p->bwd.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DST, my}, {DNNL_ARG_DIFF_SRC, mdx}});
+  return 0;
+}
+
 }  // namespace
 
-#define DDPM_MS_AOT(name) \
-  extern "C" int name(int nparam, void **params, int *, int64_t **shapes, const char **dtypes, void *, void *)
+#define DDPM_MS_AOT(name)                                                                                   \
+  extern "C" int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, \
+                      void *)
 
 #define DDPM_MS_CONV(S, P)                                                                             \
   DDPM_MS_AOT(ConvFwd_s##S##p##P) {                                                                    \
@@ -445,6 +601,23 @@ DDPM_MS_AOT(GroupNormFwd) {
 DDPM_MS_AOT(GroupNormBwd) {
   return Guard("GroupNormBwd", nparam, dtypes, [&] { return GroupNormBwd(params, shapes); });
 }
+
+DDPM_MS_AOT(ChannelNormFwd) {
+  return Guard("ChannelNormFwd", nparam, dtypes, [&] { return ChannelNormFwd(params, shapes); });
+}
+DDPM_MS_AOT(ChannelNormBwd) {
+  return Guard("ChannelNormBwd", nparam, dtypes, [&] { return ChannelNormBwd(params, shapes); });
+}
+
+#define DDPM_MS_SOFTMAX(AXIS, LAST)                                                                         \
+  DDPM_MS_AOT(SoftmaxFwd_##AXIS) {                                                                         \
+    return Guard("SoftmaxFwd_" #AXIS, nparam, dtypes, [&] { return SoftmaxFwd(LAST, params, ndims, shapes); }); \
+  }                                                                                                        \
+  DDPM_MS_AOT(SoftmaxBwd_##AXIS) {                                                                         \
+    return Guard("SoftmaxBwd_" #AXIS, nparam, dtypes, [&] { return SoftmaxBwd(LAST, params, ndims, shapes); }); \
+  }
+DDPM_MS_SOFTMAX(last, true)
+DDPM_MS_SOFTMAX(penult, false)
 
 // A version stamp the loader checks after dlopen, so a stale cached build is never used.
 extern "C" int DdpmMsKernelAbi() { return 1; }

@@ -102,23 +102,62 @@ def group_norm(lib):
 
     Passing gamma and beta as [G, C/G] lets the shape function read G from the shapes alone.
     """
-    def stats_shape(xs, gs, _bs):
-        return xs, (xs[0], gs[0]), (xs[0], gs[0])
-
-    def stats_dtype(xd, _gd, _bd):
-        return xd, xd, xd
-
-    def bwd_shape(_dys, xs, _ms, _rs, gs):
-        return xs, gs, gs
-
-    def bwd_dtype(dyd, *_):
-        return dyd, dyd, dyd
-
-    bwd = ops.Custom(f"{lib}:GroupNormBwd", bwd_shape, bwd_dtype, "aot")
+    fwd, bwd = _norm_ops(lib, "GroupNorm", lambda xs, gs: (xs[0], gs[0]), 3)
 
     def bprop(x, gamma, beta, out, dout):
         _, mean, rstd = out
-        dx, dgamma, dbeta = bwd(dout[0], x, mean, rstd, gamma)
-        return dx, dgamma, dbeta
+        return bwd(dout[0], x, mean, rstd, gamma)
 
-    return ops.Custom(f"{lib}:GroupNormFwd", stats_shape, stats_dtype, "aot", bprop=bprop)
+    return _with_bprop(fwd, bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def channel_norm(lib):
+    """LayerNorm over the channels of each pixel, with a gain only, differentiable:
+    ``op(x [N,C,H,W], g [C]) -> (y [N,C,H,W], mean [N,H*W], rstd [N,H*W])``.
+    """
+    fwd, bwd = _norm_ops(lib, "ChannelNorm", lambda xs, _gs: (xs[0], xs[2] * xs[3]), 2)
+
+    def bprop(x, g, out, dout):
+        _, mean, rstd = out
+        return bwd(dout[0], x, mean, rstd, g)
+
+    return _with_bprop(fwd, bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def softmax(lib, axis):
+    """Softmax over ``axis`` -1 or -2 of a float32 tensor, differentiable: ``op(x) -> y``, same shape."""
+    name = {-1: "last", -2: "penult"}[axis]
+
+    def same_shape(xs, *_):
+        return xs
+
+    bwd = ops.Custom(f"{lib}:SoftmaxBwd_{name}", same_shape, _same_dtype, "aot")
+
+    def bprop(x, out, dout):
+        return (bwd(dout, out),)
+
+    return ops.Custom(f"{lib}:SoftmaxFwd_{name}", same_shape, _same_dtype, "aot", bprop=bprop)
+
+def _norm_ops(lib, name, stats_shape, num_grads):
+    """(forward, backward) primitives of a normalisation kernel.
+
+    forward ``(x, p, ...) -> (y, mean, rstd)`` with ``stats_shape(x_shape, p_shape)`` for mean and rstd;
+    backward ``(dy, x, mean, rstd, p) -> (dx, dp, ...)``, ``num_grads`` outputs shaped like x, then like p.
+    """
+    def fwd_shape(xs, ps, *_):
+        stats = stats_shape(xs, ps)
+        return xs, stats, stats
+
+    def bwd_shape(_dys, xs, _ms, _rs, ps):
+        return (xs,) + (ps,) * (num_grads - 1)
+
+    def fwd_dtype(xd, *_):
+        return xd, xd, xd
+
+    def bwd_dtype(dyd, *_):
+        return (dyd,) * num_grads
+
+    return (ops.Custom(f"{lib}:{name}Fwd", fwd_shape, fwd_dtype, "aot"),
+            ops.Custom(f"{lib}:{name}Bwd", bwd_shape, bwd_dtype, "aot"))
