@@ -48,6 +48,8 @@ def _tutorial_layer_shapes():
             key = ("ln", tuple(x.shape), None)
         elif isinstance(cell, layers.Softmax):
             key = ("softmax", tuple(x.shape), cell.axis)
+        elif isinstance(cell, (layers.GELU, layers.SiLU)):
+            key = ("act", tuple(x.shape), type(cell).__name__)
         else:
             pad = layers._symmetric_padding(cell)  # pylint: disable=protected-access
             kind = "convT" if isinstance(cell, nn.Conv2dTranspose) else "conv"
@@ -55,14 +57,15 @@ def _tutorial_layer_shapes():
         seen[key] = True
 
     for _, cell in net.cells_and_names():
-        if isinstance(cell, (nn.Conv2d, nn.Conv2dTranspose, nn.GroupNorm, layers.LayerNorm, layers.Softmax)):
+        if isinstance(cell, (nn.Conv2d, nn.Conv2dTranspose, nn.GroupNorm, layers.LayerNorm, layers.Softmax,
+                             layers.GELU, layers.SiLU)):
             cell.register_forward_pre_hook(hook)
     ms.set_context(mode=ms.PYNATIVE_MODE)
     net(ms.Tensor(np.zeros((2, 1, 28, 28), np.float32)), ms.Tensor(np.array([1, 2], np.int32)))
     return sorted(seen)
 
 
-SHAPES = _tutorial_layer_shapes()
+SHAPES = _tutorial_layer_shapes() + [("act", (2, 32, 14, 14), "SiLU")]   # the ResNet blocks' activation
 
 
 def _rel(a, b):
@@ -106,6 +109,13 @@ def _reference_and_fast(kind, shape, args, lib):
             return ops.softmax(x, axis)
 
         return ref, ddpm_ms.kernels.ops.softmax(lib, axis), (x * 3,)
+    if kind == "act":   # against MindSpore's own nn.GELU (tanh form) and nn.SiLU
+        ref_cell = nn.GELU() if args == "GELU" else nn.SiLU()
+
+        def ref(x):
+            return ref_cell(x)
+
+        return ref, ddpm_ms.kernels.ops.eltwise(lib, args.lower()), (x * 2,)
     out_c, k, s, p, groups = args
     in_c = shape[1]
     if kind == "conv":
@@ -130,7 +140,7 @@ def test_the_tutorial_unet_has_every_kind_of_layer():
     assert ("conv", 2, False) in kinds         # the stride-2 downsample
     assert ("convT", 2, False) in kinds        # the transposed upsample
     assert ("gn", None, None) in kinds
-    assert {k for k, _, _ in SHAPES} == {"conv", "convT", "gn", "ln", "softmax"}
+    assert {k for k, _, _ in SHAPES} == {"conv", "convT", "gn", "ln", "softmax", "act"}
     assert {a for k, _, a in SHAPES if k == "softmax"} == {-1, -2}
     assert len(SHAPES) > 20
 

@@ -20,6 +20,8 @@
 //   ChannelNormBwd(dy, x, mean, rstd, g[C]) -> dx, dg[C]
 //   SoftmaxFwd_last(x) -> y, SoftmaxBwd_last(dy, y) -> dx        softmax over the last axis (oneDNN primitive)
 //   SoftmaxFwd_penult(x) -> y, SoftmaxBwd_penult(dy, y) -> dx    softmax over the second-to-last axis
+//   EltwiseFwd_gelu(x) -> y, EltwiseBwd_gelu(dy, x) -> dx          tanh-form GELU (nn.GELU's), oneDNN eltwise
+//   EltwiseFwd_silu(x) -> y, EltwiseBwd_silu(dy, x) -> dx          x * sigmoid(x)
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -568,6 +570,55 @@ int SoftmaxBwd(bool last, void **params, int *ndims, int64_t **shapes) {  // dy,
   return 0;
 }
 
+// ---------------------------------------------------------------- elementwise activations
+struct EltwisePrimitives {
+  dnnl::eltwise_forward fwd;
+  dnnl::eltwise_backward bwd;
+};
+
+std::shared_ptr<EltwisePrimitives> GetEltwise(dnnl::algorithm alg, float alpha, int64_t n) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int64_t>, std::shared_ptr<EltwisePrimitives>> cache;
+  std::lock_guard<std::mutex> lk(mu);
+  auto key = std::make_pair(static_cast<int>(alg), n);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  SetConcurrency();
+  memory::desc md({n}, dt::f32, tag::a);
+  auto fwd_pd = dnnl::eltwise_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training, alg, md, md,
+                                                      alpha);
+  auto e = std::make_shared<EltwisePrimitives>();
+  e->fwd = dnnl::eltwise_forward(fwd_pd);
+  e->bwd = dnnl::eltwise_backward(
+      dnnl::eltwise_backward::primitive_desc(Engine(), alg, md, md, md, alpha, 0.f, fwd_pd));
+  cache[key] = e;
+  return e;
+}
+
+int64_t NumElements(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i];
+  return n;
+}
+
+int EltwiseFwd(dnnl::algorithm alg, float alpha, void **params, int *ndims, int64_t **shapes) {  // x -> y
+  const int64_t n = NumElements(ndims[0], shapes[0]);
+  auto p = GetEltwise(alg, alpha, n);
+  memory::desc md({n}, dt::f32, tag::a);
+  memory mx(md, Engine(), params[0]), my(md, Engine(), params[1]);
+  p->fwd.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DST, my}});
+  return 0;
+}
+
+int EltwiseBwd(dnnl::algorithm alg, float alpha, void **params, int *ndims, int64_t **shapes) {  // dy, x -> dx
+  const int64_t n = NumElements(ndims[0], shapes[0]);
+  auto p = GetEltwise(alg, alpha, n);
+  memory::desc md({n}, dt::f32, tag::a);
+  memory mdy(md, Engine(), params[0]), mx(md, Engine(), params[1]), mdx(md, Engine(), params[2]);
+  p->bwd.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_SRC, mdx}});
+  return 0;
+}
+
 }  // namespace
 
 #define DDPM_MS_AOT(name)                                                                                   \
@@ -618,6 +669,16 @@ DDPM_MS_AOT(ChannelNormBwd) {
   }
 DDPM_MS_SOFTMAX(last, true)
 DDPM_MS_SOFTMAX(penult, false)
+
+#define DDPM_MS_ELTWISE(NAME, ALG, ALPHA)                                                                 \
+  DDPM_MS_AOT(EltwiseFwd_##NAME) {                                                                       \
+    return Guard("EltwiseFwd_" #NAME, nparam, dtypes, [&] { return EltwiseFwd(ALG, ALPHA, params, ndims, shapes); }); \
+  }                                                                                                      \
+  DDPM_MS_AOT(EltwiseBwd_##NAME) {                                                                       \
+    return Guard("EltwiseBwd_" #NAME, nparam, dtypes, [&] { return EltwiseBwd(ALG, ALPHA, params, ndims, shapes); }); \
+  }
+DDPM_MS_ELTWISE(gelu, dnnl::algorithm::eltwise_gelu_tanh, 0.f)
+DDPM_MS_ELTWISE(silu, dnnl::algorithm::eltwise_swish, 1.f)
 
 // A version stamp the loader checks after dlopen, so a stale cached build is never used.
 extern "C" int DdpmMsKernelAbi() { return 1; }

@@ -161,3 +161,17 @@ def _norm_ops(lib, name, stats_shape, num_grads):
 
     return (ops.Custom(f"{lib}:{name}Fwd", fwd_shape, fwd_dtype, "aot"),
             ops.Custom(f"{lib}:{name}Bwd", bwd_shape, bwd_dtype, "aot"))
+
+
+@functools.lru_cache(maxsize=None)
+def eltwise(lib, name):
+    """An activation, differentiable: ``op(x) -> y``, any shape. ``name``: 'gelu' (tanh form) or 'silu'."""
+    def same_shape(xs, *_):
+        return xs
+
+    bwd = ops.Custom(f"{lib}:EltwiseBwd_{name}", same_shape, _same_dtype, "aot")
+
+    def bprop(x, out, dout):
+        return (bwd(dout, x),)
+
+    return ops.Custom(f"{lib}:EltwiseFwd_{name}", same_shape, _same_dtype, "aot", bprop=bprop)
