@@ -45,7 +45,7 @@ class TrainStep:
                 grads = reducer(grads)
                 loss = all_reduce(loss) / world_size
             grads = loss_scaler.unscale(grads)
-            grads_finite = amp.all_finite(grads)
+            grads_finite = all_finite(grads)
             if grads_finite:  # compiled to a graph switch under ms.jit
                 optimizer(grads)
             loss_scaler.adjust(grads_finite)
@@ -55,6 +55,15 @@ class TrainStep:
 
     def __call__(self, x0, t, noise, y=None):
         return self._step(x0, t, noise, y)
+
+
+def all_finite(grads):
+    """Scalar bool Tensor: every entry of every gradient is finite.
+
+    One IsFinite over the concatenated gradients: ``amp.all_finite`` runs two ops per gradient, about 300 small
+    ops per step on the tutorial U-Net, and at this size each op costs tens of microseconds of dispatch on CPU.
+    """
+    return ops.isfinite(ops.concat([g.reshape(-1) for g in grads])).all()
 
 
 def step_noise(seed, step, shape, timesteps, rank=0):
