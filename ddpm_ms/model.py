@@ -16,7 +16,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .layers import GELU, Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm, LayerNorm, SiLU, Softmax
+from .layers import (GELU, Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm, GroupNormSiLU, LayerNorm, SiLU,
+                     Softmax)
 
 BLOCK_TYPES = ("convnext", "resnet")
 
@@ -63,20 +64,22 @@ class SinusoidalPositionEmbeddings(nn.Cell):
 
 
 class Block(nn.Cell):
-    """Conv3x3 -> GroupNorm -> optional (scale+1, shift) -> SiLU. Shapes [B,dim,H,W] -> [B,dim_out,H,W]."""
+    """Conv3x3 -> GroupNorm -> optional (scale+1, shift) -> SiLU. Shapes [B,dim,H,W] -> [B,dim_out,H,W].
+
+    The last three are one layer (:class:`ddpm_ms.layers.GroupNormSiLU`, one kernel on CPU).
+    """
 
     def __init__(self, dim, dim_out, groups=1):
         super().__init__()
         self.proj = Conv2d(dim, dim_out, 3, pad_mode="pad", padding=1)
-        self.norm = GroupNorm(groups, dim_out)
-        self.act = SiLU()
+        self.norm = GroupNormSiLU(groups, dim_out)
 
     def construct(self, x, scale_shift=None):
-        x = self.norm(self.proj(x))
-        if scale_shift is not None:
-            scale, shift = scale_shift
-            x = x * (scale + 1) + shift
-        return self.act(x)
+        x = self.proj(x)
+        if scale_shift is None:
+            return self.norm(x)
+        scale, shift = scale_shift
+        return self.norm(x, scale, shift)
 
 
 class ResnetBlock(nn.Cell):

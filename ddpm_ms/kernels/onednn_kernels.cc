@@ -16,6 +16,9 @@
 //   ConvBwdWeights_sSpP(x, dy) -> dw         dw = dL/dw; for a transposed convolution called as (dy, x)
 //   GroupNormFwd(x, gamma[G,C/G], beta[G,C/G]) -> y, mean[N,G], rstd[N,G]
 //   GroupNormBwd(dy, x, mean, rstd, gamma[G,C/G]) -> dx, dgamma[G,C/G], dbeta[G,C/G]
+//   GroupNormSiluFwd(x, gamma, beta, scale[N,C], shift[N,C]) -> y, mean, rstd
+//       y = silu(GroupNorm(x) * (1 + scale) + shift), a ResNet block's norm, time modulation and activation
+//   GroupNormSiluBwd(dy, x, mean, rstd, gamma, beta, scale, shift) -> dx, dgamma, dbeta, dscale, dshift
 //   ChannelNormFwd(x, g[C]) -> y, mean[N,H*W], rstd[N,H*W]      LayerNorm over the channels of each pixel
 //   ChannelNormBwd(dy, x, mean, rstd, g[C]) -> dx, dg[C]
 //   SoftmaxFwd_last(x) -> y, SoftmaxBwd_last(dy, y) -> dx        softmax over the last axis (oneDNN primitive)
@@ -341,12 +344,17 @@ GnShape MakeGnShape(const int64_t *xs, const int64_t *gs) {
   return {xs[0], xs[1], gs[0], gs[1], xs[2] * xs[3]};
 }
 
-int GroupNormFwd(void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[0], shapes[1]);
-  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]),
-              *beta = static_cast<const float *>(params[2]);
-  float *y = static_cast<float *>(params[3]), *mean = static_cast<float *>(params[4]),
-        *rstd = static_cast<float *>(params[5]);
+// The GroupNorm of a ResNet block can be fused with what follows it, a per-(sample, channel) modulation by the time
+// embedding and a SiLU: y = silu(u * (1 + scale[n,c]) + shift[n,c]), u = GroupNorm(x). `scale`/`shift` may be null.
+struct Modulation {
+  const float *scale = nullptr, *shift = nullptr;
+  float Factor(int64_t nc) const { return scale ? 1.f + scale[nc] : 1.f; }
+  float Shift(int64_t nc) const { return shift ? shift[nc] : 0.f; }
+};
+
+// z = GroupNorm(x) * (1 + scale) + shift into z; mean and rstd per (n, g).
+void GroupNormForward(const GnShape &s, const float *x, const float *gamma, const float *beta, const Modulation &mod,
+                      float *z, float *mean, float *rstd) {
   const int64_t block = s.CG * s.HW;
   ParallelFor(s.N * s.G, [&](int64_t ng) {
     const float *xb = x + ng * block;
@@ -361,54 +369,53 @@ int GroupNormFwd(void **params, int64_t **shapes) {
     const double r = 1.0 / std::sqrt(sq / block + kEps);
     mean[ng] = static_cast<float>(mu);
     rstd[ng] = static_cast<float>(r);
-    const int64_t g = ng % s.G;
+    const int64_t n = ng / s.G, g = ng % s.G;
     for (int64_t c = 0; c < s.CG; c++) {
-      const float a = static_cast<float>(r) * gamma[g * s.CG + c];
-      const float b = beta[g * s.CG + c] - static_cast<float>(mu) * a;
+      const int64_t ch = g * s.CG + c, nc = n * s.C + ch;
+      const float f = mod.Factor(nc), a = static_cast<float>(r) * gamma[ch] * f;
+      const float b = (beta[ch] - static_cast<float>(mu * r) * gamma[ch]) * f + mod.Shift(nc);
       const float *xc = xb + c * s.HW;
-      float *yc = y + ng * block + c * s.HW;
-      for (int64_t i = 0; i < s.HW; i++) yc[i] = xc[i] * a + b;
+      float *zc = z + ng * block + c * s.HW;
+      for (int64_t i = 0; i < s.HW; i++) zc[i] = xc[i] * a + b;
     }
   });
-  return 0;
 }
 
-// With xhat = (x - mu) * rstd and gdy = gamma[c] * dy, per (n, g):
-//   dx = rstd * (gdy - mean(gdy) - xhat * mean(gdy * xhat)),
-//   dgamma[c] = sum_{n,hw} dy * xhat,  dbeta[c] = sum_{n,hw} dy.
-int GroupNormBwd(void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[1], shapes[4]);
-  const float *dy = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]),
-              *mean = static_cast<const float *>(params[2]), *rstd = static_cast<const float *>(params[3]),
-              *gamma = static_cast<const float *>(params[4]);
-  float *dx = static_cast<float *>(params[5]), *dgamma = static_cast<float *>(params[6]),
-        *dbeta = static_cast<float *>(params[7]);
+// The gradients of z = (xhat * gamma + beta) * f + shift, f = 1 + scale, from dz. With m = gamma[c] * f[n,c] and
+// gdz = m * dz, per (n, g): dx = rstd * (gdz - mean(gdz) - xhat * mean(gdz * xhat)); per (n, c), with
+// A = sum_hw dz and B = sum_hw dz * xhat: dshift = A, dscale = gamma B + beta A; dgamma = sum_n f B, dbeta = sum_n f A.
+void GroupNormBackward(const GnShape &s, const float *dz, const float *x, const float *mean, const float *rstd,
+                       const float *gamma, const float *beta, const Modulation &mod, float *dx, float *dgamma,
+                       float *dbeta, float *dscale, float *dshift) {
   const int64_t block = s.CG * s.HW;
   std::vector<double> part_dg(s.N * s.C), part_db(s.N * s.C);  // per (n, c), summed over n below
   ParallelFor(s.N * s.G, [&](int64_t ng) {
     const int64_t n = ng / s.G, g = ng % s.G;
     const float mu = mean[ng], r = rstd[ng];
-    const float *xb = x + ng * block, *dyb = dy + ng * block;
-    double sum_gdy = 0, sum_gdy_xhat = 0;
+    const float *xb = x + ng * block, *dzb = dz + ng * block;
+    double sum_gdz = 0, sum_gdz_xhat = 0;
     for (int64_t c = 0; c < s.CG; c++) {
-      const float *xc = xb + c * s.HW, *dyc = dyb + c * s.HW;
-      double sdy = 0, sdyx = 0;
+      const float *xc = xb + c * s.HW, *dzc = dzb + c * s.HW;
+      double sa = 0, sb = 0;
       for (int64_t i = 0; i < s.HW; i++) {
-        sdy += dyc[i];
-        sdyx += static_cast<double>(dyc[i]) * ((xc[i] - mu) * r);
+        sa += dzc[i];
+        sb += static_cast<double>(dzc[i]) * ((xc[i] - mu) * r);
       }
-      const int64_t ch = g * s.CG + c;
-      part_db[n * s.C + ch] = sdy;
-      part_dg[n * s.C + ch] = sdyx;
-      sum_gdy += gamma[ch] * sdy;
-      sum_gdy_xhat += gamma[ch] * sdyx;
+      const int64_t ch = g * s.CG + c, nc = n * s.C + ch;
+      const double f = mod.Factor(nc);
+      part_db[nc] = f * sa;
+      part_dg[nc] = f * sb;
+      if (dshift) dshift[nc] = static_cast<float>(sa);
+      if (dscale) dscale[nc] = static_cast<float>(gamma[ch] * sb + beta[ch] * sa);
+      sum_gdz += gamma[ch] * f * sa;
+      sum_gdz_xhat += gamma[ch] * f * sb;
     }
-    const float m1 = static_cast<float>(sum_gdy / block), m2 = static_cast<float>(sum_gdy_xhat / block);
+    const float m1 = static_cast<float>(sum_gdz / block), m2 = static_cast<float>(sum_gdz_xhat / block);
     for (int64_t c = 0; c < s.CG; c++) {
-      const float gm = gamma[g * s.CG + c];
-      const float *xc = xb + c * s.HW, *dyc = dyb + c * s.HW;
+      const float m = gamma[g * s.CG + c] * mod.Factor(n * s.C + g * s.CG + c);
+      const float *xc = xb + c * s.HW, *dzc = dzb + c * s.HW;
       float *dxc = dx + ng * block + c * s.HW;
-      for (int64_t i = 0; i < s.HW; i++) dxc[i] = r * (gm * dyc[i] - m1 - (xc[i] - mu) * r * m2);
+      for (int64_t i = 0; i < s.HW; i++) dxc[i] = r * (m * dzc[i] - m1 - (xc[i] - mu) * r * m2);
     }
   });
   for (int64_t c = 0; c < s.C; c++) {
@@ -420,6 +427,24 @@ int GroupNormBwd(void **params, int64_t **shapes) {
     dgamma[c] = static_cast<float>(a);
     dbeta[c] = static_cast<float>(b);
   }
+}
+
+// x, gamma[G,C/G], beta[G,C/G] -> y, mean, rstd
+int GroupNormFwd(void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[0], shapes[1]);
+  auto in = [&](int i) { return static_cast<const float *>(params[i]); };
+  auto out = [&](int i) { return static_cast<float *>(params[i]); };
+  GroupNormForward(s, in(0), in(1), in(2), Modulation(), out(3), out(4), out(5));
+  return 0;
+}
+
+// dy, x, mean, rstd, gamma -> dx, dgamma, dbeta (beta enters no gradient without a modulation)
+int GroupNormBwd(void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[1], shapes[4]);
+  auto in = [&](int i) { return static_cast<const float *>(params[i]); };
+  auto out = [&](int i) { return static_cast<float *>(params[i]); };
+  GroupNormBackward(s, in(0), in(1), in(2), in(3), in(4), nullptr, Modulation(), out(5), out(6), out(7), nullptr,
+                    nullptr);
   return 0;
 }
 
@@ -623,6 +648,49 @@ int EltwiseBwd(dnnl::algorithm alg, float alpha, void **params, int *ndims, int6
   return 0;
 }
 
+// x, gamma[G,C/G], beta[G,C/G], scale[N,C], shift[N,C] -> y = silu(GroupNorm(x) * (1 + scale) + shift), mean, rstd
+int GroupNormSiluFwd(void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[0], shapes[1]);
+  auto in = [&](int i) { return static_cast<const float *>(params[i]); };
+  auto out = [&](int i) { return static_cast<float *>(params[i]); };
+  Modulation mod{in(3), in(4)};
+  GroupNormForward(s, in(0), in(1), in(2), mod, out(5), out(6), out(7));
+  const int64_t n = s.N * s.C * s.HW;
+  auto p = GetEltwise(dnnl::algorithm::eltwise_swish, 1.f, n);
+  memory m(memory::desc({n}, dt::f32, tag::a), Engine(), out(5));
+  p->fwd.execute(Stream(), {{DNNL_ARG_SRC, m}, {DNNL_ARG_DST, m}});   // in place
+  return 0;
+}
+
+// dy, x, mean, rstd, gamma, beta, scale, shift -> dx, dgamma, dbeta, dscale, dshift; the pre-activation z is
+// recomputed from x and the statistics rather than kept from the forward.
+int GroupNormSiluBwd(void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[1], shapes[4]);
+  auto in = [&](int i) { return static_cast<const float *>(params[i]); };
+  auto out = [&](int i) { return static_cast<float *>(params[i]); };
+  Modulation mod{in(6), in(7)};
+  const int64_t n = s.N * s.C * s.HW;
+  float *z = Scratch(0, n * sizeof(float)), *dz = Scratch(1, n * sizeof(float));
+  const int64_t block = s.CG * s.HW;
+  ParallelFor(s.N * s.G, [&](int64_t ng) {   // z from x and the forward's mean and rstd
+    const int64_t nn = ng / s.G, g = ng % s.G;
+    const float mu = in(2)[ng], r = in(3)[ng];
+    for (int64_t c = 0; c < s.CG; c++) {
+      const int64_t ch = g * s.CG + c, nc = nn * s.C + ch;
+      const float f = mod.Factor(nc), a = r * in(4)[ch] * f, b = (in(5)[ch] - mu * r * in(4)[ch]) * f + mod.Shift(nc);
+      const float *xc = in(1) + ng * block + c * s.HW;
+      float *zc = z + ng * block + c * s.HW;
+      for (int64_t i = 0; i < s.HW; i++) zc[i] = xc[i] * a + b;
+    }
+  });
+  auto p = GetEltwise(dnnl::algorithm::eltwise_swish, 1.f, n);
+  memory::desc md({n}, dt::f32, tag::a);
+  memory mdy(md, Engine(), params[0]), mz(md, Engine(), z), mdz(md, Engine(), dz);
+  p->bwd.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_SRC, mz}, {DNNL_ARG_DIFF_SRC, mdz}});
+  GroupNormBackward(s, dz, in(1), in(2), in(3), in(4), in(5), mod, out(8), out(9), out(10), out(11), out(12));
+  return 0;
+}
+
 }  // namespace
 
 #define DDPM_MS_AOT(name)                                                                                   \
@@ -657,6 +725,12 @@ DDPM_MS_AOT(GroupNormBwd) {
   return Guard("GroupNormBwd", nparam, dtypes, [&] { return GroupNormBwd(params, shapes); });
 }
 
+DDPM_MS_AOT(GroupNormSiluFwd) {
+  return Guard("GroupNormSiluFwd", nparam, dtypes, [&] { return GroupNormSiluFwd(params, shapes); });
+}
+DDPM_MS_AOT(GroupNormSiluBwd) {
+  return Guard("GroupNormSiluBwd", nparam, dtypes, [&] { return GroupNormSiluBwd(params, shapes); });
+}
 DDPM_MS_AOT(ChannelNormFwd) {
   return Guard("ChannelNormFwd", nparam, dtypes, [&] { return ChannelNormFwd(params, shapes); });
 }

@@ -112,6 +112,33 @@ def group_norm(lib):
 
 
 @functools.lru_cache(maxsize=None)
+def group_norm_silu(lib):
+    """A ResNet block's GroupNorm, time modulation and SiLU in one op, differentiable in all five inputs:
+    ``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G], scale [N,C], shift [N,C]) -> (y, mean [N,G], rstd [N,G])``,
+    y = silu(GroupNorm(x) * (1 + scale) + shift).
+    """
+    def fwd_shape(xs, gs, *_):
+        return xs, (xs[0], gs[0]), (xs[0], gs[0])
+
+    def fwd_dtype(xd, *_):
+        return xd, xd, xd
+
+    def bwd_shape(_dys, xs, _ms, _rs, gs, _bs, ss, _hs):
+        return xs, gs, gs, ss, ss
+
+    def bwd_dtype(dyd, *_):
+        return (dyd,) * 5
+
+    bwd = ops.Custom(f"{lib}:GroupNormSiluBwd", bwd_shape, bwd_dtype, "aot")
+
+    def bprop(x, gamma, beta, scale, shift, out, dout):
+        _, mean, rstd = out
+        return bwd(dout[0], x, mean, rstd, gamma, beta, scale, shift)
+
+    return ops.Custom(f"{lib}:GroupNormSiluFwd", fwd_shape, fwd_dtype, "aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
 def channel_norm(lib):
     """LayerNorm over the channels of each pixel, with a gain only, differentiable:
     ``op(x [N,C,H,W], g [C]) -> (y [N,C,H,W], mean [N,H*W], rstd [N,H*W])``.
