@@ -14,6 +14,7 @@
 //   ConvFwd_sSpP(x, w) -> y                  y = conv(x, w)
 //   ConvBwdData_sSpP(dy, w) -> dx            dx = dL/dx; also the forward of a transposed convolution
 //   ConvBwdWeights_sSpP(x, dy) -> dw         dw = dL/dw; for a transposed convolution called as (dy, x)
+//   ConvBwd_sSpP(dy, w, x) -> dx, dw          both gradients of conv(x, w) in one call
 //   GroupNormFwd(x, gamma[G,C/G], beta[G,C/G]) -> y, mean[N,G], rstd[N,G]
 //   GroupNormBwd(dy, x, mean, rstd, gamma[G,C/G]) -> dx, dgamma[G,C/G], dbeta[G,C/G]
 //   GroupNormSiluFwd(x, gamma, beta, scale[N,C], shift[N,C]) -> y, mean, rstd
@@ -317,6 +318,26 @@ int ConvBwdWeights(int64_t S, int64_t P, void **params, int64_t **shapes) {  // 
   memory mx(c->x, Engine(), x), mdy(c->y, Engine(), dy), mdw(c->w, Engine(), dw);
   c->prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
   Out(dw, c->w, static_cast<float *>(params[2]), g.w, PlainWeights(g));
+  return 0;
+}
+
+// dy, w, x -> dx, dw: both gradients in one call, so dy is reordered once and MindSpore launches one op.
+int ConvBwd(int64_t S, int64_t P, void **params, int64_t **shapes) {
+  ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P);
+  auto cd = GetConv(ConvKind::kBwdData, g);
+  auto cw = GetConv(ConvKind::kBwdWeights, g);
+  float *dy = In(static_cast<float *>(params[0]), g.y, tag::nchw, cd->y, 0);
+  float *w = In(static_cast<float *>(params[1]), g.w, PlainWeights(g), cd->w, 1);
+  float *dx = OutBuffer(static_cast<float *>(params[3]), g.x, tag::nchw, cd->x, 2);
+  memory mdy(cd->y, Engine(), dy), mw(cd->w, Engine(), w), mdx(cd->x, Engine(), dx);
+  cd->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}});
+  Out(dx, cd->x, static_cast<float *>(params[3]), g.x, tag::nchw);
+  float *dy_w = cw->y == cd->y ? dy : In(static_cast<float *>(params[0]), g.y, tag::nchw, cw->y, 2);
+  float *x = In(static_cast<float *>(params[2]), g.x, tag::nchw, cw->x, 3);
+  float *dw = OutBuffer(static_cast<float *>(params[4]), g.w, PlainWeights(g), cw->w, 1);
+  memory mx(cw->x, Engine(), x), mdyw(cw->y, Engine(), dy_w), mdw(cw->w, Engine(), dw);
+  cw->prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdyw}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
+  Out(dw, cw->w, static_cast<float *>(params[4]), g.w, PlainWeights(g));
   return 0;
 }
 
@@ -704,6 +725,9 @@ int GroupNormSiluBwd(void **params, int64_t **shapes) {
   DDPM_MS_AOT(ConvBwdData_s##S##p##P) {                                                                \
     return Guard("ConvBwdData_s" #S "p" #P, nparam, dtypes,                                            \
                  [&] { return ConvBwdData(S, P, params, shapes); });                                    \
+  }                                                                                                    \
+  DDPM_MS_AOT(ConvBwd_s##S##p##P) {                                                                    \
+    return Guard("ConvBwd_s" #S "p" #P, nparam, dtypes, [&] { return ConvBwd(S, P, params, shapes); });  \
   }                                                                                                    \
   DDPM_MS_AOT(ConvBwdWeights_s##S##p##P) {                                                             \
     return Guard("ConvBwdWeights_s" #S "p" #P, nparam, dtypes,                                         \

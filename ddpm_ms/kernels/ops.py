@@ -26,9 +26,10 @@ def _conv_in(size, kernel, stride, pad):
 
 
 class ConvOps:
-    """The three convolution primitives of one geometry (stride, padding, groups).
+    """The convolution primitives of one geometry (stride, padding, groups).
 
-    ``fwd(x [N,IC,H,W], w [OC,IC/G,K,K]) -> y``, ``bwd_data(dy, w) -> dx``, ``bwd_weights(x, dy) -> dw``.
+    ``fwd(x [N,IC,H,W], w [OC,IC/G,K,K]) -> y``, ``bwd_data(dy, w) -> dx``, ``bwd_weights(x, dy) -> dw`` and
+    ``bwd(dy, w, x) -> (dx, dw)``, the last two in one call.
     """
 
     def __init__(self, lib, stride, pad, groups):
@@ -47,10 +48,19 @@ class ConvOps:
         self.fwd = _custom(f"{lib}:ConvFwd_{name}", fwd_shape, groups)
         self.bwd_data = _custom(f"{lib}:ConvBwdData_{name}", bwd_data_shape, groups)
         self.bwd_weights = _custom(f"{lib}:ConvBwdWeights_{name}", bwd_weights_shape, groups)
+        self.bwd = _custom(f"{lib}:ConvBwd_{name}", _grads_shape, groups, dtype=_grads_dtype)
 
 
-def _custom(func, shape_fn, groups, bprop=None):
-    op = ops.Custom(func, shape_fn, _same_dtype, "aot", bprop=bprop)
+def _grads_shape(_dys, ws, xs):
+    return xs, ws
+
+
+def _grads_dtype(dyd, *_):
+    return dyd, dyd
+
+
+def _custom(func, shape_fn, groups, bprop=None, dtype=_same_dtype):
+    op = ops.Custom(func, shape_fn, dtype, "aot", bprop=bprop)
     op.add_prim_attr("ddpm_ms_groups", groups)   # keeps ops of one func string but other groups apart
     return op
 
@@ -67,7 +77,7 @@ def conv2d(lib, stride, pad, groups):
     c = conv_ops(lib, stride, pad, groups)
 
     def bprop(x, w, out, dout):
-        return c.bwd_data(dout, w), c.bwd_weights(x, dout)
+        return c.bwd(dout, w, x)
 
     return _with_bprop(c.fwd, bprop)
 
