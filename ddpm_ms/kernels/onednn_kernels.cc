@@ -62,6 +62,14 @@ int NumThreads() {
   return n;
 }
 
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 // A small fork-join pool for oneDNN's THREADPOOL runtime (the runtime the wheel's libdnnl.so.3 was built with) and
 // for the GroupNorm loops. MindSpore calls an AOT kernel on one of its actor threads; if two kernels run at once,
 // the second one runs its loop on its own thread instead of waiting.
@@ -86,6 +94,7 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
       next_.store(0);
       done_.store(0);
       gen_++;
+      published_.store(gen_, std::memory_order_release);
     }
     cv_.notify_all();
     Work();
@@ -110,6 +119,11 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
   void Loop() {
     uint64_t seen = 0;
     for (;;) {
+      // Spin briefly before sleeping: the next parallel loop usually follows within microseconds, and a condition
+      // variable wake-up costs more than that (measured: +10% training img/s on the fashion_cpu U-Net; spinning
+      // ten times longer lost 25%, since the worker then competes with MindSpore's own threads on 2 cores).
+      for (int spin = 0; spin < kSpin && published_.load(std::memory_order_acquire) == seen; spin++)
+        CpuRelax();
       std::unique_lock<std::mutex> lk(m_);
       cv_.wait(lk, [&] { return gen_ != seen; });
       seen = gen_;
@@ -117,6 +131,8 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
       Work();
     }
   }
+  static constexpr int kSpin = 2000;
+  std::atomic<uint64_t> published_{0};  // gen_, readable without the mutex
   int n_;
   std::vector<std::thread> workers_;
   std::mutex m_, busy_;
