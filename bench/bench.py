@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of ddpm_ms on CPU against the same model in PyTorch eager, one table.
 
-    python bench/bench.py --torch          # the table (about 10 minutes on 2 cores); needs torch:
+    python bench/bench.py --torch          # the table (about 6 minutes on 2 cores); needs torch:
                                            #   pip install torch==2.13.0   (never a dependency of ddpm_ms)
     python bench/bench.py --torch --quick  # fewer timed steps, sampling extrapolated from 20 steps
     python bench/bench.py                  # the ddpm_ms rows only

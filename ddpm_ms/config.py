@@ -5,6 +5,7 @@ once here so the rest of the code can trust them. ``Config.to_dict()`` is what
 is saved next to every checkpoint.
 """
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -254,10 +255,26 @@ def parse_override(text):
     return parts, value
 
 
+BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def resolve_config_path(path):
+    """A config path as given if it exists; a bare name ('fashion.yaml' or 'fashion') from the bundled configs."""
+    if os.path.exists(path) or os.path.dirname(path):
+        return path
+    name = path if path.endswith((".yaml", ".yml")) else path + ".yaml"
+    bundled = os.path.join(BUNDLED_CONFIGS, name)
+    return bundled if os.path.exists(bundled) else path
+
+
 def load_config(path=None, overrides=()):
-    """Read a YAML config (or the defaults when ``path`` is None), apply ``section.key=value`` overrides."""
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``section.key=value`` overrides.
+
+    ``path`` is a file, or the bare name of a bundled config (``fashion.yaml``); an existing file wins.
+    """
     data = {}
     if path is not None:
+        path = resolve_config_path(path)
         try:
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f) or {}

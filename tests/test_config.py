@@ -66,3 +66,13 @@ def test_shipped_configs_load():
     assert files, "no configs shipped"
     for f in files:
         assert isinstance(load_config(str(f)), Config)
+
+
+def test_bare_name_finds_bundled_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("fashion.yaml").train.out_dir == "runs/fashion"
+    assert load_config("fashion_cpu").model.block_type == "resnet"
+    (tmp_path / "fashion.yaml").write_text("train:\n  epochs: 3\n")
+    assert load_config("fashion.yaml").train.epochs == 3            # a file in the working folder wins
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml"):
+        load_config("nope.yaml")

@@ -60,8 +60,8 @@ def test_resume_is_exact(straight, tmp_path):
                                   resumed.run.optimizer.moment1[0].asnumpy())
     # the EMA weights and their update count continue exactly too
     assert int(resumed.run.ema.num_updates.asnumpy()) == 10
-    for a, b in zip(straight.run.ema.shadow, resumed.run.ema.shadow):
-        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=a.name)
+    for name, a, b in zip(straight.run.ema.names, straight.run.ema.shadow, resumed.run.ema.shadow):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=name)
 
 
 def test_preview_grids_leave_training_untouched(straight, tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
-"""Fast CPU kernels: convolutions on the wheel's oneDNN and a GroupNorm, as MindSpore AOT custom ops.
+"""Fast CPU kernels as MindSpore AOT custom ops: convolutions on the wheel's oneDNN, GroupNorm (alone and fused
+with a ResNet block's modulation and SiLU), the channel LayerNorm, softmax, GELU and SiLU, each with its backward.
 
 MindSpore's CPU Conv2D hands oneDNN plain NCHW/OIHW layouts, which on AVX-512 machines land on a reference or
 im2col kernel. These kernels give the same oneDNN NHWC activations and its own weight layout, so it picks its JIT
-kernels; the maths is unchanged (see ``tests/test_kernels.py``).
+kernels; the maths is unchanged (see ``tests/test_kernels.py``). The layers that use them: :mod:`ddpm_ms.layers`.
 
 Which path runs is chosen when a layer is built:
 
@@ -78,7 +79,7 @@ def library():
     _cap_isa()
     if not _state["warned"]:
         _state["warned"] = True
-        print(f"warning: ddpm_ms: using MindSpore's convolutions and GroupNorm ({_state['reason']})",
+        print(f"warning: ddpm_ms: using MindSpore's own ops ({_state['reason']})",
               file=sys.stderr, flush=True)
     return None
 
