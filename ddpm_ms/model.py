@@ -136,6 +136,8 @@ class _MultiHeadQKV(nn.Cell):
         self.scale = dim_head ** -0.5
         self.heads = heads
         self.to_qkv = Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False)
+        self.matmul_at = ops.BatchMatMul(transpose_a=True)    # a^T b without a Transpose op
+        self.matmul_bt = ops.BatchMatMul(transpose_b=True)    # a b^T
 
     def qkv(self, x):
         q, k, v = ops.chunk(self.to_qkv(x), 3, 1)
@@ -153,11 +155,10 @@ class Attention(_MultiHeadQKV):
     def construct(self, x):
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
-        sim = ops.bmm((q * self.scale).swapaxes(2, 3), k)    # b h i j
+        sim = self.matmul_at(q * self.scale, k)       # b h i j = (q s)^T k
         attn = self.softmax(sim)
-        out = ops.bmm(attn, v.swapaxes(2, 3))                 # b h i d
-        out = out.swapaxes(-1, -2).reshape((b, -1, h, w))
-        return self.to_out(out)
+        out = self.matmul_bt(v, attn)                 # b h d i = (attn v^T)^T
+        return self.to_out(out.reshape((b, -1, h, w)))
 
 
 class LinearAttention(_MultiHeadQKV):
@@ -175,11 +176,12 @@ class LinearAttention(_MultiHeadQKV):
     def construct(self, x):
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
-        q = self.softmax_q(q) * self.scale
+        q = self.softmax_q(q)
         k = self.softmax_k(k)
-        v = v / (h * w)
-        context = ops.bmm(k, v.swapaxes(2, 3))             # b h d e
-        out = ops.bmm(context.swapaxes(2, 3), q)           # b h e n
+        # the tutorial scales q by dim_head^-0.5 and v by 1/(h w); both are linear, so they scale the small
+        # context instead: out = (k (v/hw)^T)^T (q s) = (s/hw) (k v^T)^T q
+        context = self.matmul_bt(k, v) * (self.scale / (h * w))   # b h d e
+        out = self.matmul_at(context, q)                           # b h e n
         return self.to_out(out.reshape((b, -1, h, w)))
 
 
