@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/fashion_cpu.yaml
+TRAIN_ARGS ?=   # e.g. --overwrite (start the run over) or --resume latest
 SHARED_DATA := $(abspath ../shared/data/fashion-mnist)
 ifneq ($(wildcard $(SHARED_DATA)/train-images-idx3-ubyte),)
 export DDPM_MS_DATA_DIR ?= $(SHARED_DATA)
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 train: venv
-	$(PY) scripts/train.py --config $(CONFIG)
+	$(PY) scripts/train.py --config $(CONFIG) $(TRAIN_ARGS)
 
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadfile tests

@@ -67,10 +67,17 @@ def save_checkpoint(path, optimizer, cfg, loss_scaler, step, epoch, step_in_epoc
     return path
 
 
-def prune_checkpoints(folder, keep_last):
-    """Delete all but the newest ``keep_last`` checkpoints in ``folder``."""
-    for old in list_checkpoints(folder)[:-keep_last]:
-        os.remove(old)
+def checkpoint_step(path):
+    """The step number in a checkpoint's file name."""
+    return int(os.path.basename(path)[len(PREFIX):-len(".ckpt")])
+
+
+def prune_checkpoints(paths, keep_last):
+    """Delete all but the last ``keep_last`` of ``paths`` (one run's checkpoints, oldest first); return the kept."""
+    for old in paths[:-keep_last]:
+        if os.path.exists(old):
+            os.remove(old)
+    return paths[-keep_last:]
 
 
 def resolve_checkpoint(spec, folder=None):

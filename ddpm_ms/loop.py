@@ -11,6 +11,7 @@ import mindspore.dataset as ds
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from .config import ConfigError
 from .data import DataError, build_dataset
 from .sampling import generate
 from .trainer import build_run, drop_labels, step_noise
@@ -49,33 +50,49 @@ class Trainer:
     rank 0 writes files.
     """
 
-    def __init__(self, cfg, resume=None, rank=0, world_size=1):
+    def __init__(self, cfg, resume=None, rank=0, world_size=1, overwrite=False):
         self.cfg = cfg
         self.out = cfg.train.out_dir
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.progress = True       # progress bars (fit(progress=False) turns them off, sampling's too)
         self.conditional = cfg.model.num_classes is not None
+        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
         if self.is_main:
             os.makedirs(self.out, exist_ok=True)
+            if resume is None:
+                self._claim_out_dir(overwrite)
         probe = epoch_dataset(cfg, 0, rank=rank, world_size=world_size)
         self.steps_per_epoch = probe.get_dataset_size()
         if self.steps_per_epoch == 0:
             raise DataError("the dataset yields no full batch: lower train.batch_size")
         self.run = build_run(cfg, self.steps_per_epoch, world_size)
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.checkpoints = []      # this run's checkpoints, oldest first: the only ones pruning deletes
         if resume is not None:
             path = ckpt.resolve_checkpoint(resume, self.out)
             data = ckpt.read_checkpoint(path)
             self.step, self.epoch, self.step_in_epoch = ckpt.restore_training(
                 data, self.run.model, self.run.optimizer, self.run.loss_scaler, path, self.run.ema)
+            # the continued run's own earlier checkpoints, which keep_last may prune
+            self.checkpoints = [c for c in ckpt.list_checkpoints(self.out) if ckpt.checkpoint_step(c) <= self.step]
             if self.is_main:
                 tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
         if self.is_main:
             cfg.dump(os.path.join(self.out, "config.yaml"))
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+
+    def _claim_out_dir(self, overwrite):
+        """A fresh run refuses a folder holding another run's checkpoints or metrics, or (overwrite) removes them."""
+        old = ckpt.list_checkpoints(self.out) + ([self.metrics_path] if os.path.exists(self.metrics_path) else [])
+        if not old:
+            return
+        if not overwrite:
+            raise ConfigError(f"train.out_dir {self.out} already holds a run ({os.path.basename(old[0])}, ...): "
+                              "continue it with --resume latest, or start over with --overwrite")
+        for path in old:
+            os.remove(path)
 
     @property
     def global_batch(self):
@@ -88,7 +105,9 @@ class Trainer:
         ckpt.save_checkpoint(path, self.run.optimizer, self.cfg, self.run.loss_scaler,
                              self.step, self.epoch, self.step_in_epoch,
                              extra=self.run.ema.state() if self.run.ema else None)
-        ckpt.prune_checkpoints(self.out, self.cfg.train.keep_last)
+        if path not in self.checkpoints:
+            self.checkpoints.append(path)
+        self.checkpoints = ckpt.prune_checkpoints(self.checkpoints, self.cfg.train.keep_last)
         return path
 
     def sample(self, num, frames=False, seed=0):

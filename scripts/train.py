@@ -19,6 +19,9 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--resume", metavar="PATH|latest", help="continue from a checkpoint (exactly)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a fresh run in a train.out_dir that holds another run (its checkpoints and "
+                             "metrics are deleted)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args()
 
@@ -28,7 +31,10 @@ def main():
 
     cfg = load_config(args.config, args.set)
     rank, world_size = setup()   # (0, 1) unless launched by msrun
-    summary = Trainer(cfg, resume=args.resume, rank=rank, world_size=world_size).fit(progress=not args.no_progress)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    trainer = Trainer(cfg, resume=args.resume, rank=rank, world_size=world_size, overwrite=args.overwrite)
+    summary = trainer.fit(progress=not args.no_progress)
     if summary["interrupted"] is not None:
         print(f"interrupted by signal {summary['interrupted']} at step {summary['step']}; "
               f"saved {summary['checkpoint']}; continue with --resume latest", file=sys.stderr)

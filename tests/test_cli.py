@@ -1,5 +1,7 @@
 """The two scripts end to end, and every bad input giving a one-line error with exit status 2."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -66,6 +68,22 @@ def test_truncated_checkpoint(trained, tmp_path):
     bad.write_bytes(good[: len(good) // 2])
     proc = _run("sample.py", "--ckpt", str(bad))
     _one_line_error(proc, str(bad))
+
+
+def test_second_run_into_a_used_folder(trained, tmp_path):
+    """A fresh run refuses a folder holding another run; --overwrite starts over there with its own files only."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    args = ("train.py", "--config", TINY, "--no-progress", "--set", f"train.out_dir={run}", "--set",
+            "train.max_steps=2", "--set", "train.ckpt_every=1", "--set", "train.keep_last=1", "--set", "train.gif=false")
+    _one_line_error(_run(*args), "already holds a run", "--resume latest", "--overwrite")
+    assert os.path.isfile(run / "ckpt_step00000003.ckpt")              # nothing of the old run was touched
+    proc = _run(*args, "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(f for f in os.listdir(run) if f.endswith(".ckpt")) == ["ckpt_step00000002.ckpt"]
+    with open(run / "metrics.jsonl", encoding="utf-8") as f:
+        assert [json.loads(line)["step"] for line in f] == [2]        # a new log, not appended to the old one
+    _one_line_error(_run(*args, "--overwrite", "--resume", "latest"), "exclude each other")
 
 
 def test_checkpoint_of_another_architecture(trained, tmp_path):
