@@ -15,6 +15,7 @@ Every measurement runs in its own subprocess, so that its peak RSS and its oneDN
 Models: the tutorial U-Net (dim 28, mults 1,2,4; 2,992,180 parameters) and the fashion_cpu recipe's ResNet U-Net.
 """
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -163,11 +164,8 @@ def main():
     if args.child:
         _child(args)
         return
-    if args.torch:
-        try:
-            import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-        except ImportError:
-            raise SystemExit("error: --torch needs PyTorch in this Python: pip install torch==2.13.0") from None
+    if args.torch and importlib.util.find_spec("torch") is None:
+        raise SystemExit("error: --torch needs PyTorch in this Python: pip install torch==2.13.0")
     if args.ckpt:
         rows = [(f"sample 64 images ({os.path.basename(args.ckpt)})", kind, "oneDNN kernels", "tutorial", 64, steps)
                 for kind, steps in (("ddpm", 10**6), ("ddim", 50))]

@@ -106,6 +106,29 @@ def _with_bprop(op, bprop):
     return new
 
 
+def _norm_ops(lib, name, stats_shape, num_grads):
+    """(forward, backward) primitives of a normalisation kernel.
+
+    forward ``(x, p, ...) -> (y, mean, rstd)`` with ``stats_shape(x_shape, p_shape)`` for mean and rstd;
+    backward ``(dy, x, mean, rstd, p) -> (dx, dp, ...)``, ``num_grads`` outputs shaped like x, then like p.
+    """
+    def fwd_shape(xs, ps, *_):
+        stats = stats_shape(xs, ps)
+        return xs, stats, stats
+
+    def bwd_shape(_dys, xs, _ms, _rs, ps):
+        return (xs,) + (ps,) * (num_grads - 1)
+
+    def fwd_dtype(xd, *_):
+        return xd, xd, xd
+
+    def bwd_dtype(dyd, *_):
+        return (dyd,) * num_grads
+
+    return (ops.Custom(f"{lib}:{name}Fwd", fwd_shape, fwd_dtype, "aot"),
+            ops.Custom(f"{lib}:{name}Bwd", bwd_shape, bwd_dtype, "aot"))
+
+
 @functools.lru_cache(maxsize=None)
 def group_norm(lib):
     """``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G]) -> (y [N,C,H,W], mean [N,G], rstd [N,G])``, differentiable.
@@ -162,53 +185,29 @@ def channel_norm(lib):
     return _with_bprop(fwd, bprop)
 
 
+def _unary(lib, fwd, bwd, grad_from_output):
+    """A same-shape op ``fwd(x) -> y`` whose backward is ``bwd(dy, y) -> dx`` (or ``bwd(dy, x)``)."""
+    def same_shape(xs, *_):
+        return xs
+
+    grad = ops.Custom(f"{lib}:{bwd}", same_shape, _same_dtype, "aot")
+    if grad_from_output:
+        def bprop(x, out, dout):
+            return (grad(dout, out),)
+    else:
+        def bprop(x, out, dout):
+            return (grad(dout, x),)
+    return ops.Custom(f"{lib}:{fwd}", same_shape, _same_dtype, "aot", bprop=bprop)
+
+
 @functools.lru_cache(maxsize=None)
 def softmax(lib, axis):
     """Softmax over ``axis`` -1 or -2 of a float32 tensor, differentiable: ``op(x) -> y``, same shape."""
     name = {-1: "last", -2: "penult"}[axis]
-
-    def same_shape(xs, *_):
-        return xs
-
-    bwd = ops.Custom(f"{lib}:SoftmaxBwd_{name}", same_shape, _same_dtype, "aot")
-
-    def bprop(x, out, dout):
-        return (bwd(dout, out),)
-
-    return ops.Custom(f"{lib}:SoftmaxFwd_{name}", same_shape, _same_dtype, "aot", bprop=bprop)
-
-def _norm_ops(lib, name, stats_shape, num_grads):
-    """(forward, backward) primitives of a normalisation kernel.
-
-    forward ``(x, p, ...) -> (y, mean, rstd)`` with ``stats_shape(x_shape, p_shape)`` for mean and rstd;
-    backward ``(dy, x, mean, rstd, p) -> (dx, dp, ...)``, ``num_grads`` outputs shaped like x, then like p.
-    """
-    def fwd_shape(xs, ps, *_):
-        stats = stats_shape(xs, ps)
-        return xs, stats, stats
-
-    def bwd_shape(_dys, xs, _ms, _rs, ps):
-        return (xs,) + (ps,) * (num_grads - 1)
-
-    def fwd_dtype(xd, *_):
-        return xd, xd, xd
-
-    def bwd_dtype(dyd, *_):
-        return (dyd,) * num_grads
-
-    return (ops.Custom(f"{lib}:{name}Fwd", fwd_shape, fwd_dtype, "aot"),
-            ops.Custom(f"{lib}:{name}Bwd", bwd_shape, bwd_dtype, "aot"))
+    return _unary(lib, f"SoftmaxFwd_{name}", f"SoftmaxBwd_{name}", grad_from_output=True)
 
 
 @functools.lru_cache(maxsize=None)
 def eltwise(lib, name):
     """An activation, differentiable: ``op(x) -> y``, any shape. ``name``: 'gelu' (tanh form) or 'silu'."""
-    def same_shape(xs, *_):
-        return xs
-
-    bwd = ops.Custom(f"{lib}:EltwiseBwd_{name}", same_shape, _same_dtype, "aot")
-
-    def bprop(x, out, dout):
-        return (bwd(dout, x),)
-
-    return ops.Custom(f"{lib}:EltwiseFwd_{name}", same_shape, _same_dtype, "aot", bprop=bprop)
+    return _unary(lib, f"EltwiseFwd_{name}", f"EltwiseBwd_{name}", grad_from_output=False)
