@@ -46,3 +46,32 @@ def run_main(main):
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def unit_float(text):
+    """argparse type: a float in [0, 1]."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def add_sampler_args(parser):
+    """--sampler, --steps and --eta, defined once for every script that samples."""
+    from .sampling import SAMPLERS  # pylint: disable=import-outside-toplevel
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddpm", help="default ddpm")
+    parser.add_argument("--steps", type=positive_int, help="DDIM steps (default 50; at most the model's T)")
+    parser.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (default 0: deterministic; 1: DDPM-like)")
+
+
+def check_sampler_args(parser, args, num_timesteps=None):
+    """One-line errors for sampler flags that do not fit each other or the model's ``num_timesteps``."""
+    if args.sampler != "ddim" and (args.steps is not None or args.eta is not None):
+        parser.error("--steps and --eta apply to --sampler ddim")
+    if num_timesteps is not None and args.steps is not None and args.steps > num_timesteps:
+        parser.error(f"--steps {args.steps} exceeds the checkpoint's {num_timesteps} diffusion timesteps")
+
+
+def sampler_settings(args):
+    """The sampler flags as a dict, for results that must say how their samples were made."""
+    return {"sampler": args.sampler, "steps": args.steps, "eta": args.eta}

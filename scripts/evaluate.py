@@ -15,7 +15,8 @@ from argparse import RawDescriptionHelpFormatter
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 # pylint: disable=wrong-import-position,import-outside-toplevel
-from ddpm_ms.cli import ArgumentParser, non_negative_float, positive_int, run_main  # noqa: E402
+from ddpm_ms.cli import (ArgumentParser, add_sampler_args, check_sampler_args, non_negative_float,  # noqa: E402
+                         positive_int, run_main, sampler_settings)
 
 
 def calibration(evaluator, root):
@@ -52,9 +53,7 @@ def main():
     src.add_argument("--samples", help="samples .npy ([N,1,28,28] in [-1,1]) or an exact grid PNG from sample.py")
     src.add_argument("--ckpt", help="sample from this checkpoint first")
     src.add_argument("--calibrate", action="store_true", help="score the reference points instead")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim", "ddpm-no-noise"), default="ddpm")
-    parser.add_argument("--steps", type=positive_int, help="DDIM steps")
-    parser.add_argument("--eta", type=non_negative_float, help="DDIM eta")
+    add_sampler_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=250)
     parser.add_argument("--no-ema", action="store_true")
@@ -63,6 +62,7 @@ def main():
     parser.add_argument("--no-clip", action="store_true", help="sample without clipping the predicted x_0")
     parser.add_argument("--data-root", help="Fashion-MNIST folder (default: the usual lookup)")
     args = parser.parse_args()
+    check_sampler_args(parser, args)
 
     import numpy as np
     from ddpm_ms.data import resolve_fashion_dir
@@ -89,6 +89,7 @@ def main():
         from ddpm_ms.checkpoint import load_model
         from ddpm_ms.sampling import generate
         model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
+        check_sampler_args(parser, args, sched.num_timesteps)
         k = cfg.model.num_classes
         labels = None if k is None else np.arange(NUM_EVAL) % k
         images = generate(model, sched, (cfg.model.channels, cfg.data.image_size, cfg.data.image_size), NUM_EVAL,
@@ -99,6 +100,9 @@ def main():
         result = evaluator.evaluate(images, labels=labels)
     except ValueError as e:
         parser.error(str(e))
+    if args.ckpt:   # how the scored samples were made
+        result.update(sampler_settings(args), guidance=args.guidance if labels is not None else None,
+                      ema=not args.no_ema, clip_denoised=not args.no_clip, seed=args.seed)
     print(json.dumps(result))
     return 0
 

@@ -14,9 +14,8 @@ from argparse import RawDescriptionHelpFormatter
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 # pylint: disable=wrong-import-position,import-outside-toplevel
-from ddpm_ms.cli import ArgumentParser, non_negative_float, positive_int, run_main  # noqa: E402
-
-SAMPLER_NAMES = ("ddpm", "ddim", "ddpm-no-noise")
+from ddpm_ms.cli import (ArgumentParser, add_sampler_args, check_sampler_args, non_negative_float,  # noqa: E402
+                         positive_int, run_main)
 
 
 def parse_class(text, num_classes, class_names):
@@ -36,9 +35,7 @@ def main():
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same images)")
     parser.add_argument("--out", help="output folder (default: samples/ next to the checkpoint)")
-    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddpm", help="default ddpm")
-    parser.add_argument("--steps", type=positive_int, help="DDIM steps (default 50)")
-    parser.add_argument("--eta", type=non_negative_float, help="DDIM eta (default 0: deterministic)")
+    add_sampler_args(parser)
     parser.add_argument("--class", dest="cls", metavar="NAME|INDEX", help="class to generate (conditional models)")
     parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance w")
     parser.add_argument("--per-class", action="store_true", help="a grid of every class, one labelled row each")
@@ -52,8 +49,7 @@ def main():
     parser.add_argument("--ablation", action="store_true",
                         help="also write ablation.png: 8 DDPM samples above the same 8 with no noise added back")
     args = parser.parse_args()
-    if args.sampler != "ddim" and (args.steps is not None or args.eta is not None):
-        parser.error("--steps and --eta apply to --sampler ddim")
+    check_sampler_args(parser, args)
 
     import numpy as np
     from ddpm_ms.checkpoint import load_model
@@ -62,6 +58,7 @@ def main():
     from ddpm_ms.viz import save_gif, save_grid
 
     model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
+    check_sampler_args(parser, args, sched.num_timesteps)
     k = cfg.model.num_classes
     if (args.cls is not None or args.per_class) and k is None:
         parser.error("--class/--per-class need a class-conditional checkpoint (model.num_classes)")

@@ -70,6 +70,15 @@ def test_truncated_checkpoint(trained, tmp_path):
     _one_line_error(proc, str(bad))
 
 
+def test_sampler_flags_are_checked_the_same_everywhere(trained):
+    ckpt = str(trained / "ckpt_step00000003.ckpt")
+    for script in ("sample.py", "evaluate.py"):
+        _one_line_error(_run(script, "--ckpt", ckpt, "--sampler", "ddim", "--steps", "1000"),
+                        "--steps 1000 exceeds the checkpoint's 10 diffusion timesteps")
+        _one_line_error(_run(script, "--ckpt", ckpt, "--sampler", "ddim", "--eta", "5"), "[0, 1]")
+        _one_line_error(_run(script, "--ckpt", ckpt, "--eta", "0"), "--steps and --eta apply to --sampler ddim")
+
+
 def test_second_run_into_a_used_folder(trained, tmp_path):
     """A fresh run refuses a folder holding another run; --overwrite starts over there with its own files only."""
     run = tmp_path / "run"
