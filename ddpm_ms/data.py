@@ -16,6 +16,8 @@ import zipfile
 
 import numpy as np
 
+from . import paths
+
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
@@ -39,8 +41,7 @@ class DataError(RuntimeError):
 
 def cache_dir():
     """Default download folder: $XDG_CACHE_HOME/ddpm_ms/fashion-mnist."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ddpm_ms", "fashion-mnist")
+    return paths.cache_dir("fashion-mnist")
 
 
 def _read_header(path, magic, ndim):

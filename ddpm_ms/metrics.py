@@ -15,6 +15,7 @@ from mindspore import Tensor, nn, ops
 
 from .data import load_fashion_arrays
 from .layers import Conv2d
+from .paths import cache_dir
 
 TRAIN_RANGE, HELDOUT_RANGE, REFERENCE_RANGE = (0, 4000), (4000, 5000), (5000, 7000)
 NUM_EVAL = 1000          # sample count every reported number uses
@@ -53,8 +54,7 @@ def real_images(root, span):
 def _cache_path(root):
     with open(os.path.join(root, "train-labels-idx1-ubyte"), "rb") as f:
         digest = hashlib.sha1(f.read()).hexdigest()[:12]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ddpm_ms", f"fashion_classifier_v{CLASSIFIER_VERSION}_{digest}.ckpt")
+    return cache_dir(f"fashion_classifier_v{CLASSIFIER_VERSION}_{digest}.ckpt")
 
 
 def train_classifier(root, epochs=4, batch_size=100, seed=0):

@@ -4,7 +4,7 @@ The library links the ``libdnnl.so.3`` inside the installed mindspore wheel. The
 they come from the pinned registry package ``onednn-devel`` (found installed, in the cache, or fetched once with
 ``pip download``); ``dnnl_config.h`` is generated for the THREADPOOL runtime that the wheel's library uses.
 
-The cache folder (``DDPM_MS_KERNEL_CACHE``, default ``~/.cache/ddpm_ms/kernels``) holds one ``.so`` per key: the
+The cache folder (``DDPM_MS_KERNEL_CACHE``, default ``$XDG_CACHE_HOME/ddpm_ms/kernels``) holds one ``.so`` per key: the
 source's hash, the MindSpore version, the compiler flags and the CPU's instruction-set flags (the code is built
 with ``-march=native``). A build writes a temporary file and renames it; a file lock makes concurrent processes
 (pytest-xdist workers, msrun ranks) wait for one build instead of racing.
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+
+from .. import paths
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_kernels.cc")
 ONEDNN_DEVEL = "onednn-devel==2025.3.0"   # headers of oneDNN 3.9; its C API matches the wheel's 3.10
@@ -37,8 +39,7 @@ class KernelBuildError(RuntimeError):
 
 def cache_dir():
     """Folder of the built libraries and the fetched headers."""
-    return os.environ.get("DDPM_MS_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ddpm_ms",
-                                                                  "kernels")
+    return os.environ.get("DDPM_MS_KERNEL_CACHE") or paths.cache_dir("kernels")
 
 
 def mindspore_lib_dir():
