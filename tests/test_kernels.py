@@ -311,3 +311,16 @@ def test_checkpoint_loads_across_paths(tmp_path, lib, kernel_mode):
     fast.set_train(False)
     plain.set_train(False)
     np.testing.assert_allclose(fast(x, t).asnumpy(), plain(x, t).asnumpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_env,expected", [("off", "AVX2"), ("onednn", None)])
+def test_isa_cap_only_on_the_fallback_path(kernel_env, expected, lib):
+    """MindSpore's own NCHW convolutions need oneDNN capped at AVX2; the kernels run uncapped."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    env["DDPM_MS_KERNELS"] = kernel_env
+    code = ("import os, ddpm_ms; assert 'ONEDNN_MAX_CPU_ISA' not in os.environ; "
+            "ddpm_ms.Unet(dim=8, dim_mults=(1, 2), channels=1); print(os.environ.get('ONEDNN_MAX_CPU_ISA'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(expected)
