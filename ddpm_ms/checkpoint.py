@@ -6,17 +6,21 @@ global_step), the loss-scaler state, the loop position and the resolved config
 ``train.py --resume`` can continue exactly.
 """
 import glob
+import logging
 import os
 import re
+from contextlib import contextmanager
 
 import mindspore as ms
 import yaml
 from mindspore import Tensor
+from mindspore import log as ms_log
 
 from .config import ConfigError, from_dict
 from .params import assign_parameters
 
 PREFIX = "ckpt_step"
+TMP_PREFIX = ".tmp-"
 FORMAT = 1
 _KEYS = ("ddpm_ms.format", "ddpm_ms.step", "ddpm_ms.epoch", "ddpm_ms.step_in_epoch")
 
@@ -39,12 +43,13 @@ def list_checkpoints(folder):
 def save_checkpoint(path, optimizer, cfg, loss_scaler, step, epoch, step_in_epoch, extra=None):
     """Write a checkpoint atomically: a temporary file in the same folder, fsync, then rename.
 
-    ``extra`` maps more names to Parameters/Tensors (e.g. EMA weights). A crash
-    midway leaves any previous file at ``path`` untouched and no partial file.
+    ``extra`` maps more names to Parameters/Tensors (e.g. EMA weights). A crash or a failed write (a full
+    disk) midway leaves any previous file at ``path`` untouched and no partial file; a failed write raises
+    CheckpointError in one line.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")   # keeps the .ckpt suffix
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")   # keeps the .ckpt suffix
     append = {
         "config": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
         "ddpm_ms.format": FORMAT,
@@ -57,14 +62,36 @@ def save_checkpoint(path, optimizer, cfg, loss_scaler, step, epoch, step_in_epoc
     for name, value in (extra or {}).items():
         append[name] = Tensor(value.asnumpy())
     try:
-        ms.save_checkpoint(optimizer, tmp, append_dict=append)
+        with _mindspore_log_silenced():   # it logs a multi-line CRITICAL before re-raising a failed write
+            ms.save_checkpoint(optimizer, tmp, append_dict=append)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
+                              "the checkpoints written before are untouched") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, os.path.splitext(tmp)[0] + ".tmp"):   # ours, and MindSpore's own temporary
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return path
+
+
+@contextmanager
+def _mindspore_log_silenced():
+    logger = ms_log._get_logger()  # pylint: disable=protected-access
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of checkpoint writes that a killed process never finished."""
+    for leftover in glob.glob(os.path.join(folder, f"{TMP_PREFIX}*")):
+        os.remove(leftover)
 
 
 def checkpoint_step(path):

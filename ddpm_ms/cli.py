@@ -5,8 +5,10 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError
+from .loop import TrainingDiverged
+from .paths import OutputError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError, TrainingDiverged)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -84,6 +84,7 @@ class TrainConfig:
     cond_drop_prob: float = 0.1
     guidance: float = 3.0
     lr_scaling: str = "none"            # "linear": lr x number of msrun workers
+    max_nonfinite_steps: int = 25       # stop (keeping the last good checkpoint) after this many in a row
 
 
 @dataclass
@@ -173,13 +174,8 @@ def _check(cond, key, msg):
         raise ConfigError(f"config key '{key}' {msg}")
 
 
-def validate(cfg):
-    """Check value ranges and choices; raises ConfigError naming the first bad key."""
-    from .schedule import BETA_SCHEDULES
-    from .diffusion import LOSS_TYPES
-    from .model import BLOCK_TYPES
-    from .sampling import SAMPLERS
-    m, d, data, t = cfg.model, cfg.diffusion, cfg.data, cfg.train
+def _check_model(m):
+    from .model import BLOCK_TYPES  # pylint: disable=import-outside-toplevel
     _check(m.dim > 0, "model.dim", f"must be > 0, got {m.dim}")
     _check(len(m.dim_mults) > 0 and all(x > 0 for x in m.dim_mults), "model.dim_mults",
            f"must be a non-empty list of positive integers, got {list(m.dim_mults)}")
@@ -189,21 +185,39 @@ def validate(cfg):
     _check(m.attn_heads > 0 and m.attn_dim_head > 0, "model.attn_heads",
            f"attn_heads and attn_dim_head must be > 0, got {m.attn_heads}, {m.attn_dim_head}")
     _check(m.convnext_mult > 0, "model.convnext_mult", f"must be > 0, got {m.convnext_mult}")
+
+
+def _check_diffusion(d):
+    from .schedule import BETA_SCHEDULES, SCHEDULES_WITHOUT_BETA_RANGE  # pylint: disable=import-outside-toplevel
+    from .diffusion import LOSS_TYPES  # pylint: disable=import-outside-toplevel
     _check(d.timesteps > 1, "diffusion.timesteps", f"must be > 1, got {d.timesteps}")
     _check(d.beta_schedule in BETA_SCHEDULES, "diffusion.beta_schedule",
            f"must be one of {sorted(BETA_SCHEDULES)}, got {d.beta_schedule!r}")
     _check(0 < d.beta_start < d.beta_end < 1, "diffusion.beta_end",
            f"needs 0 < beta_start < beta_end < 1, got {d.beta_start}, {d.beta_end}")
+    default = DiffusionConfig()
+    for key in ("beta_start", "beta_end"):
+        _check(d.beta_schedule not in SCHEDULES_WITHOUT_BETA_RANGE or getattr(d, key) == getattr(default, key),
+               f"diffusion.{key}", f"is not used by diffusion.beta_schedule={d.beta_schedule!r}: remove it "
+                                   f"(got {getattr(d, key)})")
     _check(d.loss_type in LOSS_TYPES, "diffusion.loss_type", f"must be one of {LOSS_TYPES}, got {d.loss_type!r}")
+
+
+def _check_data(data, m):
     _check(data.dataset in ("fashion_mnist", "image_folder"), "data.dataset",
            f"must be 'fashion_mnist' or 'image_folder', got {data.dataset!r}")
     down = 2 ** (len(m.dim_mults) - 1)
     _check(data.image_size > 0 and data.image_size % down == 0, "data.image_size",
-           f"must be a positive multiple of {down} for {len(m.dim_mults)} resolutions, got {data.image_size}")
+           f"must be a positive multiple of {down} for the {len(m.dim_mults)} resolutions of model.dim_mults, "
+           f"got {data.image_size}")
     _check(data.num_samples is None or data.num_samples > 0, "data.num_samples",
            f"must be > 0, got {data.num_samples}")
     _check(data.shuffle_buffer > 0, "data.shuffle_buffer", f"must be > 0, got {data.shuffle_buffer}")
     _check(data.num_workers > 0, "data.num_workers", f"must be > 0, got {data.num_workers}")
+
+
+def _check_train(t, d):
+    from .sampling import SAMPLERS  # pylint: disable=import-outside-toplevel
     _check(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")
     _check(t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}")
     _check(t.max_steps is None or t.max_steps > 0, "train.max_steps", f"must be > 0, got {t.max_steps}")
@@ -218,10 +232,26 @@ def validate(cfg):
     _check(t.sample_steps is None or (t.sample_sampler == "ddim" and 1 <= t.sample_steps <= d.timesteps),
            "train.sample_steps", f"needs sample_sampler 'ddim' and 1 <= steps <= {d.timesteps}, got {t.sample_steps}")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
-    _check(0 <= cfg.ema.decay < 1, "ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
-    _check(cfg.ema.update_every > 0, "ema.update_every", f"must be > 0, got {cfg.ema.update_every}")
-    for key in ("log_every", "ckpt_every", "keep_last", "sample_num"):
+    for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
+
+
+def _check_ema(e):
+    _check(0 <= e.decay < 1, "ema.decay", f"must be in [0, 1), got {e.decay}")
+    _check(e.update_every > 0, "ema.update_every", f"must be > 0, got {e.update_every}")
+
+
+def validate(cfg):
+    """Check every section's values and the keys that depend on another section; raises ConfigError naming them.
+
+    What only the dataset can tell (its channels, image size and classes) is checked against the model by
+    :func:`ddpm_ms.data.check_data_fits_model` before training.
+    """
+    _check_model(cfg.model)
+    _check_diffusion(cfg.diffusion)
+    _check_data(cfg.data, cfg.model)
+    _check_train(cfg.train, cfg.diffusion)
+    _check_ema(cfg.ema)
     return cfg
 
 

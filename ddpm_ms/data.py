@@ -17,6 +17,7 @@ import zipfile
 import numpy as np
 
 from . import paths
+from .config import ConfigError
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -256,6 +257,36 @@ def image_folder(root, image_size, batch_size=16, num_samples=None, shuffle_buff
                                     num_parallel_workers=num_workers)
     return _finish(dataset, ["image", "label"] if labels else ["image"], batch_size, shuffle_buffer,
                    _image_ops(image_size, random_flip, resize=True), num_workers, labels)
+
+
+def class_folders(root):
+    """The sub-folders of an image folder that hold at least one image (one class each), sorted."""
+    if not os.path.isdir(root):
+        raise DataError(f"image folder not found: {root}")
+    return sorted(d.name for d in os.scandir(root) if d.is_dir() and any(
+        os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in os.listdir(d.path)))
+
+
+def check_data_fits_model(data_cfg, model_cfg):
+    """ConfigError naming both keys when the dataset's channels, image size or classes differ from the model's.
+
+    Fashion-MNIST yields 1-channel 28x28 images of 10 classes; an image folder yields RGB images resized to
+    data.image_size, one class per sub-folder.
+    """
+    if data_cfg.dataset == "image_folder":
+        if not data_cfg.root:
+            raise DataError("data.root must name the image folder when data.dataset is image_folder")
+        channels, size, classes = 3, None, len(class_folders(data_cfg.root))
+        what = f"the image folder {data_cfg.root} ({classes} class sub-folders, RGB)"
+    else:
+        channels, size, classes = 1, 28, len(FASHION_CLASSES)
+        what = "data.dataset=fashion_mnist (1-channel 28x28 images, 10 classes)"
+    if model_cfg.channels != channels:
+        raise ConfigError(f"model.channels={model_cfg.channels} does not fit data.dataset: {what}")
+    if size is not None and data_cfg.image_size != size:
+        raise ConfigError(f"data.image_size={data_cfg.image_size} does not fit data.dataset: {what}")
+    if model_cfg.num_classes is not None and model_cfg.num_classes != classes:
+        raise ConfigError(f"model.num_classes={model_cfg.num_classes} does not fit data.dataset: {what}")
 
 
 def build_dataset(data_cfg, batch_size, labels=False, num_shards=None, shard_id=None, download=None):

@@ -1,4 +1,5 @@
 """The training loop: data, compiled step, logging, checkpoints, grids and exact resume."""
+import glob
 import json
 import os
 import signal
@@ -12,7 +13,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import ConfigError
-from .data import DataError, build_dataset
+from .paths import make_output_dir
+from .data import DataError, build_dataset, check_data_fits_model
 from .sampling import generate
 from .trainer import build_run, drop_labels, step_noise
 from .viz import plot_loss_curve, save_gif, save_grid
@@ -41,6 +43,36 @@ def epoch_dataset(cfg, epoch, labels=False, rank=0, world_size=1):
     return build_dataset(cfg.data, cfg.train.batch_size, labels=labels, **shards)
 
 
+def truncate_metrics(path, step):
+    """Drop the metrics.jsonl rows past ``step`` (a resumed run replays them), rewriting the file atomically."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        rows = [line.rstrip("\n") for line in f if line.strip()]
+    kept = [line for line in rows if _row_step(line) is not None and _row_step(line) <= step]
+    if len(kept) < len(rows):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in kept)
+        os.replace(tmp, path)
+
+
+def _row_step(line):
+    """The step of a metrics.jsonl row, or None for a row torn by a killed process."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "loss_curve.png", "samples_epoch*.png", "samples_final.png",
+             "samples_final.npy", "denoising.gif", f"{ckpt.PREFIX}*.ckpt")   # what Trainer writes
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many optimizer steps in a row had non-finite gradients. The message is one line."""
+
+
 class Trainer:
     """Owns one run's state and writes everything under ``cfg.train.out_dir``.
 
@@ -51,15 +83,18 @@ class Trainer:
     """
 
     def __init__(self, cfg, resume=None, rank=0, world_size=1, overwrite=False):
+        check_data_fits_model(cfg.data, cfg.model)
         self.cfg = cfg
         self.out = cfg.train.out_dir
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.progress = True       # progress bars (fit(progress=False) turns them off, sampling's too)
+        self._tick = (time.time(), 0)   # (time, step) of the last metrics row, for img/s
         self.conditional = cfg.model.num_classes is not None
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
         if self.is_main:
-            os.makedirs(self.out, exist_ok=True)
+            make_output_dir(self.out, "train.out_dir")
+            ckpt.remove_stale_temporaries(self.out)   # left by a process killed mid-write
             if resume is None:
                 self._claim_out_dir(overwrite)
         probe = epoch_dataset(cfg, 0, rank=rank, world_size=world_size)
@@ -77,6 +112,7 @@ class Trainer:
             # the continued run's own earlier checkpoints, which keep_last may prune
             self.checkpoints = [c for c in ckpt.list_checkpoints(self.out) if ckpt.checkpoint_step(c) <= self.step]
             if self.is_main:
+                truncate_metrics(self.metrics_path, self.step)
                 tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
         if self.is_main:
             cfg.dump(os.path.join(self.out, "config.yaml"))
@@ -84,8 +120,11 @@ class Trainer:
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
 
     def _claim_out_dir(self, overwrite):
-        """A fresh run refuses a folder holding another run's checkpoints or metrics, or (overwrite) removes them."""
-        old = ckpt.list_checkpoints(self.out) + ([self.metrics_path] if os.path.exists(self.metrics_path) else [])
+        """A fresh run refuses a folder holding another run's files, or (overwrite) removes them first.
+
+        Only the files a run writes (RUN_FILES) count and are removed; anything else in the folder is left alone.
+        """
+        old = sorted(p for pattern in RUN_FILES for p in glob.glob(os.path.join(self.out, pattern)))
         if not old:
             return
         if not overwrite:
@@ -148,16 +187,26 @@ class Trainer:
                 yield columns[0], (columns[1] if self.conditional else None)
 
     def _train_step(self, images, labels):
-        """One optimizer step (and EMA update) on a batch; returns the loss Tensor."""
+        """One optimizer step (and EMA update) on a batch; returns (loss Tensor, grads_finite bool)."""
         seed, k = self.cfg.train.seed, self.cfg.model.num_classes
         t, noise = step_noise(seed, self.step, images.shape, self.run.sched.num_timesteps, self.rank)
         y = None if labels is None else drop_labels(seed, self.step, labels, self.cfg.train.cond_drop_prob, k)
-        loss, _ = self.run.step(ms.Tensor(images), t, noise, y)
+        loss, finite = self.run.step(ms.Tensor(images), t, noise, y)
         self.step += 1
         self.step_in_epoch += 1
         if self.run.ema is not None and self.step % self.cfg.ema.update_every == 0:
             self.run.ema.update()
-        return loss
+        return loss, bool(finite.asnumpy())   # a scalar read: with blocking host runs the step has finished anyway
+
+    def _check_divergence(self, nonfinite):
+        """TrainingDiverged once ``nonfinite`` steps in a row (train.max_nonfinite_steps) had inf/nan gradients."""
+        limit = self.cfg.train.max_nonfinite_steps
+        if nonfinite < limit:
+            return
+        kept = self.checkpoints[-1] if self.checkpoints else "none written yet"
+        raise TrainingDiverged(f"training diverged: the gradients were inf/nan for {limit} steps in a row, "
+                               f"steps {self.step - limit + 1}..{self.step} (train.max_nonfinite_steps); "
+                               f"last good checkpoint: {kept}; try a lower train.lr")
 
     def _end_epoch(self):
         """Advance the epoch counter; rank 0 draws the epoch's sample grid."""
@@ -183,33 +232,54 @@ class Trainer:
                 save_gif(frames, os.path.join(self.out, "denoising.gif"), index=0, every=max(1, len(frames) // 100))
         return path
 
+    def _maybe_log(self, loss, bar):
+        """Every train.log_every steps (and at the last), rank 0 appends a metrics row and updates the bar."""
+        if not self.is_main or (self.step % self.cfg.train.log_every and self.step != self.total_steps):
+            return
+        now = time.time()
+        rate = (self.step - self._tick[1]) * self.global_batch / max(now - self._tick[0], 1e-9)
+        row = self._log(float(loss.asnumpy()), rate)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.1f}")
+        self._tick = (now, self.step)
+
+    def _epochs(self, bar, stop):
+        """Run steps until ``total_steps`` or a signal; returns the signal number or None."""
+        nonfinite, save_due = 0, False   # steps in a row with inf/nan grads; a checkpoint waits for a finite step
+        while self.step < self.total_steps:
+            for images, labels in self._batches():
+                loss, finite = self._train_step(images, labels)
+                nonfinite = 0 if finite else nonfinite + 1
+                bar.update(1)
+                self._maybe_log(loss, bar)
+                self._check_divergence(nonfinite)
+                save_due = save_due or self.step % self.cfg.train.ckpt_every == 0
+                if self.is_main and save_due and finite:
+                    self.save()
+                    save_due = False
+                if stop["signal"] is not None:
+                    return stop["signal"]
+                if self.step >= self.total_steps:
+                    break
+            if self.step_in_epoch >= self.steps_per_epoch:
+                self._end_epoch()
+        return None
+
     def fit(self, progress=True):
-        """Train to ``total_steps``. Returns a summary dict (``interrupted`` is set after a signal)."""
-        t_cfg = self.cfg.train
+        """Train to ``total_steps``. Returns a summary dict (``interrupted`` is set after a signal).
+
+        Raises TrainingDiverged after train.max_nonfinite_steps steps in a row with inf/nan gradients,
+        leaving the checkpoints written so far as they are.
+        """
         self.progress = progress
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (progress and self.is_main),
                    unit="step")
-        interrupted, start, start_step = None, time.time(), self.step
-        tick, tick_step = start, self.step
-        with stop_on_signals() as stop:
-            while self.step < self.total_steps and interrupted is None:
-                for images, labels in self._batches():
-                    loss = self._train_step(images, labels)
-                    bar.update(1)
-                    if self.is_main and (self.step % t_cfg.log_every == 0 or self.step == self.total_steps):
-                        now = time.time()
-                        rate = (self.step - tick_step) * self.global_batch / max(now - tick, 1e-9)
-                        row = self._log(float(loss.asnumpy()), rate)   # the only host sync in the loop
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.1f}")
-                        tick, tick_step = now, self.step
-                    if self.is_main and self.step % t_cfg.ckpt_every == 0:
-                        self.save()
-                    interrupted = stop["signal"]
-                    if interrupted is not None or self.step >= self.total_steps:
-                        break
-                if interrupted is None and self.step_in_epoch >= self.steps_per_epoch:
-                    self._end_epoch()
-        bar.close()
+        start, start_step = time.time(), self.step
+        self._tick = (start, self.step)
+        try:
+            with stop_on_signals() as stop:
+                interrupted = self._epochs(bar, stop)
+        finally:
+            bar.close()
         elapsed = time.time() - start
         summary = {"step": self.step, "epoch": self.epoch, "checkpoint": None, "seconds": elapsed,
                    "img_per_s": (self.step - start_step) * self.global_batch / max(elapsed, 1e-9),

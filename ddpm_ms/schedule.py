@@ -47,14 +47,15 @@ BETA_SCHEDULES = {
     "quadratic": quadratic_beta_schedule,
     "sigmoid": sigmoid_beta_schedule,
 }
+SCHEDULES_WITHOUT_BETA_RANGE = ("cosine",)   # defined by alpha_bar(t), not by beta_start/beta_end
 
 
 def make_betas(name, timesteps, beta_start=1e-4, beta_end=0.02):
     """Betas [T] float64 for a schedule named in ``BETA_SCHEDULES``."""
     if name not in BETA_SCHEDULES:
         raise ValueError(f"unknown beta schedule {name!r}; choose one of {sorted(BETA_SCHEDULES)}")
-    if name == "cosine":
-        return cosine_beta_schedule(timesteps)
+    if name in SCHEDULES_WITHOUT_BETA_RANGE:
+        return BETA_SCHEDULES[name](timesteps)
     return BETA_SCHEDULES[name](timesteps, beta_start, beta_end)
 
 

@@ -54,6 +54,7 @@ def main():
     import numpy as np
     from ddpm_ms.checkpoint import load_model
     from ddpm_ms.data import FASHION_CLASSES
+    from ddpm_ms.paths import make_output_dir
     from ddpm_ms.sampling import batch_plan, generate
     from ddpm_ms.viz import save_gif, save_grid
 
@@ -80,7 +81,7 @@ def main():
         parser.error(f"--gif-index must be in [0, {first_batch}) (the first batch)")
 
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples")
-    os.makedirs(out, exist_ok=True)
+    make_output_dir(out, "--out")
     c, size = cfg.model.channels, cfg.data.image_size
     result = generate(model, sched, (c, size, size), num, seed=args.seed, batch_size=args.batch_size,
                       sampler=args.sampler, steps=args.steps, eta=args.eta, labels=labels, guidance=args.guidance,
