@@ -39,12 +39,15 @@ class TrainStep:
                    if world_size > 1 else None)
         all_reduce = ops.AllReduce() if world_size > 1 else None
 
-        def step(x0, t, noise, y):
+        def gradients(x0, t, noise, y):
             (_, loss), grads = grad_fn(x0, t, noise, y)
             if reducer is not None:   # average grads (and the reported loss) over the msrun workers
                 grads = reducer(grads)
                 loss = all_reduce(loss) / world_size
-            grads = loss_scaler.unscale(grads)
+            return loss, loss_scaler.unscale(grads)
+
+        def step(x0, t, noise, y):
+            loss, grads = gradients(x0, t, noise, y)
             grads_finite = all_finite(grads)
             if grads_finite:  # compiled to a graph switch under ms.jit
                 optimizer(grads)
@@ -52,9 +55,15 @@ class TrainStep:
             return loss, grads_finite
 
         self._step = ms.jit(step) if jit else step
+        self._gradients = ms.jit(gradients) if jit else gradients
 
     def __call__(self, x0, t, noise, y=None):
         return self._step(x0, t, noise, y)
+
+    def gradients(self, x0, t, noise, y=None):
+        """(loss, grads) that ``step`` would apply, without applying them: the unscaled gradients (averaged over
+        the msrun workers), one per ``optimizer.parameters`` entry; changes no state."""
+        return self._gradients(x0, t, noise, y)
 
 
 def all_finite(grads):

@@ -92,6 +92,7 @@ def test_second_run_into_a_used_folder(trained, tmp_path):
     assert sorted(f for f in os.listdir(run) if f.endswith(".ckpt")) == ["ckpt_step00000002.ckpt"]
     with open(run / "metrics.jsonl", encoding="utf-8") as f:
         assert [json.loads(line)["step"] for line in f] == [2]        # a new log, not appended to the old one
+    assert not os.path.exists(run / "denoising.gif")                   # no file of the old run is left to mix in
     _one_line_error(_run(*args, "--overwrite", "--resume", "latest"), "exclude each other")
 
 
@@ -162,3 +163,40 @@ def test_conditional_training_and_class_sampling(tmp_path):
     assert grid.returncode == 0, grid.stderr[-2000:]
     assert np.load(tmp_path / "grid" / "samples.npy").shape == (20, 1, 28, 28)
     _one_line_error(_run("sample.py", "--ckpt", ckpt, "--class", "Hat"), "--class 'Hat'", "Ankle boot")
+
+
+def test_output_paths_get_one_line_errors(trained, tmp_path):
+    ckpt = str(trained / "ckpt_step00000003.ckpt")
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--out", str(a_file)), "--out", "is an existing file")
+    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--out", str(a_file / "sub")), "--out", "cannot be created")
+    _one_line_error(_run("train.py", "--config", TINY, "--set", f"train.out_dir={a_file}"),
+                    "train.out_dir", "is an existing file")
+    assert a_file.read_text() == "x"
+
+
+def test_dataset_model_mismatch_stops_before_training(tmp_path):
+    proc = _run("train.py", "--config", TINY, "--set", f"train.out_dir={tmp_path}", "--set", "model.channels=3")
+    _one_line_error(proc, "model.channels=3", "data.dataset")
+    assert os.listdir(tmp_path) == []
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
+    """Resumed at step 3 with an absurd LR: step 4 is finite and blows the weights up, steps 5.. have inf/nan grads.
+
+    The checkpoint due at step 5 is never written (its step is not finite), and the run stops after 3 such steps.
+    """
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    proc = _run("train.py", "--config", TINY, "--no-progress", "--resume", "latest", "--set", f"train.out_dir={run}",
+                "--set", "train.lr=1e20", "--set", "train.max_nonfinite_steps=3", "--set", "train.ckpt_every=5",
+                "--set", "train.log_every=1")
+    _one_line_error(proc, "training diverged", "3 steps in a row, steps 5..7", "train.max_nonfinite_steps",
+                    f"last good checkpoint: {run / 'ckpt_step00000003.ckpt'}")
+    with open(run / "metrics.jsonl", encoding="utf-8") as f:
+        losses = {row["step"]: row["loss"] for row in map(json.loads, f)}
+    assert np.isfinite(losses[4]) and not np.isfinite([losses[5], losses[6], losses[7]]).any()
+    assert sorted(f for f in os.listdir(run) if f.endswith(".ckpt")) == ["ckpt_step00000003.ckpt"]
+    from ddpm_ms.checkpoint import load_model
+    load_model(str(run / "ckpt_step00000003.ckpt"))                    # still readable

@@ -76,3 +76,44 @@ def test_bare_name_finds_bundled_config(tmp_path, monkeypatch):
     assert load_config("fashion.yaml").train.epochs == 3            # a file in the working folder wins
     with pytest.raises(ConfigError, match="config file not found: nope.yaml"):
         load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("key", ["beta_start", "beta_end"])
+def test_cosine_schedule_refuses_a_beta_range(key):
+    """beta_start/beta_end would be silently ignored by the cosine schedule."""
+    value = {"beta_start": 1e-3, "beta_end": 0.05}[key]
+    with pytest.raises(ConfigError, match=rf"'diffusion\.{key}' is not used by diffusion\.beta_schedule='cosine'"):
+        load_config(None, ["diffusion.beta_schedule=cosine", f"diffusion.{key}={value}"])
+    assert load_config(None, ["diffusion.beta_schedule=cosine"]).diffusion.beta_end == 0.02   # the default passes
+    assert load_config(None, [f"diffusion.{key}={value}"]).diffusion.beta_schedule == "linear"
+
+
+@pytest.mark.parametrize("overrides,keys", [
+    (["model.channels=3"], ("model.channels", "data.dataset")),
+    (["data.image_size=32", "model.dim_mults=[1,2]"], ("data.image_size", "data.dataset")),
+    (["model.num_classes=5"], ("model.num_classes", "data.dataset")),
+])
+def test_fashion_mnist_must_fit_the_model(overrides, keys):
+    from ddpm_ms.data import check_data_fits_model
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError) as err:
+        check_data_fits_model(cfg.data, cfg.model)
+    assert all(k in str(err.value) for k in keys), str(err.value)
+    good = load_config(None, ["model.num_classes=10"])
+    check_data_fits_model(good.data, good.model)
+
+
+def test_image_folder_must_fit_the_model(tmp_path):
+    from ddpm_ms.data import check_data_fits_model
+    for cls in ("cats", "dogs", "empty"):
+        (tmp_path / cls).mkdir()
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls / "a.png").write_bytes(b"")
+    base = ["data.dataset=image_folder", f"data.root={tmp_path}", "data.image_size=32"]
+    for extra, key in ((["model.channels=1"], "model.channels"), (["model.channels=3", "model.num_classes=3"],
+                                                                 "model.num_classes")):
+        cfg = load_config(None, base + extra)
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*2 class sub-folders"):
+            check_data_fits_model(cfg.data, cfg.model)
+    cfg = load_config(None, base + ["model.channels=3", "model.num_classes=2"])   # 'empty' holds no image
+    check_data_fits_model(cfg.data, cfg.model)

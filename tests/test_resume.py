@@ -1,4 +1,5 @@
 """Exact resume and atomic checkpoints on the tiny config with the real (shared) data."""
+import json
 import os
 
 import numpy as np
@@ -140,3 +141,19 @@ def test_preview_grids_follow_sample_sampler(data_dir, tmp_path):
     tr = Trainer(_cfg(tmp_path / "ddpm"))
     _, frames = tr.sample(2, frames=True)
     assert len(frames) == tr.run.sched.num_timesteps
+
+
+def test_resume_trims_replayed_metrics_and_clears_stale_temporaries(data_dir, tmp_path):
+    """Resuming at step 4 of an 8-step run: rows 6 and 8 will be logged again, so they go; so do dead writes."""
+    Trainer(_cfg(tmp_path, "train.max_steps=8", "train.ckpt_every=4", "train.keep_last=3")).fit(progress=False)
+    stale = [tmp_path / ".tmp-99999-ckpt_step00000012.ckpt", tmp_path / ".tmp-99999-ckpt_step00000012.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 9, "lo')                                    # a row torn by a kill
+    resumed = Trainer(_cfg(tmp_path, "train.max_steps=8"), resume=str(tmp_path / ckpt.checkpoint_name(4)))
+    steps = lambda: [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
+    assert steps() == [2, 4]
+    assert not any(p.exists() for p in stale)
+    resumed.fit(progress=False)
+    assert steps() == [2, 4, 6, 8]

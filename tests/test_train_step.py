@@ -69,15 +69,31 @@ def test_loss_scaler_skips_update_and_halves_on_inf(mode):
 
 
 def test_loss_scale_does_not_change_the_update():
+    """Scaled by 1 or 1024, the unscaled gradients and a plain SGD update are the same.
+
+    SGD moves each weight by lr * grad, so a missing or doubled unscale would move it 1024x as far (Adam would
+    hide that: its step is nearly invariant to the gradient's scale).
+    """
     x0 = batch((4, 1, 28, 28))
     t, noise = step_noise(0, 1, x0.shape, 10)
-    finals = []
+    grads, finals = [], []
     for scale in (1.0, 1024.0):
-        model, _, _, step = _run(jit=True, loss_scale=scale)
+        ms.set_seed(0)
+        model = Unet(**TINY)
+        before = _params(model)
+        opt = nn.SGD(model.trainable_params(), learning_rate=0.1)
+        step = TrainStep(model, NoiseSchedule.from_name("linear", 10), opt, amp.DynamicLossScaler(scale, 2, 1000),
+                         "huber", jit=True)
+        grads.append([g.asnumpy() for g in step.gradients(x0, t, noise)[1]])
+        assert all(np.array_equal(before[n], v) for n, v in _params(model).items())   # gradients() changed nothing
         step(x0, t, noise)
-        finals.append(_params(model))
-    for name in finals[0]:
-        np.testing.assert_allclose(finals[0][name], finals[1][name], atol=1e-6, err_msg=name)
+        finals.append({n: v - before[n] for n, v in _params(model).items()})
+    for g1, g1024 in zip(*grads):
+        np.testing.assert_allclose(g1024, g1, rtol=1e-5, atol=1e-7 * np.abs(g1).max())
+    assert sum(np.abs(moved).max() > 0 for moved in finals[0].values()) > len(finals[0]) // 2   # the step moved
+    for name, moved in finals[0].items():
+        np.testing.assert_allclose(finals[1][name], moved, rtol=1e-4, atol=1e-6 * np.abs(moved).max() + 1e-12,
+                                   err_msg=name)
 
 
 def test_build_run_from_config():
