@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from ddpm_ms import metrics
+from ddpm_ms.metrics import real_images
 from ddpm_ms.viz import read_grid, save_grid
 
 
@@ -106,3 +107,42 @@ def test_too_few_or_wrong_images_are_rejected(evaluator):
         ev.evaluate(np.zeros((10, 1, 28, 28), np.float32))
     with pytest.raises(ValueError, match=r"\[N, 1, 28, 28\]"):
         ev.evaluate(np.zeros((1000, 3, 28, 28), np.float32))
+
+
+def _evaluate_script(*args):
+    import json
+    import os
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "evaluate.py")
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
+    """scripts/evaluate.py on saved images and on a checkpoint gives the library's numbers, and says how it sampled."""
+    import os
+    from ddpm_ms.checkpoint import load_model
+    from ddpm_ms.config import load_config
+    from ddpm_ms.loop import Trainer
+    from ddpm_ms.sampling import generate
+    ev, root = evaluator
+    held = real_images(root, metrics.HELDOUT_RANGE)[0]
+    np.save(tmp_path / "held.npy", held)
+    scored = _evaluate_script("--samples", str(tmp_path / "held.npy"))
+    assert scored["fd"] == pytest.approx(ev.evaluate(held)["fd"], rel=1e-5) and scored["fd"] < 10
+    assert "sampler" not in scored
+
+    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
+    cfg = load_config(tiny, [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.gif=false",
+                             "train.sample_num=2"])
+    path = Trainer(cfg).fit(progress=False)["checkpoint"]
+    scored = _evaluate_script("--ckpt", path, "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--seed", "3")
+    assert {k: scored[k] for k in ("sampler", "steps", "eta", "guidance", "ema", "clip_denoised", "seed")} == {
+        "sampler": "ddim", "steps": 4, "eta": 0.5, "guidance": None, "ema": True, "clip_denoised": True, "seed": 3}
+    model, sched, _, _ = load_model(path)
+    same = generate(model, sched, (1, 28, 28), metrics.NUM_EVAL, seed=3, batch_size=250, sampler="ddim", steps=4,
+                    eta=0.5, progress=False)
+    assert scored["fd"] == pytest.approx(ev.evaluate(same)["fd"], rel=1e-3)
+    assert scored["fd"] > 10 * ev.evaluate(held)["fd"]      # two steps of training are far from real images

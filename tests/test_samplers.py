@@ -65,6 +65,26 @@ def test_ddim_one_step_closed_form(clip):
     np.testing.assert_allclose(out, np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev) * eps, rtol=1e-4, atol=1e-5)
 
 
+def test_ddim_skipped_steps_with_partial_eta_closed_form():
+    """4 of 100 steps with eta 0.5, every frame against Song et al. 2021 eq. 12 with sigma from eq. 16."""
+    s = NoiseSchedule.from_name("cosine", 100)
+    frames = ddim_sample_loop(_const_eps, s, SHAPE, seed=11, x_T=_x_T(5), steps=4, eta=0.5, return_all=True,
+                              progress=False, clip_denoised=False)
+    rng, x = np.random.default_rng(11), _x_T(5).astype(np.float64)    # the sampler draws one z per step
+    ab = s.np["alphas_cumprod"]
+    taus = [99, 66, 33, 0]
+    assert list(ddim_timesteps(100, 4)) == taus
+    for k, t in enumerate(taus):
+        a_t, a_prev = ab[t], (ab[taus[k + 1]] if k + 1 < 4 else 1.0)
+        sigma = 0.5 * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        assert (sigma > 0) == (k + 1 < 4)                               # no noise into x_0
+        eps = x * 0.3 + 0.1
+        x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+        z = rng.standard_normal(SHAPE, dtype=np.float32)
+        x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps + sigma * z
+        np.testing.assert_allclose(frames[k], x, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
+
+
 def test_ddpm_clipped_step_is_the_posterior_mean_of_clipped_x0(mode):
     s = NoiseSchedule.from_name("linear", 10)
     x = _x_T(4)
