@@ -5,8 +5,7 @@
                                            #   pip install torch==2.13.0   (never a dependency of ddpm_ms)
     python bench/bench.py --torch --quick  # fewer timed steps, sampling extrapolated from 20 steps
     python bench/bench.py                  # the ddpm_ms rows only
-    python bench/bench.py --ckpt PATH      # only DDPM vs DDIM-50 sampling with a trained checkpoint's model:
-                                           # a first call (graph compile included) and a second call (cached step)
+    (samplers on a trained checkpoint, with their quality: scripts/compare_samplers.py --ckpt PATH)
 
 Every measurement runs in its own subprocess, so that its peak RSS and its oneDNN ISA are its own. Variants:
   MindSpore ops   ddpm_ms with DDPM_MS_KERNELS=off: MindSpore's own Conv2D/GroupNorm (oneDNN capped at AVX2)
@@ -72,43 +71,31 @@ def measure_train(model_kw, batch, steps):
     return {"img_per_s": batch / dt, "s_per_step": dt, "first_step_s": warm, "params": ddpm_ms.count_params(model)}
 
 
-def measure_sample(model_kw, batch, steps, sampler="ddpm", ckpt=None):
-    """Seconds for 200 DDPM steps (or DDIM ``steps``) of ``batch`` images with the compiled sampling step.
+def measure_sample(model_kw, batch, steps, sampler="ddpm"):
+    """Seconds for 200 DDPM steps (or ``steps`` DDIM steps) of ``batch`` images through one compiled Denoiser.
 
-    With fewer than 200 DDPM steps the time is extrapolated from a second, cached run of that many steps.
-    With ``ckpt`` the model and schedule are the checkpoint's (EMA weights), and a second call with the compiled
-    step cached is timed too (``warm_seconds``).
+    With fewer than 200 DDPM steps the time is extrapolated from a second, cached run of that many steps
+    (DDPM respaced to ``steps``: the same work per step).
     """
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     import ddpm_ms  # pylint: disable=import-outside-toplevel
     ms.set_seed(0)
     total = 200
-    if ckpt:
-        from ddpm_ms.checkpoint import load_model  # pylint: disable=import-outside-toplevel
-        model, sched, cfg, _ = load_model(ckpt)
-        total = sched.num_timesteps
-        if cfg.model.num_classes is not None:
-            raise SystemExit("error: --ckpt needs an unconditional checkpoint")
-    else:
-        model = ddpm_ms.Unet(**model_kw)
-        sched = ddpm_ms.NoiseSchedule.from_name("linear", total)
+    model = ddpm_ms.Unet(**model_kw)
     model.set_train(False)
-    loop = ddpm_ms.ddim_sample_loop if sampler == "ddim" else ddpm_ms.p_sample_loop
-    shape = (batch, model.channels, 28, 28)
-    if sampler == "ddpm" and steps < total:   # extrapolate: a short run of the same compiled step
-        short = ddpm_ms.NoiseSchedule.from_name("linear", steps)
-        loop(model, short, shape, seed=0, progress=False)      # compiles the step
+    denoiser = ddpm_ms.Denoiser(model, ddpm_ms.NoiseSchedule.from_name("linear", total))
+
+    def run(n):
         t0 = time.perf_counter()
-        loop(model, short, shape, seed=0, progress=False)      # the cached step
-        per = (time.perf_counter() - t0) / steps
-        return {"seconds": per * total, "warm_seconds": per * total, "measured_steps": steps, "of_steps": total}
-    times = []
-    for _ in range(2 if ckpt else 1):
-        t0 = time.perf_counter()
-        loop(model, sched, shape, seed=0, steps=min(steps, total), progress=False)
-        times.append(time.perf_counter() - t0)
+        ddpm_ms.generate(denoiser, (model.channels, 28, 28), batch, batch_size=batch, sampler=sampler, steps=n,
+                         progress=False)
+        return time.perf_counter() - t0
+
     n = min(steps, total)
-    return {"seconds": times[0], "warm_seconds": times[-1], "measured_steps": n, "of_steps": n}
+    if sampler == "ddpm" and n < total:   # extrapolate from a cached run of n steps
+        run(n)
+        return {"seconds": run(n) / n * total, "measured_steps": n, "of_steps": total}
+    return {"seconds": run(n), "measured_steps": n, "of_steps": n}
 
 
 def _child(args):
@@ -120,15 +107,15 @@ def _child(args):
     elif args.kind == "train":
         result = measure_train(model_kwargs(args.model), args.batch, args.steps)
     else:
-        result = measure_sample(model_kwargs(args.model), args.batch, args.steps, sampler=args.kind, ckpt=args.ckpt)
+        result = measure_sample(model_kwargs(args.model), args.batch, args.steps, sampler=args.kind)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
-def _spawn(kind, variant, model, batch, steps, ckpt=None):
+def _spawn(kind, variant, model, batch, steps):
     impl, env = VARIANTS[variant]
     cmd = [sys.executable, __file__, "--child", "--kind", kind, "--impl", impl, "--model", model,
-           "--batch", str(batch), "--steps", str(steps)] + (["--ckpt", ckpt] if ckpt else [])
+           "--batch", str(batch), "--steps", str(steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **BASE_ENV, **env), check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -153,7 +140,6 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer timed steps")
     p.add_argument("--torch", action="store_true", help="add the PyTorch eager rows and the ratio column")
-    p.add_argument("--ckpt", help="time DDPM vs DDIM-50 sampling with this checkpoint's model only")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kind", choices=("train", "ddpm", "ddim"), help=argparse.SUPPRESS)
     p.add_argument("--impl", choices=("ddpm_ms", "torch"), help=argparse.SUPPRESS)
@@ -166,20 +152,12 @@ def main():
         return
     if args.torch and importlib.util.find_spec("torch") is None:
         raise SystemExit("error: --torch needs PyTorch in this Python: pip install torch==2.13.0")
-    if args.ckpt:
-        rows = [(f"sample 64 images ({os.path.basename(args.ckpt)})", kind, "oneDNN kernels", "tutorial", 64, steps)
-                for kind, steps in (("ddpm", 10**6), ("ddim", 50))]
-    else:
-        rows = plan(args.quick, args.torch)
     results = []
-    for label, kind, variant, model, batch, steps in rows:
-        r = _spawn(kind, variant, model, batch, steps, args.ckpt)
+    for label, kind, variant, model, batch, steps in plan(args.quick, args.torch):
+        r = _spawn(kind, variant, model, batch, steps)
         results.append((label, kind, variant, r))
         print(f"  done: {label:30s} {variant:15s} {json.dumps(r)}", file=sys.stderr, flush=True)
-    if args.ckpt:
-        _print_ckpt_table(results)
-    else:
-        _print_table(results)
+    _print_table(results)
 
 
 def _print_table(results):
@@ -198,16 +176,6 @@ def _print_table(results):
             ratio = ref["seconds"] / r["seconds"] if ref else None
         ratio_text = f"{ratio:.2f}x" if ratio else "-"
         print(f"| {label} | {variant} | {text} | {ratio_text} | {r['peak_rss_mib']:.0f} | {timed} |")
-
-
-def _print_ckpt_table(results):
-    """DDPM vs DDIM-50 with a checkpoint's model: first call (compile included) and second call."""
-    (_, _, _, ddpm), (_, _, _, ddim) = results
-    print("| sampler | first call s | vs DDPM | second call s | vs DDPM | peak RSS MiB |")
-    print("|---|---|---|---|---|---|")
-    for name, r in ((f"DDPM-{ddpm['of_steps']}", ddpm), (f"DDIM-{ddim['of_steps']}", ddim)):
-        print(f"| {name} | {r['seconds']:.1f} | {ddpm['seconds'] / r['seconds']:.2f}x | {r['warm_seconds']:.1f} | "
-              f"{ddpm['warm_seconds'] / r['warm_seconds']:.2f}x | {r['peak_rss_mib']:.0f} |")
 
 
 if __name__ == "__main__":

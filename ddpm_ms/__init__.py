@@ -14,16 +14,16 @@ os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
 
 # pylint: disable=wrong-import-position
 from .config import Config, ConfigError, load_config
-from .diffusion import p_losses, p_mean, p_sample, predict_start_from_noise, q_sample
+from .diffusion import p_losses, predict_noise_from_start, predict_start_from_noise, q_sample
 from . import kernels
 from .model import Unet, count_params
-from .sampling import (ddim_sample_loop, ddpm_no_noise_loop, generate, guidance_cond, guided_eps, p_sample_loop,
-                       sample)
+from .sampling import (SAMPLERS, Denoiser, Recorder, generate, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m,
+                       timesteps)
 from .schedule import NoiseSchedule, extract, make_betas
 from .trainer import TrainStep, build_model, build_run, build_schedule
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "load_config", "p_losses", "p_mean", "p_sample", "predict_start_from_noise",
-           "q_sample", "Unet", "count_params", "ddim_sample_loop", "ddpm_no_noise_loop", "generate", "guidance_cond",
-           "guided_eps", "p_sample_loop", "sample", "NoiseSchedule", "extract", "make_betas", "TrainStep",
+__all__ = ["Config", "ConfigError", "load_config", "p_losses", "predict_noise_from_start", "predict_start_from_noise",
+           "q_sample", "Unet", "count_params", "SAMPLERS", "Denoiser", "Recorder", "generate", "sample", "sample_ddim",
+           "sample_ddpm", "sample_dpmpp_2m", "timesteps", "NoiseSchedule", "extract", "make_betas", "TrainStep",
            "build_model", "build_run", "build_schedule", "kernels"]

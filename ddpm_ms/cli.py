@@ -59,21 +59,35 @@ def unit_float(text):
 
 
 def add_sampler_args(parser):
-    """--sampler, --steps and --eta, defined once for every script that samples."""
-    from .sampling import SAMPLERS  # pylint: disable=import-outside-toplevel
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddpm", help="default ddpm")
-    parser.add_argument("--steps", type=positive_int, help="DDIM steps (default 50; at most the model's T)")
+    """--sampler, --steps, --spacing and --eta, defined once for every script that samples."""
+    from .sampling import SAMPLERS, SPACINGS  # pylint: disable=import-outside-toplevel
+    listed = "; ".join(f"{name}: {entry.summary}" for name, entry in SAMPLERS.items())
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddpm", help=f"default ddpm ({listed})")
+    parser.add_argument("--steps", type=positive_int,
+                        help="network calls (default: ddpm all T, ddim 50, dpm++2m 20; at most the model's T)")
+    parser.add_argument("--spacing", choices=SPACINGS, default="uniform",
+                        help="timesteps evenly spaced in t (uniform, default) or in log-SNR (logsnr)")
     parser.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (default 0: deterministic; 1: DDPM-like)")
 
 
 def check_sampler_args(parser, args, num_timesteps=None):
-    """One-line errors for sampler flags that do not fit each other or the model's ``num_timesteps``."""
-    if args.sampler != "ddim" and (args.steps is not None or args.eta is not None):
-        parser.error("--steps and --eta apply to --sampler ddim")
+    """One-line errors for sampler flags that do not fit the sampler or the model's ``num_timesteps``."""
+    from .sampling import SAMPLERS  # pylint: disable=import-outside-toplevel
+    if args.eta is not None and "eta" not in SAMPLERS[args.sampler].options:
+        takes = [name for name, entry in SAMPLERS.items() if "eta" in entry.options]
+        parser.error(f"--eta applies to --sampler {' or '.join(takes)}, not {args.sampler}")
     if num_timesteps is not None and args.steps is not None and args.steps > num_timesteps:
         parser.error(f"--steps {args.steps} exceeds the checkpoint's {num_timesteps} diffusion timesteps")
 
 
+def sampler_options(args):
+    """The keyword arguments of :func:`ddpm_ms.sampling.generate` that the sampler flags give."""
+    options = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
+    if args.eta is not None:
+        options["eta"] = args.eta
+    return options
+
+
 def sampler_settings(args):
     """The sampler flags as a dict, for results that must say how their samples were made."""
-    return {"sampler": args.sampler, "steps": args.steps, "eta": args.eta}
+    return {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "eta": args.eta}

@@ -78,8 +78,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     sample_num: int = 64
-    sample_sampler: str = "ddpm"        # sampler of the per-epoch and final grids ("ddim": cheaper previews)
-    sample_steps: Optional[int] = None  # DDIM steps of those grids (None: 50)
+    sample_sampler: str = "ddpm"        # sampler of the per-epoch and final grids ("ddim", "dpm++2m": cheaper)
+    sample_steps: Optional[int] = None  # its network calls (None: the sampler's default)
     gif: bool = True
     cond_drop_prob: float = 0.1
     guidance: float = 3.0
@@ -229,8 +229,8 @@ def _check_train(t, d):
     _check(t.lr_scaling in ("none", "linear"), "train.lr_scaling", f"must be 'none' or 'linear', got {t.lr_scaling!r}")
     _check(t.sample_sampler in SAMPLERS, "train.sample_sampler",
            f"must be one of {sorted(SAMPLERS)}, got {t.sample_sampler!r}")
-    _check(t.sample_steps is None or (t.sample_sampler == "ddim" and 1 <= t.sample_steps <= d.timesteps),
-           "train.sample_steps", f"needs sample_sampler 'ddim' and 1 <= steps <= {d.timesteps}, got {t.sample_steps}")
+    _check(t.sample_steps is None or 1 <= t.sample_steps <= d.timesteps, "train.sample_steps",
+           f"must be in [1, diffusion.timesteps={d.timesteps}], got {t.sample_steps}")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
     for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")

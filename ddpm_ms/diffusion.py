@@ -1,7 +1,8 @@
 """Gaussian diffusion maths (Ho et al. 2020). Owns no network.
 
 Each function takes the :class:`~ddpm_ms.schedule.NoiseSchedule` first and a
-noise-prediction model ``eps_model(x_t, t[, y]) -> eps`` where one is needed.
+noise-prediction model ``eps_model(x_t, t[, y]) -> eps`` where one is needed. The reverse-process steps
+are in :mod:`ddpm_ms.sampling`.
 Randomness is injectable: pass ``noise`` to make a call deterministic.
 """
 import numpy as np
@@ -67,43 +68,3 @@ def predict_noise_from_start(sched, x_t, t, x_start):
     """eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1 / alpha_bar_t - 1)   (eq. 4 solved for eps)."""
     return ((extract(sched.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x_start)
             / extract(sched.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
-
-
-def q_posterior_mean(sched, x_start, x_t, t):
-    """mu~_t(x_t, x_0) = coef1_t x_0 + coef2_t x_t, the mean of q(x_{t-1} | x_t, x_0)   (eq. 7)."""
-    return (extract(sched.posterior_mean_coef1, t, x_t.shape) * x_start
-            + extract(sched.posterior_mean_coef2, t, x_t.shape) * x_t)
-
-
-def clipped_start_and_noise(sched, x_t, t, eps):
-    """(x_0, eps) with the predicted x_0 clipped to the data range [-1, 1] and eps made consistent with it.
-
-    improved-diffusion's ``clip_denoised``: keeps the reverse chain from drifting out of the data range.
-    """
-    x_start = ops.clamp(predict_start_from_noise(sched, x_t, t, eps), -1.0, 1.0)
-    return x_start, predict_noise_from_start(sched, x_t, t, x_start)
-
-
-def p_mean_clipped(sched, x_t, t, eps):
-    """mu~_t(x_t, clip(x_0 predicted from eps)): eq. 7 with eq. 4's x_0 clipped to [-1, 1]."""
-    x_start, _ = clipped_start_and_noise(sched, x_t, t, eps)
-    return q_posterior_mean(sched, x_start, x_t, t)
-
-
-def p_mean(sched, x_t, t, eps):
-    """mu_theta(x_t, t) = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)   (eq. 11)."""
-    return extract(sched.sqrt_recip_alphas, t, x_t.shape) * (
-        x_t - extract(sched.betas, t, x_t.shape) * eps
-        / extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.shape))
-
-
-def p_sample(sched, eps_model, x, t, noise=None):
-    """One ancestral step x_{t-1} = mu_theta(x_t, t) + sigma_t z, sigma_t^2 = beta~_t (Alg. 2).
-
-    sigma_0 = 0, so the final step (t=0) adds no noise without any branch.
-    x [B, C, H, W], t [B] int -> [B, C, H, W].
-    """
-    if noise is None:
-        noise = randn_like(x)
-    eps = eps_model(x, t)
-    return p_mean(sched, x, t, eps) + extract(sched.posterior_std, t, x.shape) * noise

@@ -15,7 +15,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError
 from .paths import make_output_dir
 from .data import DataError, build_dataset, check_data_fits_model
-from .sampling import generate
+from .sampling import Denoiser, Recorder, generate
 from .trainer import build_run, drop_labels, step_noise
 from .viz import plot_loss_curve, save_gif, save_grid
 
@@ -90,6 +90,7 @@ class Trainer:
         self.is_main = rank == 0
         self.progress = True       # progress bars (fit(progress=False) turns them off, sampling's too)
         self._tick = (time.time(), 0)   # (time, step) of the last metrics row, for img/s
+        self._denoiser = None
         self.conditional = cfg.model.num_classes is not None
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
         if self.is_main:
@@ -149,8 +150,16 @@ class Trainer:
         self.checkpoints = ckpt.prune_checkpoints(self.checkpoints, self.cfg.train.keep_last)
         return path
 
-    def sample(self, num, frames=False, seed=0):
-        """Sample ``num`` images with the EMA weights (if any): [num, C, H, W] (and the first batch's frames).
+    @property
+    def denoiser(self):
+        """The model as the samplers see it (built once, so its compiled graph is reused by every grid)."""
+        if self._denoiser is None:
+            self._denoiser = Denoiser(self.run.model, self.run.sched, null_class=self.cfg.model.num_classes,
+                                      jit=self.cfg.train.jit)
+        return self._denoiser
+
+    def sample(self, num, seed=0, callback=None):
+        """Sample ``num`` images [num, C, H, W] with the EMA weights (if any); ``callback`` sees every step.
 
         A class-conditional model draws labels 0, 1, ... in turn with guidance ``train.guidance``.
         """
@@ -159,9 +168,8 @@ class Trainer:
         self.run.model.set_train(False)
         try:
             with self.run.ema.swapped() if self.run.ema else nullcontext():
-                return generate(self.run.model, self.run.sched, (m.channels, size, size), num, seed=seed,
-                                sampler=t_cfg.sample_sampler, steps=t_cfg.sample_steps, labels=labels,
-                                guidance=t_cfg.guidance, null_class=m.num_classes, frames=frames, jit=t_cfg.jit,
+                return generate(self.denoiser, (m.channels, size, size), num, seed=seed, sampler=t_cfg.sample_sampler,
+                                steps=t_cfg.sample_steps, labels=labels, guidance=t_cfg.guidance, callback=callback,
                                 progress=self.progress)
         finally:
             self.run.model.set_train(True)
@@ -224,11 +232,13 @@ class Trainer:
             plot_loss_curve(self.metrics_path, os.path.join(self.out, "loss_curve.png"))
         if interrupted is None:
             t_cfg = self.cfg.train
-            final, frames = self.sample(t_cfg.sample_num, frames=True, seed=12345)
+            recorder = Recorder(("x",))
+            final = self.sample(t_cfg.sample_num, seed=12345, callback=recorder)
             save_grid(final, os.path.join(self.out, "samples_final.png"), nrow=self.grid_columns,
                       title=f"step {self.step}")
             np.save(os.path.join(self.out, "samples_final.npy"), final)
             if t_cfg.gif:
+                frames = recorder.stack("x")
                 save_gif(frames, os.path.join(self.out, "denoising.gif"), index=0, every=max(1, len(frames) // 100))
         return path
 

@@ -1,207 +1,258 @@
-"""Reverse-process samplers as plain functions with one signature (k-diffusion style).
+"""Reverse-process samplers: plain functions with one signature (k-diffusion style) around one compiled network.
 
-    sampler(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=..., return_all=False,
-            progress=True, jit=True, clip_denoised=True, cond=()) -> ndarray
+    x_0 = sampler(denoise, x, timesteps, alphas_cumprod, rng, callback=None, **options)
 
-``eps_model(x [B,C,H,W], t [B] int32, *cond) -> eps``; ``cond`` (default ``()``) holds extra Tensors
-such as the labels and guidance weight of :func:`guided_eps`. One compiled step (``t``, the per-step
-coefficients and ``cond`` as Tensor inputs) serves every step; it is kept on ``eps_model``, so later
-calls and batches of the same shape reuse the compiled graph instead of compiling again. Noise comes from a
-seeded numpy Generator on the host, so the same seed gives the same images in
-GRAPH and PYNATIVE modes. Each returns x_0 [B,C,H,W] float32, or with
-``return_all`` every step's output stacked as [S, B, C, H, W] (last = x_0).
+- ``denoise(x_t, t) -> (x0, eps)``: the network's prediction of x_0 and of the noise at timestep ``t`` (an int)
+  for x_t [B,C,H,W] float32 ndarray; a :class:`Denoiser`, or one with its labels bound (:meth:`Denoiser.bind`).
+- ``x``: x_T, the starting noise [B,C,H,W] float32 ndarray.
+- ``timesteps``: the timesteps visited, descending and ending at 0, one network call each (:func:`timesteps`).
+- ``alphas_cumprod``: alpha_bar_t [T] float64, the schedule's.
+- ``rng``: a numpy Generator; samplers that add noise draw one z [B,C,H,W] per step.
+- ``callback(info)``: called after each step with ``info`` = {i, t, x_t, x0, eps, x} (``x`` is the step's output).
 
-``clip_denoised`` (improved-diffusion's default) clips each step's predicted x_0 to [-1, 1]; without
-it (the tutorial's eq. 11 update) an imperfect model's chain can drift far outside the data range.
+A sampler is this function plus one entry in :data:`SAMPLERS`, which the config, every script and
+``scripts/compare_samplers.py`` read. The update maths runs on the host in numpy; the network, the x_0/eps
+conversion and the clipping run in one compiled graph held by the :class:`Denoiser` (one per input shape,
+reused across steps, batches and calls).
 """
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional, Tuple
+
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 from tqdm.auto import tqdm
 
-from .diffusion import clipped_start_and_noise, p_mean, p_mean_clipped, predict_start_from_noise
-from .schedule import extract, timestep_tensor
+from .diffusion import predict_noise_from_start, predict_start_from_noise
 
 
-def _once(obj, key, make):
-    """``make()``, built once per (obj, key) and kept on ``obj`` (a model or eps function).
+class Denoiser:
+    """A noise-prediction network as the samplers see it: ``denoiser(x_t, t) -> (x0, eps)``, numpy in and out.
 
-    Objects that cannot hold attributes get a fresh ``make()`` on every call.
+    ``model(x [B,C,H,W], t [B] int32[, y [B] int32]) -> eps`` with the schedule ``sched``. x_0 comes from eq. 4
+    inverted; with ``clip_denoised`` (improved-diffusion's default) it is clipped to [-1, 1] and eps re-derived
+    from it, which keeps an imperfect model's chain in the data range. A class-conditional model (``null_class``
+    = its "no label" index) is called as ``denoiser(x_t, t, labels, guidance)``: classifier-free guidance
+    eps_u + w (eps_c - eps_u) (Ho & Salimans 2022) from one batched call; w=0 is unconditional, w=1 conditional.
+
+    The caller holds the Denoiser: it compiles one graph per input shape on first use (``jit``) and reuses it.
+    The graph reads the model's Parameters, so weights assigned in place (training, the EMA swap, checkpoint
+    loading) are seen without compiling again.
     """
-    if not hasattr(obj, "__dict__"):
-        return make()
-    cache = vars(obj).setdefault("_ddpm_ms_sampling_cache", {})
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
+
+    def __init__(self, model, sched, clip_denoised=True, null_class=None, jit=True):
+        self.model, self.sched, self.clip_denoised, self.null_class = model, sched, clip_denoised, null_class
+
+        def eps_model(x, t, *cond):
+            if not cond:
+                return model(x, t)
+            y, w = cond
+            y_both = ops.concat((y, ops.full_like(y, null_class)))
+            eps_c, eps_u = ops.chunk(model(ops.concat((x, x)), ops.concat((t, t)), y_both), 2, 0)
+            return eps_u + w * (eps_c - eps_u)
+
+        def predict(x_t, t, *cond):
+            eps = eps_model(x_t, t, *cond)
+            x0 = predict_start_from_noise(sched, x_t, t, eps)
+            if clip_denoised:   # a Python constant: resolved when the graph is built
+                x0 = ops.clamp(x0, -1.0, 1.0)
+                eps = predict_noise_from_start(sched, x_t, t, x0)
+            return x0, eps
+
+        self._predict = ms.jit(predict) if jit else predict
+
+    @property
+    def num_timesteps(self):
+        """T of the schedule."""
+        return self.sched.num_timesteps
+
+    def __call__(self, x_t, t, labels=None, guidance=1.0):
+        """x_t [B,C,H,W] float32, t an int or [B] ints (labels [B] and guidance w if conditional) -> (x0, eps)."""
+        x_t = np.asarray(x_t, np.float32)
+        t = np.broadcast_to(np.asarray(t, np.int32), (len(x_t),))
+        args = (Tensor(x_t), Tensor(np.ascontiguousarray(t)))
+        if labels is not None:
+            if self.null_class is None:
+                raise ValueError("labels need a class-conditional Denoiser (null_class)")
+            args += (Tensor(np.asarray(labels, np.int32)), Tensor(np.float32(guidance)))
+        x0, eps = self._predict(*args)
+        return x0.asnumpy(), eps.asnumpy()
+
+    def bind(self, labels=None, guidance=1.0):
+        """``denoise(x_t, t)`` with the labels [B] and guidance w fixed (itself when ``labels`` is None)."""
+        return self if labels is None else partial(self, labels=labels, guidance=guidance)
 
 
-def compile_step(build, eps_model, sched, clip_denoised, jit=True):
-    """The step ``build(eps_model, sched, clip_denoised)``, compiled with ms.jit when ``jit``.
+# ----------------------------------------------------------------------------------------------- timesteps
 
-    The one place samplers choose compiled or eager. A compiled step is cached on ``eps_model`` per
-    (builder, schedule, clip), so later calls and batches reuse it and MindSpore compiles each input
-    shape once. The graph reads the model's Parameters, so it sees new weights that are assigned in
-    place (training, the EMA swap, checkpoint loading: see :mod:`ddpm_ms.params`). The step holds
-    ``sched``, so its id stays unique while cached.
+SPACINGS = ("uniform", "logsnr")
+
+
+def timesteps(alphas_cumprod, steps, spacing="uniform"):
+    """The ``steps`` timesteps a sampler visits: int64 [steps], descending from T-1 to 0.
+
+    "uniform": evenly spaced in t (DDIM's choice). "logsnr": evenly spaced in the half log-SNR
+    lambda_t = log(alpha_t / sigma_t) = log(alpha_bar_t / (1 - alpha_bar_t)) / 2 (DPM-Solver's choice), which puts
+    more steps where the signal appears, at small t. Rounded to integers, kept strictly descending.
     """
-    if not jit:
-        return build(eps_model, sched, clip_denoised)
-    return _once(eps_model, (build.__name__, id(sched), clip_denoised),
-                 lambda: ms.jit(build(eps_model, sched, clip_denoised)))
+    ab = np.asarray(alphas_cumprod, np.float64)
+    T = len(ab)  # pylint: disable=invalid-name
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in [1, {T}], got {steps}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    if spacing == "uniform" or steps == 1:
+        ts = np.linspace(T - 1, 0, steps)
+    else:
+        lam = 0.5 * np.log(ab / (1 - ab))          # decreasing in t
+        ts = np.interp(np.linspace(lam[-1], lam[0], steps), lam[::-1], np.arange(T)[::-1])
+    ts = np.round(ts).astype(np.int64)
+    for i in range(steps - 2, -1, -1):              # strictly descending: t_i >= t_{i+1} + 1 ...
+        ts[i] = max(ts[i], ts[i + 1] + 1)
+    return np.minimum(ts, T - 1 - np.arange(steps))  # ... and t_i <= T-1-i
 
 
-def _start(shape, seed, x_T):
-    rng = np.random.default_rng(seed)
-    x = Tensor(rng.standard_normal(shape, dtype=np.float32)) if x_T is None else Tensor(x_T, ms.float32)
-    return rng, x
+def _alpha_bar_next(alphas_cumprod, ts, i):
+    """(alpha_bar at ts[i], at the next timestep); 1 after the last one (clean data)."""
+    return alphas_cumprod[ts[i]], (alphas_cumprod[ts[i + 1]] if i + 1 < len(ts) else 1.0)
 
 
-def _loop(step, x, plan, rng, shape, return_all, progress, desc, cond):
-    """Run ``step(x, *coeffs, z, *cond)`` over ``plan`` (a list of coefficient tuples), drawing z each step."""
-    frames = []
-    for coeffs in tqdm(plan, desc=desc, disable=not progress, leave=False):
-        z = Tensor(rng.standard_normal(shape, dtype=np.float32))
-        x = step(x, *coeffs, z, *cond)
-        if return_all:
-            frames.append(x.asnumpy())
-    return np.stack(frames) if return_all else x.asnumpy()
+def _noise(rng, shape):
+    return rng.standard_normal(shape, dtype=np.float32)
 
 
-def _ddpm_step(eps_model, sched, clip_denoised):
-    """x_{t-1} = mu_theta(x_t, t) + noise_scale * sigma_t z: eq. 11, or eq. 7 with the clipped x_0."""
-    mean_fn = p_mean_clipped if clip_denoised else p_mean
+# ------------------------------------------------------------------------------------------------ samplers
 
-    def ddpm_step(x_t, t, noise_scale, z, *cond):
-        mean = mean_fn(sched, x_t, t, eps_model(x_t, t, *cond))
-        return mean + noise_scale * extract(sched.posterior_std, t, x_t.shape) * z   # sigma_0 = 0
+def sample_ddpm(denoise, x, ts, alphas_cumprod, rng, callback=None, eta=1.0):
+    """Ancestral sampling: x_prev ~ q(x_prev | x_t, x0_pred), the posterior of eq. 6-7, its std scaled by eta.
 
-    return ddpm_step
-
-
-def p_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=1.0, return_all=False,
-                  progress=True, jit=True, clip_denoised=True, cond=()):
-    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2): x_{t-1} = mu_theta(x_t, t) + eta * sigma_t z.
-
-    Always runs all T steps (``steps`` must be None or T). ``eta=0`` is the
-    no-extra-noise ablation: the same means, with the noise term zeroed.
+    Over every timestep this is Ho et al. 2020, Alg. 2 with sigma_t^2 = beta~_t; over fewer it is the respaced
+    chain of Nichol & Dhariwal 2021 (beta_t = 1 - alpha_bar_t / alpha_bar_prev). eta=0 is the "no noise
+    added back" ablation.
     """
-    if steps not in (None, sched.num_timesteps):
-        raise ValueError(f"DDPM runs all {sched.num_timesteps} steps; use the DDIM sampler for {steps}")
-    rng, x = _start(shape, seed, x_T)
-    noise_scale = Tensor(np.float32(eta))
-    plan = [(timestep_tensor(i, shape[0]), noise_scale) for i in reversed(range(sched.num_timesteps))]
-    step = compile_step(_ddpm_step, eps_model, sched, clip_denoised, jit)
-    return _loop(step, x, plan, rng, shape, return_all, progress, "DDPM sampling", cond)
+    for i, t in enumerate(ts):
+        a_t, a_prev = _alpha_bar_next(alphas_cumprod, ts, i)
+        x0, eps = denoise(x, t)
+        beta = 1.0 - a_t / a_prev
+        mean = (np.sqrt(a_prev) * beta * x0 + np.sqrt(1.0 - beta) * (1.0 - a_prev) * x) / (1.0 - a_t)   # eq. 7
+        std = eta * np.sqrt(beta * (1.0 - a_prev) / (1.0 - a_t))                     # beta~_t (eq. 7); 0 at t=0
+        x_next = (mean + std * _noise(rng, x.shape)).astype(np.float32)
+        if callback is not None:
+            callback({"i": i, "t": int(t), "x_t": x, "x0": x0, "eps": eps, "x": x_next})
+        x = x_next
+    return x
 
 
-def ddim_timesteps(num_timesteps, steps):
-    """Evenly spaced sub-sequence tau of 0..T-1 with ``steps`` entries, descending, ending at 0."""
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"DDIM steps must be in [1, {num_timesteps}], got {steps}")
-    return np.unique(np.linspace(0, num_timesteps - 1, steps).round().astype(np.int64))[::-1]
+def sample_ddim(denoise, x, ts, alphas_cumprod, rng, callback=None, eta=0.0):
+    """DDIM (Song et al. 2021, eq. 12): x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev) (eq. 16).
 
-
-def ddim_coefficients(sched, steps, eta):
-    """Per DDIM step (t, alpha_bar_t, alpha_bar_prev, sigma_t), float64, following Song et al. 2021 eq. 16.
-
-    sigma_t = eta * sqrt((1 - a_prev)/(1 - a_t)) * sqrt(1 - a_t/a_prev); a_prev = 1 after the last step.
+    Deterministic at eta=0; at eta=1 over every timestep it is DDPM's ancestral step.
     """
-    taus = ddim_timesteps(sched.num_timesteps, steps)
-    ab = sched.np["alphas_cumprod"]
-    out = []
-    for k, t in enumerate(taus):
-        a_t = ab[t]
-        a_prev = ab[taus[k + 1]] if k + 1 < len(taus) else 1.0
-        sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t)) * np.sqrt(1 - a_t / a_prev)
-        out.append((int(t), a_t, a_prev, sigma))
-    return out
+    for i, t in enumerate(ts):
+        a_t, a_prev = _alpha_bar_next(alphas_cumprod, ts, i)
+        x0, eps = denoise(x, t)
+        sigma = eta * np.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+        x_next = (np.sqrt(a_prev) * x0 + np.sqrt(max(1.0 - a_prev - sigma ** 2, 0.0)) * eps
+                  + sigma * _noise(rng, x.shape)).astype(np.float32)
+        if callback is not None:
+            callback({"i": i, "t": int(t), "x_t": x, "x0": x0, "eps": eps, "x": x_next})
+        x = x_next
+    return x
 
 
-def _start_and_noise(sched, x_t, t, eps):
-    """(x_0 predicted by eq. 4, eps) unclipped."""
-    return predict_start_from_noise(sched, x_t, t, eps), eps
+def sample_dpmpp_2m(denoise, x, ts, alphas_cumprod, rng=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): the probability-flow ODE in data prediction, multistep, 2nd order.
 
-
-def _ddim_step(eps_model, sched, clip_denoised):
-    """x_prev = sqrt(a_prev) x0_pred + dir_coef eps + sigma z   (Song et al. 2021, eq. 12)."""
-    start_and_noise = clipped_start_and_noise if clip_denoised else _start_and_noise
-
-    def ddim_step(x_t, t, sqrt_a_prev, dir_coef, sigma, z, *cond):
-        x0, eps = start_and_noise(sched, x_t, t, eps_model(x_t, t, *cond))
-        return sqrt_a_prev * x0 + dir_coef * eps + sigma * z
-
-    return ddim_step
-
-
-def ddim_sample_loop(eps_model, sched, shape, seed=0, x_T=None, steps=50, eta=0.0, return_all=False,
-                     progress=True, jit=True, clip_denoised=True, cond=()):
-    """DDIM sampling (Song et al. 2021, eq. 12) over ``steps`` evenly spaced timesteps.
-
-    x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma z. Deterministic at eta=0;
-    with steps=T and eta=1 it is DDPM's ancestral step.
+    With alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), lambda = log(alpha / sigma) and h = lambda_s - lambda_t:
+      x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,  D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev,  r = h_prev / h.
+    The first step is first order (D = x0_t); the last, into clean data (sigma = 0), returns x0 (also first order).
+    Deterministic (``rng`` is unused).
     """
-    steps = 50 if steps is None else steps
-    rng, x = _start(shape, seed, x_T)
+    del rng
+    ab = np.asarray(alphas_cumprod, np.float64)
+    alpha, sigma = np.sqrt(ab), np.sqrt(1.0 - ab)
+    lam = np.log(alpha) - np.log(sigma)
+    x0_prev, h_prev = None, None
+    for i, t in enumerate(ts):
+        x0, eps = denoise(x, t)
+        if i + 1 == len(ts):
+            x_next, h = x0, None
+        else:
+            s = ts[i + 1]
+            h = lam[s] - lam[t]
+            if x0_prev is None:
+                d = x0
+            else:
+                r = h_prev / h
+                d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+            x_next = (sigma[s] / sigma[t] * x - alpha[s] * np.expm1(-h) * d).astype(np.float32)
+        if callback is not None:
+            callback({"i": i, "t": int(t), "x_t": x, "x0": x0, "eps": eps, "x": x_next})
+        x, x0_prev, h_prev = x_next, x0, h
+    return x
 
-    def scalar(v):
-        return Tensor(np.float32(v))
 
-    plan = [(timestep_tensor(t, shape[0]), scalar(np.sqrt(a_prev)),
-             scalar(np.sqrt(max(1 - a_prev - sigma ** 2, 0.0))), scalar(sigma))
-            for t, _, a_prev, sigma in ddim_coefficients(sched, steps, eta)]
-    step = compile_step(_ddim_step, eps_model, sched, clip_denoised, jit)
-    return _loop(step, x, plan, rng, shape, return_all, progress, "DDIM sampling", cond)
-
-
-def ddpm_no_noise_loop(eps_model, sched, shape, seed=0, x_T=None, steps=None, eta=0.0, return_all=False,
-                       progress=True, jit=True, clip_denoised=True, cond=()):
-    """The ablation: DDPM's means with no noise added back at any step (eta is ignored)."""
-    del eta
-    return p_sample_loop(eps_model, sched, shape, seed, x_T, steps, 0.0, return_all, progress, jit, clip_denoised,
-                         cond)
+@dataclass(frozen=True)
+class SamplerEntry:
+    """A registered sampler: its function, default network calls (None: every timestep), user options."""
+    fn: Callable
+    default_steps: Optional[int]
+    options: Tuple[str, ...]
+    summary: str
 
 
-SAMPLERS = {"ddpm": p_sample_loop, "ddim": ddim_sample_loop, "ddpm-no-noise": ddpm_no_noise_loop}
+SAMPLERS = {
+    "ddpm": SamplerEntry(sample_ddpm, None, (), "DDPM ancestral sampling (Ho et al. 2020, Alg. 2)"),
+    "ddpm-no-noise": SamplerEntry(partial(sample_ddpm, eta=0.0), None, (),
+                                  "the ablation: DDPM's means with no noise added back"),
+    "ddim": SamplerEntry(sample_ddim, 50, ("eta",), "DDIM (Song et al. 2021); eta 0 deterministic, 1 DDPM-like"),
+    "dpm++2m": SamplerEntry(sample_dpmpp_2m, 20, (),
+                            "DPM-Solver++(2M) (Lu et al. 2022): deterministic, second order, multistep"),
+}
 
 
-def guided_eps(model, null_class):
-    """The classifier-free-guidance eps function of a class-conditional ``model``, made once per model.
+def sampler_entry(name):
+    """The SAMPLERS entry of ``name``; ValueError naming the choices."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
 
-    eps(x [B,C,H,W], t [B], y [B] int32, w [] float32) -> eps_u + w (eps_c - eps_u) (Ho & Salimans 2022),
-    both from one batched call of ``model``; w=0 is unconditional (label ``null_class``), w=1 conditional.
-    Call it as ``eps(x, t, *guidance_cond(y, w))``, or pass ``cond=guidance_cond(y, w)`` to a sampler.
-    A plain function, not a Cell: a Cell holding ``model`` would rename its parameters ("model.<name>").
+
+def default_steps(name, num_timesteps):
+    """The network calls ``name`` makes when no steps are given."""
+    return sampler_entry(name).default_steps or num_timesteps
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+class Recorder:
+    """A sampler callback that keeps some fields of every step of one batch: ``stack("x")`` -> [S, B, C, H, W].
+
+    ``t`` lists the timesteps. Pass it as ``callback`` to :func:`generate` (batch 0 by default) or to a sampler.
     """
-    def eps(x, t, y, w):
-        y_both = ops.concat((y, ops.full_like(y, null_class)))
-        eps_c, eps_u = ops.chunk(model(ops.concat((x, x)), ops.concat((t, t)), y_both), 2, 0)
-        return eps_u + w * (eps_c - eps_u)
 
-    return _once(model, ("cfg", null_class), lambda: eps)
+    def __init__(self, keys=("x",), batch=0):
+        self.keys, self.batch = keys, batch
+        self.t, self.values = [], {k: [] for k in keys}
 
+    def __call__(self, info):
+        if info.get("batch", 0) != self.batch:
+            return
+        self.t.append(info["t"])
+        for k in self.keys:
+            self.values[k].append(info[k])
 
-def guidance_cond(y, guidance):
-    """The ``cond`` Tensors of :func:`guided_eps`: labels y [B] -> (y int32 [B], w float32 [])."""
-    return Tensor(np.asarray(y, np.int32)), Tensor(np.float32(guidance))
-
-
-def sample(eps_model, sched, image_size, batch_size=16, channels=3, seed=0, sampler="ddpm", steps=None, eta=None,
-           return_all=False, progress=True, jit=True, clip_denoised=True):
-    """Sample ``batch_size`` square images [B, channels, S, S] in about [-1, 1] with a named sampler.
-
-    With ``return_all`` returns every step instead: [S, B, channels, S, S].
-    """
-    out = generate(eps_model, sched, (channels, image_size, image_size), batch_size, seed=seed,
-                   batch_size=batch_size, sampler=sampler, steps=steps, eta=eta, frames=return_all,
-                   progress=progress, jit=jit, clip_denoised=clip_denoised)
-    return out[1] if return_all else out
+    def stack(self, key="x"):
+        """One field over the steps: [S, B, C, H, W]."""
+        return np.stack(self.values[key])
 
 
 def batch_plan(num, batch_size):
     """(count, size): ``num`` images in ``count`` batches of one ``size`` <= ``batch_size``.
 
-    One shape for every batch means one compiled step; the last batch is padded (extra images dropped).
+    One shape for every batch means one compiled graph; the last batch is padded (extra images dropped).
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"need num >= 1 and batch_size >= 1, got {num} and {batch_size}")
@@ -209,30 +260,47 @@ def batch_plan(num, batch_size):
     return count, -(-num // count)
 
 
-def generate(model, sched, image_shape, num, seed=0, batch_size=64, sampler="ddpm", steps=None, eta=None,
-             labels=None, guidance=1.0, null_class=None, frames=False, progress=True, jit=True, clip_denoised=True):
-    """Sample ``num`` images [num, C, H, W] in equal batches (:func:`batch_plan`); batch i uses seed + i.
+def generate(denoiser, image_shape, num, seed=0, batch_size=64, sampler="ddpm", steps=None, spacing="uniform",
+             labels=None, guidance=1.0, callback=None, progress=True, **options):
+    """Sample ``num`` images [num, C, H, W] float32 with a :class:`Denoiser` in equal batches (:func:`batch_plan`).
 
-    ``labels`` [num] int with ``guidance`` w and ``null_class`` samples a class-conditional model with
-    classifier-free guidance. With ``frames`` also returns the first batch's steps [S, B, C, H, W].
+    Batch i draws x_T and its noise from ``seed + i``. ``steps`` (default: the sampler's) network calls at
+    ``spacing`` timesteps; ``options`` are the sampler's (e.g. ``eta`` for ddim). ``labels`` [num] int with
+    ``guidance`` w sample a class-conditional model. ``callback(info)`` sees every step, with ``info["batch"]``.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-    kwargs = {} if eta is None else {"eta": eta}
-    eps_model = model if labels is None else guided_eps(model, null_class)
+    entry = sampler_entry(sampler)
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r} (it takes: {list(entry.options)})")
+    ab = denoiser.sched.np["alphas_cumprod"]
+    ts = timesteps(ab, steps or default_steps(sampler, len(ab)), spacing)
     count, size = batch_plan(num, batch_size)
     if labels is not None:
         if len(labels) < num:
             raise ValueError(f"need a label for each of the {num} images, got {len(labels)}")
         labels = np.resize(np.asarray(labels)[:num], count * size)    # the padding repeats the first labels
-    chunks, first_frames = [], None
+    bar = tqdm(total=count * len(ts), desc=f"sampling ({sampler}, {len(ts)} steps)", disable=not progress,
+               leave=False, unit="step")
+    chunks = []
     for i in range(count):
-        cond = () if labels is None else guidance_cond(labels[i * size:(i + 1) * size], guidance)
-        want = frames and i == 0
-        x = SAMPLERS[sampler](eps_model, sched, (size, *image_shape), seed=seed + i, steps=steps, return_all=want,
-                              progress=progress, jit=jit, clip_denoised=clip_denoised, cond=cond, **kwargs)
-        if want:
-            first_frames, x = x, x[-1]
-        chunks.append(x)
-    images = np.concatenate(chunks)[:num]
-    return (images, first_frames) if frames else images
+        def on_step(info, batch=i):
+            bar.update(1)
+            if callback is not None:
+                callback(dict(info, batch=batch))
+
+        rng = np.random.default_rng(seed + i)
+        x_T = _noise(rng, (size, *image_shape))
+        denoise = denoiser.bind(None if labels is None else labels[i * size:(i + 1) * size], guidance)
+        chunks.append(entry.fn(denoise, x_T, ts, ab, rng, callback=on_step, **options))
+    bar.close()
+    return np.concatenate(chunks)[:num]
+
+
+def sample(model, sched, image_size, batch_size=16, channels=3, seed=0, sampler="ddpm", steps=None,
+           clip_denoised=True, progress=True, **options):
+    """Notebook shortcut: ``batch_size`` square images [B, channels, S, S] from an unconditional ``model``.
+
+    Builds a :class:`Denoiser` (one compile) per call; hold one and call :func:`generate` to reuse it.
+    """
+    return generate(Denoiser(model, sched, clip_denoised), (channels, image_size, image_size), batch_size, seed=seed,
+                    batch_size=batch_size, sampler=sampler, steps=steps, progress=progress, **options)

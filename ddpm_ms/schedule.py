@@ -125,8 +125,3 @@ def extract(a, t, shape):
     """
     out = a.gather(t, 0)
     return out.reshape((t.shape[0],) + (1,) * (len(shape) - 1))
-
-
-def timestep_tensor(t, batch_size):
-    """A [B] int32 Tensor filled with the integer timestep t."""
-    return Tensor(np.full((batch_size,), t, dtype=np.int32), ms.int32)

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 # pylint: disable=wrong-import-position,import-outside-toplevel
 from ddpm_ms.cli import (ArgumentParser, add_sampler_args, check_sampler_args, non_negative_float,  # noqa: E402
-                         positive_int, run_main, sampler_settings)
+                         positive_int, run_main, sampler_options, sampler_settings)
 
 
 def calibration(evaluator, root):
@@ -87,15 +87,15 @@ def main():
                 parser.error(str(e))
     else:
         from ddpm_ms.checkpoint import load_model
-        from ddpm_ms.sampling import generate
+        from ddpm_ms.sampling import Denoiser, generate
         model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
         check_sampler_args(parser, args, sched.num_timesteps)
         k = cfg.model.num_classes
         labels = None if k is None else np.arange(NUM_EVAL) % k
-        images = generate(model, sched, (cfg.model.channels, cfg.data.image_size, cfg.data.image_size), NUM_EVAL,
-                          seed=args.seed, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
-                          eta=args.eta, labels=labels, guidance=args.guidance, null_class=k,
-                          clip_denoised=not args.no_clip)
+        denoiser = Denoiser(model, sched, clip_denoised=not args.no_clip, null_class=k)
+        images = generate(denoiser, (cfg.model.channels, cfg.data.image_size, cfg.data.image_size), NUM_EVAL,
+                          seed=args.seed, batch_size=args.batch_size, labels=labels, guidance=args.guidance,
+                          **sampler_options(args))
     try:
         result = evaluator.evaluate(images, labels=labels)
     except ValueError as e:

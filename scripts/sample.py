@@ -5,6 +5,7 @@ Writes samples.png (a grid) and samples.npy ([N, C, H, W] float32 in [-1, 1]) in
 denoising.gif; --forward-figure adds the tutorial's forward-diffusion figure. A class-conditional
 checkpoint takes --class NAME|INDEX and --guidance W, or --per-class for a labelled 10-row grid.
 --ablation adds ablation.png: DDPM and DDPM with no noise added back, from the same starting noise.
+--explain adds three figures of the reverse process: explain_steps.png, explain_std.png, explain_loss.png.
 EMA weights are used when the checkpoint has them (--no-ema for the raw weights).
 """
 import os
@@ -15,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 # pylint: disable=wrong-import-position,import-outside-toplevel
 from ddpm_ms.cli import (ArgumentParser, add_sampler_args, check_sampler_args, non_negative_float,  # noqa: E402
-                         positive_int, run_main)
+                         positive_int, run_main, sampler_options)
 
 
 def parse_class(text, num_classes, class_names):
@@ -26,6 +27,47 @@ def parse_class(text, num_classes, class_names):
     if text.lower() in lowered:
         return lowered.index(text.lower())
     raise ValueError(f"--class {text!r} is not a class index 0..{num_classes - 1} or one of: {', '.join(class_names)}")
+
+
+def choose_labels(parser, args, num_classes):
+    """(labels [N] or None, row names or None) for the class flags; one-line errors for bad ones."""
+    import numpy as np
+    from ddpm_ms.data import FASHION_CLASSES
+    k = num_classes
+    if (args.cls is not None or args.per_class) and k is None:
+        parser.error("--class/--per-class need a class-conditional checkpoint (model.num_classes)")
+    names = list(FASHION_CLASSES) if k == len(FASHION_CLASSES) else [str(i) for i in range(k or 0)]
+    if args.per_class:
+        return np.repeat(np.arange(k), max(1, args.num // k)), names
+    if args.cls is not None:
+        try:
+            return np.full(args.num, parse_class(args.cls, k, names)), None
+        except ValueError as e:
+            parser.error(str(e))
+    return (None if k is None else np.arange(args.num) % k), None
+
+
+def write_ablation(denoiser, shape, labels, args, out):
+    """ablation.png: 8 DDPM samples above the same 8 starting noises with no noise added back."""
+    import numpy as np
+    from ddpm_ms.sampling import generate
+    from ddpm_ms.viz import save_grid
+    n = min(8, args.num)
+    rows = [generate(denoiser, shape, n, seed=args.seed, batch_size=n, sampler=name, guidance=args.guidance,
+                     labels=None if labels is None else labels[:n]) for name in ("ddpm", "ddpm-no-noise")]
+    save_grid(np.concatenate(rows), os.path.join(out, "ablation.png"), nrow=n,
+              row_labels=["DDPM", "no noise added"], title="same starting noise x_T")
+
+
+def write_explain(model, sched, cfg, shape, labels, args, out):
+    """explain_steps.png, explain_std.png, explain_loss.png: the reverse process for learners."""
+    from ddpm_ms.cli import sampler_options
+    from ddpm_ms.data import build_dataset
+    from ddpm_ms.explain import write_figures
+    held = next(build_dataset(cfg.data, 64).create_tuple_iterator(num_epochs=1, output_numpy=True))[0]
+    write_figures(model, sched, shape, held, out, cfg.diffusion.loss_type, seed=args.seed,
+                  null_class=cfg.model.num_classes, labels=labels, guidance=args.guidance,
+                  clip_denoised=not args.no_clip, **sampler_options(args))
 
 
 def main():
@@ -48,57 +90,43 @@ def main():
                         help="also write forward_diffusion.png (one training image at t=0,50,100,150,199)")
     parser.add_argument("--ablation", action="store_true",
                         help="also write ablation.png: 8 DDPM samples above the same 8 with no noise added back")
+    parser.add_argument("--explain", action="store_true",
+                        help="also write explain_steps.png (x_t, predicted noise, predicted x_0 at a few steps), "
+                             "explain_std.png (std of x_t along the chain, clipped or not) and explain_loss.png "
+                             "(the loss by timestep on a batch of training images)")
     args = parser.parse_args()
     check_sampler_args(parser, args)
 
     import numpy as np
     from ddpm_ms.checkpoint import load_model
-    from ddpm_ms.data import FASHION_CLASSES
     from ddpm_ms.paths import make_output_dir
-    from ddpm_ms.sampling import batch_plan, generate
+    from ddpm_ms.sampling import Denoiser, Recorder, batch_plan, generate
     from ddpm_ms.viz import save_gif, save_grid
 
     model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
     check_sampler_args(parser, args, sched.num_timesteps)
     k = cfg.model.num_classes
-    if (args.cls is not None or args.per_class) and k is None:
-        parser.error("--class/--per-class need a class-conditional checkpoint (model.num_classes)")
-    names = list(FASHION_CLASSES) if k == len(FASHION_CLASSES) else [str(i) for i in range(k or 0)]
-    labels, rows = None, None
-    if args.per_class:
-        per_row = max(1, args.num // k)
-        labels, rows = np.repeat(np.arange(k), per_row), names
-    elif args.cls is not None:
-        try:
-            labels = np.full(args.num, parse_class(args.cls, k, names))
-        except ValueError as e:
-            parser.error(str(e))
-    elif k is not None:
-        labels = np.arange(args.num) % k
+    labels, rows = choose_labels(parser, args, k)
     num = args.num if labels is None else len(labels)
-    first_batch = batch_plan(num, args.batch_size)[1]
-    if not 0 <= args.gif_index < first_batch:
-        parser.error(f"--gif-index must be in [0, {first_batch}) (the first batch)")
+    if not 0 <= args.gif_index < batch_plan(num, args.batch_size)[1]:
+        parser.error(f"--gif-index must be in [0, {batch_plan(num, args.batch_size)[1]}) (the first batch)")
+    out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples"), "--out")
 
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples")
-    make_output_dir(out, "--out")
-    c, size = cfg.model.channels, cfg.data.image_size
-    result = generate(model, sched, (c, size, size), num, seed=args.seed, batch_size=args.batch_size,
-                      sampler=args.sampler, steps=args.steps, eta=args.eta, labels=labels, guidance=args.guidance,
-                      null_class=k, frames=args.gif, clip_denoised=not args.no_clip)
-    samples, frames = result if args.gif else (result, None)
+    shape = (cfg.model.channels, cfg.data.image_size, cfg.data.image_size)
+    denoiser = Denoiser(model, sched, clip_denoised=not args.no_clip, null_class=k)
+    recorder = Recorder(("x",)) if args.gif else None
+    samples = generate(denoiser, shape, num, seed=args.seed, batch_size=args.batch_size, labels=labels,
+                       guidance=args.guidance, callback=recorder, **sampler_options(args))
     np.save(os.path.join(out, "samples.npy"), samples.astype(np.float32))
     nrow = len(samples) // k if rows else int(np.ceil(np.sqrt(len(samples))))
     save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, row_labels=rows)
-    if frames is not None:
+    if recorder is not None:
+        frames = recorder.stack("x")
         save_gif(frames, os.path.join(out, "denoising.gif"), index=args.gif_index, every=max(1, len(frames) // 100))
     if args.ablation:
-        n = min(8, num)
-        rows = [generate(model, sched, (c, size, size), n, seed=args.seed, batch_size=n, sampler=name,
-                         labels=None if labels is None else labels[:n], guidance=args.guidance, null_class=k,
-                         clip_denoised=not args.no_clip) for name in ("ddpm", "ddpm-no-noise")]
-        save_grid(np.concatenate(rows), os.path.join(out, "ablation.png"), nrow=n,
-                  row_labels=["DDPM", "no noise added"], title="same starting noise x_T")
+        write_ablation(denoiser, shape, labels, args, out)
+    if args.explain:
+        write_explain(model, sched, cfg, shape, labels, args, out)
     if args.forward_figure:
         from ddpm_ms.data import load_fashion_arrays, resolve_fashion_dir
         from ddpm_ms.viz import forward_diffusion_figure

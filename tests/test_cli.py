@@ -44,11 +44,13 @@ def trained(tmp_path_factory):
 
 def test_sample_script_writes_grid_npy_gif(trained, tmp_path):
     proc = _run("sample.py", "--ckpt", str(trained / "ckpt_step00000003.ckpt"), "--num", "5", "--batch-size", "3",
-                "--out", str(tmp_path), "--gif", "--forward-figure", "--ablation", "--seed", "1")
+                "--out", str(tmp_path), "--gif", "--forward-figure", "--ablation", "--explain", "--seed", "1",
+                "--sampler", "dpm++2m", "--steps", "6", "--spacing", "logsnr")
     assert proc.returncode == 0, proc.stderr[-3000:]
     samples = np.load(tmp_path / "samples.npy")
     assert samples.shape == (5, 1, 28, 28) and samples.dtype == np.float32 and np.isfinite(samples).all()
-    for name in ("samples.png", "denoising.gif", "forward_diffusion.png", "ablation.png"):
+    for name in ("samples.png", "denoising.gif", "forward_diffusion.png", "ablation.png", "explain_steps.png",
+                 "explain_std.png", "explain_loss.png"):
         assert os.path.getsize(tmp_path / name) > 0
 
 
@@ -76,7 +78,9 @@ def test_sampler_flags_are_checked_the_same_everywhere(trained):
         _one_line_error(_run(script, "--ckpt", ckpt, "--sampler", "ddim", "--steps", "1000"),
                         "--steps 1000 exceeds the checkpoint's 10 diffusion timesteps")
         _one_line_error(_run(script, "--ckpt", ckpt, "--sampler", "ddim", "--eta", "5"), "[0, 1]")
-        _one_line_error(_run(script, "--ckpt", ckpt, "--eta", "0"), "--steps and --eta apply to --sampler ddim")
+        _one_line_error(_run(script, "--ckpt", ckpt, "--eta", "0"), "--eta applies to --sampler ddim, not ddpm")
+        _one_line_error(_run(script, "--ckpt", ckpt, "--sampler", "dpm++2m", "--eta", "0.5"),
+                        "--eta applies to --sampler ddim, not dpm++2m")
 
 
 def test_second_run_into_a_used_folder(trained, tmp_path):
@@ -140,7 +144,7 @@ def test_ddim_sampler_and_no_ema(trained, tmp_path):
     ema, raw = np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy")
     assert ema.shape == raw.shape == (4, 1, 28, 28)
     assert np.abs(ema - raw).max() > 1e-4        # EMA weights differ from the raw ones after 3 steps
-    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--steps", "5"), "--steps and --eta apply to --sampler ddim")
+    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--sampler", "ddpm", "--eta", "1"), "--eta applies to")
     _one_line_error(_run("sample.py", "--ckpt", ckpt, "--class", "Bag"), "class-conditional")
 
 

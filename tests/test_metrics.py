@@ -126,7 +126,7 @@ def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
     from ddpm_ms.checkpoint import load_model
     from ddpm_ms.config import load_config
     from ddpm_ms.loop import Trainer
-    from ddpm_ms.sampling import generate
+    from ddpm_ms.sampling import Denoiser, generate
     ev, root = evaluator
     held = real_images(root, metrics.HELDOUT_RANGE)[0]
     np.save(tmp_path / "held.npy", held)
@@ -139,10 +139,42 @@ def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
                              "train.sample_num=2"])
     path = Trainer(cfg).fit(progress=False)["checkpoint"]
     scored = _evaluate_script("--ckpt", path, "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--seed", "3")
-    assert {k: scored[k] for k in ("sampler", "steps", "eta", "guidance", "ema", "clip_denoised", "seed")} == {
-        "sampler": "ddim", "steps": 4, "eta": 0.5, "guidance": None, "ema": True, "clip_denoised": True, "seed": 3}
+    assert {k: scored[k] for k in ("sampler", "steps", "spacing", "eta", "guidance", "ema", "clip_denoised",
+                                   "seed")} == {"sampler": "ddim", "steps": 4, "spacing": "uniform", "eta": 0.5,
+                                                "guidance": None, "ema": True, "clip_denoised": True, "seed": 3}
     model, sched, _, _ = load_model(path)
-    same = generate(model, sched, (1, 28, 28), metrics.NUM_EVAL, seed=3, batch_size=250, sampler="ddim", steps=4,
-                    eta=0.5, progress=False)
+    same = generate(Denoiser(model, sched), (1, 28, 28), metrics.NUM_EVAL, seed=3, batch_size=250, sampler="ddim",
+                    steps=4, eta=0.5, progress=False)
     assert scored["fd"] == pytest.approx(ev.evaluate(same)["fd"], rel=1e-3)
     assert scored["fd"] > 10 * ev.evaluate(held)["fd"]      # two steps of training are far from real images
+
+
+def test_compare_samplers_script(evaluator, tmp_path):
+    """One table of sampler x steps; its FD for a run equals evaluate.py's for the same sampler and seed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from ddpm_ms.config import load_config
+    from ddpm_ms.loop import Trainer
+    root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root_dir, "configs", "tiny.yaml"),
+                      [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.gif=false",
+                       "train.sample_num=2"])
+    path = Trainer(cfg).fit(progress=False)["checkpoint"]
+    proc = subprocess.run([sys.executable, os.path.join(root_dir, "scripts", "compare_samplers.py"), "--ckpt", path,
+                           "--runs", "ddim:3:eta=0.5", "dpm++2m:4:spacing=logsnr", "--out", str(tmp_path / "cmp")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "cmp" / "compare_samplers.json").read_text())["rows"]
+    assert [r["run"] for r in rows] == [{"sampler": "ddim", "steps": 3, "spacing": "uniform", "eta": 0.5},
+                                        {"sampler": "dpm++2m", "steps": 4, "spacing": "logsnr"}]
+    assert all(r["cached_s"] > 0 and r["first_s"] > 0 and sum(r["class_histogram"]) == 1000 for r in rows)
+    table = (tmp_path / "cmp" / "compare_samplers.md").read_text()
+    assert "| ddim-3 eta=0.5 | 3 |" in table and "| dpm++2m-4 logsnr | 4 |" in table
+    assert (tmp_path / "cmp" / "quality_vs_calls.png").stat().st_size > 1000
+    same = _evaluate_script("--ckpt", path, "--sampler", "ddim", "--steps", "3", "--eta", "0.5")
+    assert rows[0]["fd"] == pytest.approx(same["fd"], rel=1e-6)
+    bad = subprocess.run([sys.executable, os.path.join(root_dir, "scripts", "compare_samplers.py"), "--ckpt", path,
+                          "--runs", "dpm++2m:4:eta=1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "cannot read 'eta=1'" in bad.stderr and "Traceback" not in bad.stderr

@@ -9,6 +9,7 @@ import mindspore as ms
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import load_config
 from ddpm_ms.loop import Trainer, epoch_dataset
+from ddpm_ms.sampling import Recorder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -69,9 +70,8 @@ def test_preview_grids_leave_training_untouched(straight, tmp_path, monkeypatch)
     # the epoch-end grid swaps the EMA weights in and out; the compiled train step must go on from the raw ones
     shown, shown_dir = straight
 
-    def no_preview(self, num, frames=False, seed=0):
-        blank = np.zeros((num, 1, 28, 28), np.float32)
-        return (blank, blank[None]) if frames else blank
+    def no_preview(self, num, seed=0, callback=None):
+        return np.zeros((num, 1, 28, 28), np.float32)
 
     monkeypatch.setattr(Trainer, "sample", no_preview)
     hidden = Trainer(_cfg(tmp_path, "train.max_steps=10"))
@@ -136,11 +136,13 @@ def test_signal_saves_and_stops(data_dir, tmp_path):
 
 def test_preview_grids_follow_sample_sampler(data_dir, tmp_path):
     tr = Trainer(_cfg(tmp_path, "train.sample_sampler=ddim", "train.sample_steps=3"))
-    images, frames = tr.sample(2, frames=True)
-    assert images.shape == (2, 1, 28, 28) and len(frames) == 3     # one frame per DDIM step
+    rec = Recorder()
+    images = tr.sample(2, callback=rec)
+    assert images.shape == (2, 1, 28, 28) and len(rec.t) == 3     # one frame per DDIM step
     tr = Trainer(_cfg(tmp_path / "ddpm"))
-    _, frames = tr.sample(2, frames=True)
-    assert len(frames) == tr.run.sched.num_timesteps
+    rec = Recorder()
+    tr.sample(2, callback=rec)
+    assert rec.t == list(range(tr.run.sched.num_timesteps - 1, -1, -1))
 
 
 def test_resume_trims_replayed_metrics_and_clears_stale_temporaries(data_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""DDIM, the no-noise ablation, classifier-free guidance, label dropout and EMA, against their closed forms."""
+"""Samplers against their closed forms: DDPM, DDIM, DPM-Solver++(2M), the no-noise ablation, timestep spacing,
+classifier-free guidance, the Denoiser's compiled graph; label dropout and EMA."""
 import numpy as np
 import pytest
 import mindspore as ms
@@ -7,8 +8,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from ddpm_ms import NoiseSchedule, Unet
 from ddpm_ms.checkpoint import load_model_weights
 from ddpm_ms.ema import EMA
-from ddpm_ms.sampling import (batch_plan, ddim_coefficients, ddim_sample_loop, ddim_timesteps, ddpm_no_noise_loop,
-                              generate, guidance_cond, guided_eps, p_sample_loop)
+from ddpm_ms.sampling import (SAMPLERS, Denoiser, Recorder, batch_plan, generate, sample_ddim, sample_ddpm,
+                              sample_dpmpp_2m, timesteps)
 from ddpm_ms.trainer import drop_labels
 
 SHAPE = (3, 1, 8, 8)
@@ -22,29 +23,57 @@ def _const_eps(x, t):
     return x * 0.3 + 0.1          # a fixed, input-dependent "network"
 
 
-def test_ddim_timesteps():
-    assert list(ddim_timesteps(200, 5)) == [199, 149, 100, 50, 0]
-    assert list(ddim_timesteps(10, 10)) == list(range(9, -1, -1))
-    with pytest.raises(ValueError):
-        ddim_timesteps(10, 11)
+def _run(fn, sched, ts, seed=0, clip=False, x=None, **options):
+    """A sampler over ``ts`` with the _const_eps network; returns (x_0, every step's output [S, ...])."""
+    rec = Recorder(("x",))
+    out = fn(Denoiser(_const_eps, sched, clip_denoised=clip, jit=False), _x_T(5) if x is None else x, ts,
+             sched.np["alphas_cumprod"], np.random.default_rng(seed), callback=rec, **options)
+    return out, rec.stack("x")
 
 
-def test_ddim_eta0_is_deterministic(mode):
+def _oracle(sched, x0):
+    """A Denoiser whose network returns the exact noise of x_t for this x0 (eq. 4 solved for eps)."""
+    sab, s1mab = sched.np["sqrt_alphas_cumprod"], sched.np["sqrt_one_minus_alphas_cumprod"]
+
+    def eps(x, t):
+        i = int(t.asnumpy()[0])
+        return (x - float(sab[i]) * Tensor(x0)) / float(s1mab[i])
+
+    return Denoiser(eps, sched, clip_denoised=False, jit=False)
+
+
+def test_timesteps_uniform_and_logsnr():
+    ab = NoiseSchedule.from_name("linear", 200).np["alphas_cumprod"]
+    assert list(timesteps(ab, 5)) == [199, 149, 100, 50, 0]
+    assert list(timesteps(ab, 200, "logsnr")) == list(range(199, -1, -1)) == list(timesteps(ab, 200))
+    for steps in (2, 10, 20, 57):
+        ts = timesteps(ab, steps, "logsnr")
+        assert len(ts) == steps and ts[0] == 199 and ts[-1] == 0 and (np.diff(ts) < 0).all()
+    lam = 0.5 * np.log(ab / (1 - ab))
+    uniform, logsnr = timesteps(ab, 10), timesteps(ab, 10, "logsnr")
+    assert np.diff(lam[logsnr]).std() < 0.2 * np.diff(lam[uniform]).std()   # evenly spaced in lambda instead
+    assert logsnr[-2] < uniform[-2]                                           # more steps near t = 0
+    with pytest.raises(ValueError, match="steps must be in"):
+        timesteps(ab, 201)
+    with pytest.raises(ValueError, match="unknown spacing"):
+        timesteps(ab, 5, "quadratic")
+
+
+def test_ddim_eta0_is_deterministic():
     s = NoiseSchedule.from_name("linear", 50)
-    a = ddim_sample_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), steps=10, eta=0.0, progress=False)
-    b = ddim_sample_loop(_const_eps, s, SHAPE, seed=2, x_T=_x_T(), steps=10, eta=0.0, progress=False)
-    c = ddim_sample_loop(_const_eps, s, SHAPE, seed=2, x_T=_x_T(), steps=10, eta=1.0, progress=False)
+    ts = timesteps(s.np["alphas_cumprod"], 10)
+    a, _ = _run(sample_ddim, s, ts, seed=1, eta=0.0)
+    b, _ = _run(sample_ddim, s, ts, seed=2, eta=0.0)
+    c, _ = _run(sample_ddim, s, ts, seed=2, eta=1.0)
     np.testing.assert_array_equal(a, b)          # the step noise is not used at eta=0
     assert np.abs(a - c).max() > 1e-3
 
 
 def test_ddim_full_steps_eta1_is_ddpm():
     s = NoiseSchedule.from_name("linear", 20)
-    for t, a_t, a_prev, sigma in ddim_coefficients(s, 20, 1.0):
-        assert sigma ** 2 == pytest.approx(s.np["posterior_variance"][t], rel=1e-9, abs=1e-15)
-    ddim = ddim_sample_loop(_const_eps, s, SHAPE, seed=5, x_T=_x_T(), steps=20, eta=1.0, return_all=True,
-                            progress=False)
-    ddpm = p_sample_loop(_const_eps, s, SHAPE, seed=5, x_T=_x_T(), return_all=True, progress=False)
+    ts = timesteps(s.np["alphas_cumprod"], 20)
+    _, ddim = _run(sample_ddim, s, ts, seed=5, eta=1.0)
+    _, ddpm = _run(sample_ddpm, s, ts, seed=5)
     np.testing.assert_allclose(ddim, ddpm, rtol=1e-4, atol=1e-4)
 
 
@@ -52,10 +81,9 @@ def test_ddim_full_steps_eta1_is_ddpm():
 def test_ddim_one_step_closed_form(clip):
     s = NoiseSchedule.from_name("cosine", 100)
     x = _x_T(3)
-    out = ddim_sample_loop(_const_eps, s, SHAPE, seed=0, x_T=x, steps=4, eta=0.0, return_all=True,
-                           progress=False, clip_denoised=clip)[0]
-    t, t_prev = ddim_timesteps(100, 4)[:2]
-    ab, ab_prev = s.np["alphas_cumprod"][t], s.np["alphas_cumprod"][t_prev]
+    ts = timesteps(s.np["alphas_cumprod"], 4)
+    out = _run(sample_ddim, s, ts, x=x, clip=clip, eta=0.0)[1][0]
+    ab, ab_prev = s.np["alphas_cumprod"][ts[0]], s.np["alphas_cumprod"][ts[1]]
     eps = x * 0.3 + 0.1
     x0 = (x - np.sqrt(1 - ab) * eps) / np.sqrt(ab)
     if clip:   # x_0 clipped to [-1, 1], eps re-derived from it (eq. 4)
@@ -65,17 +93,101 @@ def test_ddim_one_step_closed_form(clip):
     np.testing.assert_allclose(out, np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev) * eps, rtol=1e-4, atol=1e-5)
 
 
+def test_ddpm_step_is_eq11_and_the_posterior_mean_of_clipped_x0():
+    """One DDPM step: eq. 11's mean plus sigma_t z unclipped; eq. 7 of the clipped x_0 clipped; no noise at t=0."""
+    s = NoiseSchedule.from_name("linear", 10)
+    x, ts = _x_T(4), np.arange(9, -1, -1)
+    z = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)   # the sampler's first draw
+    plain = _run(sample_ddpm, s, ts, x=x)[1][0]
+    clipped = _run(sample_ddpm, s, ts, x=x, clip=True)[1][0]
+    b, ab, ab_prev = s.np["betas"][9], s.np["alphas_cumprod"][9], s.np["alphas_cumprod"][8]
+    eps = x * 0.3 + 0.1
+    sigma = np.sqrt(s.np["posterior_variance"][9])
+    np.testing.assert_allclose(plain, (x - b / np.sqrt(1 - ab) * eps) / np.sqrt(1 - b) + sigma * z,  # eq. 11
+                               rtol=1e-4, atol=1e-4)
+    x0 = (x - np.sqrt(1 - ab) * eps) / np.sqrt(ab)
+    assert np.abs(x0).max() > 1.5
+    mean = (np.sqrt(ab_prev) * b * np.clip(x0, -1, 1) + np.sqrt(1 - b) * (1 - ab_prev) * x) / (1 - ab)   # eq. 7
+    np.testing.assert_allclose(clipped, mean + sigma * z, rtol=1e-4, atol=1e-4)
+    last_in = _run(sample_ddpm, s, ts, x=x)[1][-2]
+    eps = last_in * 0.3 + 0.1
+    b0 = s.np["betas"][0]
+    np.testing.assert_allclose(_run(sample_ddpm, s, ts, x=x)[0],
+                               (last_in - b0 / np.sqrt(b0) * eps) / np.sqrt(1 - b0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,steps", [("ddim", 20), ("dpm++2m", 10), ("dpm++2m", 20)])
+@pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
+def test_oracle_recovers_x0(name, steps, spacing):
+    s = NoiseSchedule.from_name("linear", 200)
+    x0 = np.random.default_rng(7).uniform(-1, 1, SHAPE).astype(np.float32)
+    out = generate(_oracle(s, x0), SHAPE[1:], 3, batch_size=3, sampler=name, steps=steps, spacing=spacing,
+                   progress=False)
+    np.testing.assert_allclose(out, x0, atol=1e-3)
+
+
+def test_dpmpp_2m_second_step_closed_form():
+    """Step 2 of DPM-Solver++(2M) with the _const_eps network against Lu et al. 2022, Alg. 2, by hand."""
+    s = NoiseSchedule.from_name("linear", 100)
+    ab = s.np["alphas_cumprod"]
+    ts = timesteps(ab, 5, "logsnr")
+    x = _x_T(2).astype(np.float64)
+    alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)
+    lam = np.log(alpha / sigma)
+    x0s, xs = [], [x]
+    for i in range(2):
+        t, u = ts[i], ts[i + 1]
+        x0s.append((xs[-1] - sigma[t] * (xs[-1] * 0.3 + 0.1)) / alpha[t])
+        h = lam[u] - lam[t]
+        if i == 0:
+            d = x0s[0]
+        else:
+            r = (lam[t] - lam[ts[i - 1]]) / h
+            d = (1 + 1 / (2 * r)) * x0s[1] - 1 / (2 * r) * x0s[0]
+        xs.append(sigma[u] / sigma[t] * xs[-1] - alpha[u] * (np.exp(-h) - 1) * d)
+    frames = _run(sample_dpmpp_2m, s, ts, x=_x_T(2))[1]
+    np.testing.assert_allclose(frames[0], xs[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(frames[1], xs[2], rtol=1e-4, atol=1e-4)
+
+
+def test_dpmpp_2m_at_every_step_is_ddim_eta0():
+    """With steps = T the second-order correction is O(h^2): the result is within 0.02 of DDIM's (first order)."""
+    s = NoiseSchedule.from_name("linear", 200)
+    ts = timesteps(s.np["alphas_cumprod"], 200)
+    dpm = _run(sample_dpmpp_2m, s, ts, clip=True)[0]
+    ddim = _run(sample_ddim, s, ts, clip=True, eta=0.0)[0]
+    assert np.abs(dpm - ddim).max() < 0.02
+    coarse = _run(sample_dpmpp_2m, s, timesteps(s.np["alphas_cumprod"], 10), clip=True)[0]
+    assert np.abs(coarse - _run(sample_ddim, s, timesteps(s.np["alphas_cumprod"], 10), clip=True, eta=0.0)[0]).max() \
+        > 5 * np.abs(dpm - ddim).max()                       # and differs where the steps are large
+
+
+def test_no_noise_ablation_uses_ddpm_means_only():
+    s = NoiseSchedule.from_name("linear", 10)
+    ts = np.arange(9, -1, -1)
+    ablation = SAMPLERS["ddpm-no-noise"].fn
+    a, _ = _run(ablation, s, ts, seed=1)
+    b, _ = _run(ablation, s, ts, seed=2)
+    c, _ = _run(sample_ddpm, s, ts, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-2
+    x = _x_T(5).astype(np.float64)   # closed form: iterate the DDPM mean (eq. 11)
+    for t in ts:
+        b_t, ab_t = s.np["betas"][t], s.np["alphas_cumprod"][t]
+        x = (x - b_t / np.sqrt(1 - ab_t) * (x * 0.3 + 0.1)) / np.sqrt(1 - b_t)
+    np.testing.assert_allclose(a, x, rtol=1e-4, atol=1e-4)
+
+
 def test_ddim_skipped_steps_with_partial_eta_closed_form():
     """4 of 100 steps with eta 0.5, every frame against Song et al. 2021 eq. 12 with sigma from eq. 16."""
     s = NoiseSchedule.from_name("cosine", 100)
-    frames = ddim_sample_loop(_const_eps, s, SHAPE, seed=11, x_T=_x_T(5), steps=4, eta=0.5, return_all=True,
-                              progress=False, clip_denoised=False)
+    ts = timesteps(s.np["alphas_cumprod"], 4)
+    _, frames = _run(sample_ddim, s, ts, seed=11, x=_x_T(5), eta=0.5)
     rng, x = np.random.default_rng(11), _x_T(5).astype(np.float64)    # the sampler draws one z per step
     ab = s.np["alphas_cumprod"]
-    taus = [99, 66, 33, 0]
-    assert list(ddim_timesteps(100, 4)) == taus
-    for k, t in enumerate(taus):
-        a_t, a_prev = ab[t], (ab[taus[k + 1]] if k + 1 < 4 else 1.0)
+    assert list(ts) == [99, 66, 33, 0]
+    for k, t in enumerate(ts):
+        a_t, a_prev = ab[t], (ab[ts[k + 1]] if k + 1 < 4 else 1.0)
         sigma = 0.5 * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
         assert (sigma > 0) == (k + 1 < 4)                               # no noise into x_0
         eps = x * 0.3 + 0.1
@@ -85,98 +197,85 @@ def test_ddim_skipped_steps_with_partial_eta_closed_form():
         np.testing.assert_allclose(frames[k], x, rtol=1e-4, atol=1e-4, err_msg=f"step {k}")
 
 
-def test_ddpm_clipped_step_is_the_posterior_mean_of_clipped_x0(mode):
-    s = NoiseSchedule.from_name("linear", 10)
-    x = _x_T(4)
-    out = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=0, x_T=x, return_all=True, progress=False)[0]
-    plain = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=0, x_T=x, return_all=True, progress=False,
-                               clip_denoised=False)[0]
-    t = 9
-    b, ab, ab_prev = s.np["betas"][t], s.np["alphas_cumprod"][t], s.np["alphas_cumprod"][t - 1]
-    x0 = (x - np.sqrt(1 - ab) * (x * 0.3 + 0.1)) / np.sqrt(ab)
-    assert np.abs(x0).max() > 1.5
-
-    def mean(x_0):   # eq. 7
-        return (np.sqrt(ab_prev) * b * x_0 + np.sqrt(1 - b) * (1 - ab_prev) * x) / (1 - ab)
-
-    np.testing.assert_allclose(out, mean(np.clip(x0, -1, 1)), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(plain, mean(x0), rtol=1e-4, atol=1e-4)      # eq. 7 == eq. 11 without the clip
-
-
-def test_ddim_with_oracle_recovers_x0():
-    s = NoiseSchedule.from_name("linear", 200)
-    x0 = np.random.default_rng(7).uniform(-1, 1, SHAPE).astype(np.float32)
-    sab, s1mab = s.sqrt_alphas_cumprod.asnumpy(), s.sqrt_one_minus_alphas_cumprod.asnumpy()
-
-    def oracle(x, t):   # the true noise of x_t for this x0
-        i = int(t.asnumpy()[0])
-        return (x - float(sab[i]) * Tensor(x0)) / float(s1mab[i])
-
-    out = ddim_sample_loop(oracle, s, SHAPE, seed=0, steps=20, eta=0.0, progress=False, jit=False)
-    np.testing.assert_allclose(out, x0, atol=1e-3)
-
-
-def test_no_noise_ablation_uses_ddpm_means_only():
-    s = NoiseSchedule.from_name("linear", 10)
-    a = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), progress=False, clip_denoised=False)
-    b = ddpm_no_noise_loop(_const_eps, s, SHAPE, seed=2, x_T=_x_T(), progress=False, clip_denoised=False)
-    c = p_sample_loop(_const_eps, s, SHAPE, seed=1, x_T=_x_T(), progress=False, clip_denoised=False)
-    np.testing.assert_array_equal(a, b)
-    assert np.abs(a - c).max() > 1e-2
-    x = _x_T()   # closed form: iterate the DDPM mean
-    for t in reversed(range(10)):
-        b_t, ab_t = s.np["betas"][t], s.np["alphas_cumprod"][t]
-        x = (x - b_t / np.sqrt(1 - ab_t) * (x * 0.3 + 0.1)) / np.sqrt(1 - b_t)
-    np.testing.assert_allclose(a, x, rtol=1e-4, atol=1e-4)
-
-
-def test_guidance_interpolates_between_uncond_and_cond(mode):
+@pytest.fixture(scope="module")
+def cond_net():
     ms.set_seed(0)
     net = Unet(dim=8, channels=1, dim_mults=(1, 2), num_classes=10)
-    x = Tensor(np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32))
-    t = Tensor(np.array([3, 7], np.int32))
-    y = np.array([9, 2], np.int32)
-    cond = net(x, t, Tensor(y)).asnumpy()
-    uncond = net(x, t, Tensor(np.full(2, 10, np.int32))).asnumpy()
-    assert np.abs(cond - uncond).max() > 1e-5
-    eps = guided_eps(net, 10)
-    np.testing.assert_allclose(eps(x, t, *guidance_cond(y, 0.0)).asnumpy(), uncond, atol=1e-5)
-    np.testing.assert_allclose(eps(x, t, *guidance_cond(y, 1.0)).asnumpy(), cond, atol=1e-5)
-    np.testing.assert_allclose(eps(x, t, *guidance_cond(y, 3.0)).asnumpy(), uncond + 3 * (cond - uncond), atol=1e-4)
+    net.set_train(False)
+    return net
 
 
-def test_compiled_step_is_reused_and_reads_new_weights(mode):
+def test_guidance_interpolates_between_uncond_and_cond(mode, cond_net):
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    t, y = np.array([3, 7], np.int32), np.array([9, 2], np.int32)
+    cond = cond_net(Tensor(x), Tensor(t), Tensor(y)).asnumpy()
+    uncond = cond_net(Tensor(x), Tensor(t), Tensor(np.full(2, 10, np.int32))).asnumpy()
+    d = Denoiser(cond_net, NoiseSchedule.from_name("linear", 10), clip_denoised=False, null_class=10)
+    for w, want in ((0.0, uncond), (1.0, cond), (3.0, uncond + 3.0 * (cond - uncond))):
+        np.testing.assert_allclose(d(x, t, y, w)[1], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++2m"])
+def test_guidance_0_and_1_sample_like_the_unconditional_and_conditional_model(cond_net, sampler):
+    s = NoiseSchedule.from_name("linear", 10)
+    y = np.array([9, 2, 5], np.int32)
+    guided = Denoiser(cond_net, s, null_class=10)
+    kwargs = dict(batch_size=3, sampler=sampler, steps=4, progress=False)
+    def with_labels(labels):     # the network with one fixed label set, no guidance
+        fixed = Tensor(labels)
+
+        def eps(x, t):
+            return cond_net(x, t, fixed)
+
+        return eps
+
+    for w, labels in ((0.0, np.full(3, 10, np.int32)), (1.0, y)):
+        plain = Denoiser(with_labels(labels), s)
+        np.testing.assert_allclose(generate(guided, (1, 8, 8), 3, labels=y, guidance=w, **kwargs),
+                                   generate(plain, (1, 8, 8), 3, **kwargs), rtol=1e-4, atol=1e-5)
+
+
+def test_denoiser_graph_reads_new_weights_and_matches_eager(cond_net):
     ms.set_seed(0)
     net = Unet(dim=8, channels=1, dim_mults=(1, 2))
     net.set_train(False)
     s = NoiseSchedule.from_name("linear", 10)
-    a = ddim_sample_loop(net, s, SHAPE, seed=0, steps=3, progress=False)
-    compiled = dict(net._ddpm_ms_sampling_cache)
-    assert len(compiled) == 1
-    np.testing.assert_array_equal(ddim_sample_loop(net, s, SHAPE, seed=0, steps=3, progress=False), a)
-    assert net._ddpm_ms_sampling_cache == compiled          # the same compiled step, not a new one
+    d = Denoiser(net, s)
+    a = generate(d, (1, 8, 8), 3, steps=3, sampler="ddim", progress=False)
+    np.testing.assert_array_equal(generate(d, (1, 8, 8), 3, steps=3, sampler="ddim", progress=False), a)
     load_model_weights(net, {p.name: Tensor(p.asnumpy() * 0.5) for p in net.trainable_params()})
-    b = ddim_sample_loop(net, s, SHAPE, seed=0, steps=3, progress=False)
+    b = generate(d, (1, 8, 8), 3, steps=3, sampler="ddim", progress=False)     # the same Denoiser, new weights
     assert np.abs(a - b).max() > 1e-3
-    np.testing.assert_allclose(b, ddim_sample_loop(net, s, SHAPE, seed=0, steps=3, progress=False, jit=False),
-                               atol=1e-4)
+    np.testing.assert_allclose(b, generate(Denoiser(net, s, jit=False), (1, 8, 8), 3, steps=3, sampler="ddim",
+                                           progress=False), atol=1e-4)
+    assert not [k for k in vars(net) if "sampling" in k]                    # nothing cached on the user's model
 
 
-def test_guided_generate_matches_eager_across_batches():
-    ms.set_seed(0)
-    net = Unet(dim=8, channels=1, dim_mults=(1, 2), num_classes=10)
-    net.set_train(False)
+def test_guided_generate_matches_eager_across_batches(cond_net):
     s = NoiseSchedule.from_name("linear", 10)
-    kwargs = dict(batch_size=2, sampler="ddim", steps=3, labels=np.array([9, 2, 5]), guidance=3.0, null_class=10,
-                  progress=False)
-    names = [p.name for p in net.trainable_params()]
-    out = generate(net, s, (1, 8, 8), 3, **kwargs)
-    assert [p.name for p in net.trainable_params()] == names     # checkpoints keep their keys
-    assert guided_eps(net, 10) is guided_eps(net, 10)
-    assert len(guided_eps(net, 10)._ddpm_ms_sampling_cache) == 1
-    np.testing.assert_allclose(out, generate(net, s, (1, 8, 8), 3, jit=False, **kwargs), atol=1e-4)
+    kwargs = dict(batch_size=2, sampler="ddim", steps=3, labels=np.array([9, 2, 5]), guidance=3.0, progress=False)
+    names = [p.name for p in cond_net.trainable_params()]
+    out = generate(Denoiser(cond_net, s, null_class=10), (1, 8, 8), 3, **kwargs)
+    assert [p.name for p in cond_net.trainable_params()] == names     # checkpoints keep their keys
+    np.testing.assert_allclose(out, generate(Denoiser(cond_net, s, null_class=10, jit=False), (1, 8, 8), 3,
+                                             **kwargs), atol=1e-4)
     swapped = dict(kwargs, labels=np.array([2, 9, 5]))
-    assert np.abs(out[:2] - generate(net, s, (1, 8, 8), 3, **swapped)[:2]).max() > 1e-4
+    assert np.abs(out[:2] - generate(Denoiser(cond_net, s, null_class=10), (1, 8, 8), 3, **swapped)[:2]).max() > 1e-4
+
+
+def test_every_registered_sampler_runs_with_its_defaults():
+    s = NoiseSchedule.from_name("linear", 60)
+    d = Denoiser(_const_eps, s, jit=False)
+    for name, entry in SAMPLERS.items():
+        rec = Recorder(("x", "x0"))
+        out = generate(d, (1, 8, 8), 2, batch_size=2, sampler=name, callback=rec, progress=False)
+        assert np.isfinite(out).all() and out.shape == (2, 1, 8, 8), name
+        assert len(rec.t) == (entry.default_steps or 60) and rec.t[0] == 59 and rec.t[-1] == 0, name
+        np.testing.assert_array_equal(rec.stack("x")[-1], out, err_msg=name)
+    with pytest.raises(ValueError, match="takes no option 'eta'"):
+        generate(d, (1, 8, 8), 2, sampler="dpm++2m", eta=0.5, progress=False)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        generate(d, (1, 8, 8), 2, sampler="plms", progress=False)
 
 
 def test_batch_plan():
@@ -199,15 +298,20 @@ def test_generate_uses_one_batch_shape_and_the_batch_seeds():
         return _const_eps(x, t)
 
     s = NoiseSchedule.from_name("linear", 10)
-    kwargs = dict(sampler="ddim", steps=2, eta=1.0, progress=False, jit=False)
-    out = generate(eps, s, (1, 8, 8), 5, seed=3, batch_size=2, **kwargs)
+    d = Denoiser(eps, s, jit=False)
+    out = generate(d, (1, 8, 8), 5, seed=3, batch_size=2, sampler="ddim", steps=2, eta=1.0, progress=False)
     assert out.shape == (5, 1, 8, 8)
     assert set(shapes) == {(2, 1, 8, 8)}                  # the remainder batch is padded, not a new shape
-    batches = [ddim_sample_loop(_const_eps, s, (2, 1, 8, 8), seed=3 + i, steps=2, eta=1.0, progress=False, jit=False)
-               for i in range(3)]
+    ts = timesteps(s.np["alphas_cumprod"], 2)
+    batches = []
+    for i in range(3):                                    # batch i: x_T and then its noise from seed 3 + i
+        rng = np.random.default_rng(3 + i)
+        x_T = rng.standard_normal((2, 1, 8, 8), dtype=np.float32)
+        batches.append(sample_ddim(d, x_T, ts, s.np["alphas_cumprod"], rng, eta=1.0))
     np.testing.assert_allclose(out, np.concatenate(batches)[:5], atol=1e-6)
     with pytest.raises(ValueError, match="label for each"):      # padding must not hide missing labels
-        generate(eps, s, (1, 8, 8), 5, batch_size=2, labels=np.arange(3), null_class=10, **kwargs)
+        generate(Denoiser(eps, s, null_class=10, jit=False), (1, 8, 8), 5, batch_size=2, labels=np.arange(3),
+                 progress=False)
 
 
 def test_label_dropout_rate():

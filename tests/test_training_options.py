@@ -7,7 +7,7 @@ import pytest
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import load_config
 from ddpm_ms.loop import Trainer
-from ddpm_ms.sampling import generate
+from ddpm_ms.sampling import Denoiser, generate
 from ddpm_ms.trainer import build_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,7 @@ def test_ema_disabled_through_training_saving_and_sampling(data_dir, tmp_path):
     model, sched, cfg, _ = ckpt.load_model(path)             # the raw weights, there being no EMA ones
     for p, q in zip(model.trainable_params(), tr.run.model.trainable_params()):
         np.testing.assert_array_equal(p.asnumpy(), q.asnumpy(), err_msg=p.name)
-    images = generate(model, sched, (1, 28, 28), 2, seed=0, batch_size=2, progress=False)
+    images = generate(Denoiser(model, sched), (1, 28, 28), 2, seed=0, batch_size=2, progress=False)
     assert images.shape == (2, 1, 28, 28) and np.isfinite(images).all()
     assert os.path.isfile(tmp_path / "samples_final.png")
     resumed = Trainer(_cfg(tmp_path, "train.max_steps=4", "ema.enabled=false"), resume="latest")
@@ -87,7 +87,7 @@ def test_image_folder_dataset_end_to_end(tmp_path):
     path = tr.fit(progress=False)["checkpoint"]
     model, sched, cfg2, _ = ckpt.load_model(path)
     assert cfg2.model.channels == 3 and cfg2.data.image_size == 16
-    images = generate(model, sched, (3, 16, 16), 4, seed=0, batch_size=4, labels=np.array([0, 1, 0, 1]),
-                      guidance=2.0, null_class=2, progress=False)
+    images = generate(Denoiser(model, sched, null_class=2), (3, 16, 16), 4, seed=0, batch_size=4,
+                      labels=np.array([0, 1, 0, 1]), guidance=2.0, progress=False)
     assert images.shape == (4, 3, 16, 16) and np.isfinite(images).all()
     assert os.path.getsize(tmp_path / "run" / "samples_final.png") > 0
