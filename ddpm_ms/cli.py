@@ -63,8 +63,9 @@ def add_sampler_args(parser):
     from .sampling import SAMPLERS, SPACINGS  # pylint: disable=import-outside-toplevel
     listed = "; ".join(f"{name}: {entry.summary}" for name, entry in SAMPLERS.items())
     parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddpm", help=f"default ddpm ({listed})")
+    defaults = ", ".join(f"{name} {entry.default_steps or 'T'}" for name, entry in SAMPLERS.items())
     parser.add_argument("--steps", type=positive_int,
-                        help="network calls (default: ddpm all T, ddim 50, dpm++2m 20; at most the model's T)")
+                        help=f"network calls, at most the model's T (default: {defaults})")
     parser.add_argument("--spacing", choices=SPACINGS, default="uniform",
                         help="timesteps evenly spaced in t (uniform, default) or in log-SNR (logsnr)")
     parser.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (default 0: deterministic; 1: DDPM-like)")

@@ -162,15 +162,17 @@ def sample_ddim(denoise, x, ts, alphas_cumprod, rng, callback=None, eta=0.0):
     return x
 
 
-def sample_dpmpp_2m(denoise, x, ts, alphas_cumprod, rng=None, callback=None):
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): the probability-flow ODE in data prediction, multistep, 2nd order.
+def sample_dpmpp_2m(denoise, x, ts, alphas_cumprod, rng, callback=None, eta=0.0):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): data prediction, multistep, second order; eta > 0 its SDE form.
 
-    With alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), lambda = log(alpha / sigma) and h = lambda_s - lambda_t:
-      x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,  D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev,  r = h_prev / h.
-    The first step is first order (D = x0_t); the last, into clean data (sigma = 0), returns x0 (also first order).
-    Deterministic (``rng`` is unused).
+    With alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), lambda = log(alpha / sigma), h = lambda_s - lambda_t
+    and r = h_prev / h, one step from t to s is, at eta = 0 (the probability-flow ODE),
+      x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,   D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev;
+    at eta = 1 (DPM-Solver++(2M) SDE, the reverse SDE in the same variables):
+      x_s = (sigma_s / sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) D' + sigma_s sqrt(1 - e^{-2h}) z,
+    with D' the same extrapolation (midpoint form); eta in between scales h in the decay and the noise.
+    The first step is first order (D = x0_t); the last, into clean data (sigma = 0), returns x0.
     """
-    del rng
     ab = np.asarray(alphas_cumprod, np.float64)
     alpha, sigma = np.sqrt(ab), np.sqrt(1.0 - ab)
     lam = np.log(alpha) - np.log(sigma)
@@ -182,12 +184,12 @@ def sample_dpmpp_2m(denoise, x, ts, alphas_cumprod, rng=None, callback=None):
         else:
             s = ts[i + 1]
             h = lam[s] - lam[t]
-            if x0_prev is None:
-                d = x0
-            else:
-                r = h_prev / h
-                d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-            x_next = (sigma[s] / sigma[t] * x - alpha[s] * np.expm1(-h) * d).astype(np.float32)
+            gain = -np.expm1(-(1.0 + eta) * h)           # 1 - e^{-(1 + eta) h}
+            d = x0 if x0_prev is None else x0 + 0.5 / (h_prev / h) * (x0 - x0_prev)
+            x_next = sigma[s] / sigma[t] * np.exp(-eta * h) * x + alpha[s] * gain * d
+            if eta > 0:
+                x_next = x_next + sigma[s] * np.sqrt(-np.expm1(-2.0 * eta * h)) * _noise(rng, x.shape)
+            x_next = x_next.astype(np.float32)
         if callback is not None:
             callback({"i": i, "t": int(t), "x_t": x, "x0": x0, "eps": eps, "x": x_next})
         x, x0_prev, h_prev = x_next, x0, h
@@ -210,6 +212,8 @@ SAMPLERS = {
     "ddim": SamplerEntry(sample_ddim, 50, ("eta",), "DDIM (Song et al. 2021); eta 0 deterministic, 1 DDPM-like"),
     "dpm++2m": SamplerEntry(sample_dpmpp_2m, 20, (),
                             "DPM-Solver++(2M) (Lu et al. 2022): deterministic, second order, multistep"),
+    "dpm++2m-sde": SamplerEntry(partial(sample_dpmpp_2m, eta=1.0), 20, (),
+                                "DPM-Solver++(2M) SDE: the same steps with noise added back, like DDPM"),
 }
 
 

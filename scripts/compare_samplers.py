@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from ddpm_ms.cli import ArgumentParser, non_negative_float, positive_int, run_main  # noqa: E402
 
 DEFAULT_RUNS = ("ddpm", "ddim:10", "ddim:20", "ddim:50", "ddim:50:eta=1", "dpm++2m:10", "dpm++2m:20",
-                "dpm++2m:10:spacing=logsnr", "dpm++2m:20:spacing=logsnr")
+                "dpm++2m:20:spacing=logsnr", "dpm++2m-sde:10", "dpm++2m-sde:20", "dpm++2m-sde:20:spacing=logsnr")
 
 
 def parse_run(text, num_timesteps):
@@ -96,7 +96,7 @@ def table(rows):
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {label(r['run'])} | {r['run']['steps']} | {r['first_s']:.1f} | {r['cached_s']:.1f} | "
-                     f"{r['fd']:.1f} | {r['kid']:.4f} | {r['is']:.2f} | {' '.join(map(str, r['class_histogram']))} |")
+                     f"{r['fd']:.1f} | {r['kid']:.4g} | {r['is']:.2f} | {' '.join(map(str, r['class_histogram']))} |")
     return "\n".join(lines)
 
 

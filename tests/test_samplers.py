@@ -116,7 +116,7 @@ def test_ddpm_step_is_eq11_and_the_posterior_mean_of_clipped_x0():
                                (last_in - b0 / np.sqrt(b0) * eps) / np.sqrt(1 - b0), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,steps", [("ddim", 20), ("dpm++2m", 10), ("dpm++2m", 20)])
+@pytest.mark.parametrize("name,steps", [("ddim", 20), ("dpm++2m", 10), ("dpm++2m", 20), ("dpm++2m-sde", 10)])
 @pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
 def test_oracle_recovers_x0(name, steps, spacing):
     s = NoiseSchedule.from_name("linear", 200)
@@ -148,6 +148,23 @@ def test_dpmpp_2m_second_step_closed_form():
     frames = _run(sample_dpmpp_2m, s, ts, x=_x_T(2))[1]
     np.testing.assert_allclose(frames[0], xs[1], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(frames[1], xs[2], rtol=1e-4, atol=1e-4)
+
+
+def test_dpmpp_2m_sde_first_step_closed_form():
+    """x_s = (sigma_s / sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) x0 + sigma_s sqrt(1 - e^{-2h}) z."""
+    s = NoiseSchedule.from_name("cosine", 100)
+    ab = s.np["alphas_cumprod"]
+    ts = timesteps(ab, 6)
+    x = _x_T(4).astype(np.float64)
+    t, u = ts[0], ts[1]
+    alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)
+    h = np.log(alpha[u] / sigma[u]) - np.log(alpha[t] / sigma[t])
+    x0 = (x - sigma[t] * (x * 0.3 + 0.1)) / alpha[t]
+    z = np.random.default_rng(9).standard_normal(SHAPE, dtype=np.float32)
+    want = sigma[u] / sigma[t] * np.exp(-h) * x + alpha[u] * (1 - np.exp(-2 * h)) * x0 \
+        + sigma[u] * np.sqrt(1 - np.exp(-2 * h)) * z
+    frames = _run(SAMPLERS["dpm++2m-sde"].fn, s, ts, seed=9, x=_x_T(4))[1]
+    np.testing.assert_allclose(frames[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_dpmpp_2m_at_every_step_is_ddim_eta0():
