@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fault injection: SIGKILL training at random moments, resume each time, and prove nothing was lost or changed.
 
-    python bench/faults.py --kills 25          # the long variant; its table goes into BENCHMARKS.md
+    python bench/faults.py --kills 25 --epochs 40   # the long variant; its table goes into BENCHMARKS.md
     (tests/test_faults.py runs the same harness with 5 kills)
 
 It trains configs/tiny.yaml on the shared data ($DDPM_MS_DATA_DIR):
@@ -35,8 +35,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
-RUN = ("train.epochs=5", "train.ckpt_every=4", "train.keep_last=2", "train.log_every=1", "train.gif=false",
-       "train.sample_num=4")   # 40 steps, 10 checkpoint writes, 5 preview grids
+RUN = ("train.ckpt_every=4", "train.keep_last=2", "train.log_every=1", "train.gif=false", "train.sample_num=4")
+EPOCHS = 5   # of 8 steps: 40 steps, 10 checkpoint writes, 5 preview grids
 
 
 def child(argv):
@@ -60,18 +60,18 @@ def child(argv):
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 
-def train_command(out, *extra):
-    """The faulty trainer's command line for the tiny run into ``out``."""
-    sets = [a for s in RUN + (f"train.out_dir={out}",) for a in ("--set", s)]
+def train_command(out, *extra, epochs=EPOCHS):
+    """The faulty trainer's command line for the tiny run of ``epochs`` epochs into ``out``."""
+    sets = [a for s in RUN + (f"train.out_dir={out}", f"train.epochs={epochs}") for a in ("--set", s)]
     return [sys.executable, os.path.abspath(__file__), "--child", "--config", TINY, "--no-progress", *sets, *extra]
 
 
-def launch(out, env=None, **kwargs):
+def launch(out, env=None, epochs=EPOCHS):
     """Start (or continue) the run in ``out`` in a subprocess."""
     from ddpm_ms.checkpoint import list_checkpoints  # pylint: disable=import-outside-toplevel
     extra = ["--resume", "latest"] if list_checkpoints(out) else ["--overwrite"]
-    return subprocess.Popen(train_command(out, *extra), env=dict(os.environ, **(env or {})),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(train_command(out, *extra, epochs=epochs), env=dict(os.environ, **(env or {})),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def rows(out):
@@ -108,7 +108,7 @@ def verify_checkpoints(out):
     return len(files)
 
 
-def kill_and_resume(out, kills, seed=0, slow_write=0.3, max_delay=2.0):
+def kill_and_resume(out, kills, seed=0, slow_write=0.3, max_delay=2.0, epochs=EPOCHS):
     """SIGKILL the run in ``out`` ``kills`` times (every third one during a checkpoint write), resuming after
     each, then let it finish. Returns counts: kills, during_write, checkpoints_verified, launches."""
     rng = random.Random(seed)
@@ -116,7 +116,7 @@ def kill_and_resume(out, kills, seed=0, slow_write=0.3, max_delay=2.0):
     stats = {"kills": 0, "during_write": 0, "checkpoints_verified": 0, "launches": 0}
     while stats["kills"] < kills:
         mid_write = stats["kills"] % 3 == 1
-        proc = launch(out, env)
+        proc = launch(out, env, epochs)
         stats["launches"] += 1
         start_rows = rows(out)
         if mid_write:
@@ -133,8 +133,8 @@ def kill_and_resume(out, kills, seed=0, slow_write=0.3, max_delay=2.0):
             raise RuntimeError(f"faulty run failed ({proc.returncode}): {err[-2000:]}")
         stats["checkpoints_verified"] += verify_checkpoints(out)
         if proc.returncode == 0:
-            raise RuntimeError("the run finished before all kills: lengthen RUN")
-    proc = launch(out)
+            raise RuntimeError("the run finished before all kills: give it more epochs")
+    proc = launch(out, epochs=epochs)
     stats["launches"] += 1
     _, err = proc.communicate()
     if proc.returncode != 0:
@@ -143,9 +143,10 @@ def kill_and_resume(out, kills, seed=0, slow_write=0.3, max_delay=2.0):
     return stats
 
 
-def reference_run(out):
+def reference_run(out, epochs=EPOCHS):
     """The run straight through, no faults."""
-    proc = subprocess.run(train_command(out, "--overwrite"), capture_output=True, text=True, check=False)
+    proc = subprocess.run(train_command(out, "--overwrite", epochs=epochs), capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
 
@@ -179,6 +180,7 @@ def enospc_run(out):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=40, help="length of the tiny run (8 steps each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="/tmp/ddpm_ms_faults", help="scratch folder (emptied)")
     args = parser.parse_args()
@@ -186,8 +188,8 @@ def main():
     shutil.rmtree(args.work, ignore_errors=True)
     ref, faulty, full = (os.path.join(args.work, n) for n in ("reference", "killed", "enospc"))
     start = time.time()
-    reference_run(ref)
-    stats = kill_and_resume(faulty, args.kills, seed=args.seed)
+    reference_run(ref, args.epochs)
+    stats = kill_and_resume(faulty, args.kills, seed=args.seed, epochs=args.epochs)
     diff, compared = differences(ref, faulty)
     code, lines, left = enospc_run(full)
     print(f"| kills (SIGKILL) | during a checkpoint write | launches | checkpoint reads verified | "
