@@ -58,6 +58,14 @@ def unit_float(text):
     return value
 
 
+def add_device_arg(parser, default="auto"):
+    """--device auto|CPU|GPU|Ascend ("auto": MindSpore's default target)."""
+    from .device import DEVICES  # pylint: disable=import-outside-toplevel
+    parser.add_argument("--device", choices=DEVICES, default=default,
+                        help="where to run (default: " + (default or "the config's train.device") +
+                             "; auto is MindSpore's default)")
+
+
 def add_sampler_args(parser):
     """--sampler, --steps, --spacing and --eta, defined once for every script that samples."""
     from .sampling import SAMPLERS, SPACINGS  # pylint: disable=import-outside-toplevel

@@ -12,6 +12,10 @@ from typing import Optional, Tuple
 import yaml
 
 
+DEVICES = ("auto", "CPU", "GPU", "Ascend")
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+
+
 class ConfigError(ValueError):
     """A config file, key or value is wrong. The message names it in one line."""
 
@@ -85,6 +89,8 @@ class TrainConfig:
     guidance: float = 3.0
     lr_scaling: str = "none"            # "linear": lr x number of msrun workers
     max_nonfinite_steps: int = 25       # stop (keeping the last good checkpoint) after this many in a row
+    device: str = "auto"                # auto (MindSpore's default), CPU, GPU or Ascend
+    amp: str = "O0"                     # mixed precision (mindspore.amp): O0 fp32, O1, O2, O3 (float16)
 
 
 @dataclass
@@ -232,6 +238,8 @@ def _check_train(t, d):
     _check(t.sample_steps is None or 1 <= t.sample_steps <= d.timesteps, "train.sample_steps",
            f"must be in [1, diffusion.timesteps={d.timesteps}], got {t.sample_steps}")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
+    _check(t.device in DEVICES, "train.device", f"must be one of {DEVICES}, got {t.device!r}")
+    _check(t.amp in AMP_LEVELS, "train.amp", f"must be one of {AMP_LEVELS}, got {t.amp!r}")
     for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
 
@@ -285,7 +293,7 @@ def parse_override(text):
     return parts, value
 
 
-BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")   # shipped in the package
 
 
 def resolve_config_path(path):

@@ -121,7 +121,9 @@ class DepthwiseConv2d(Conv2d):
 
     def construct(self, x):
         if self.fast is None or x.dtype != ms.float32:
-            return self.depthwise(x, self.weight)
+            # the weight in x's dtype (float16 under mixed precision) through an explicit Cast, whose gradient
+            # gives the float32 Parameter a float32 grad (the hand-written bprop cannot know the Parameter's dtype)
+            return self.depthwise(x, self.weight.astype(x.dtype))
         return self.fast(x, self.weight)
 
 

@@ -38,10 +38,12 @@ class Denoiser:
 
     The caller holds the Denoiser: it compiles one graph per input shape on first use (``jit``) and reuses it.
     The graph reads the model's Parameters, so weights assigned in place (training, the EMA swap, checkpoint
-    loading) are seen without compiling again.
+    loading) are seen without compiling again. A network that is a compiled graph already (``is_graph``, e.g. from
+    :func:`ddpm_ms.load_exported`) runs as it is, with the few ops around it run eagerly.
     """
 
     def __init__(self, model, sched, clip_denoised=True, null_class=None, jit=True):
+        jit = jit and not getattr(model, "is_graph", False)
         self.model, self.sched, self.clip_denoised, self.null_class = model, sched, clip_denoised, null_class
 
         def eps_model(x, t, *cond):
@@ -225,8 +227,8 @@ def sampler_entry(name):
 
 
 def default_steps(name, num_timesteps):
-    """The network calls ``name`` makes when no steps are given."""
-    return sampler_entry(name).default_steps or num_timesteps
+    """The network calls ``name`` makes when no steps are given (at most ``num_timesteps``)."""
+    return min(sampler_entry(name).default_steps or num_timesteps, num_timesteps)
 
 
 # ------------------------------------------------------------------------------------------------ batches

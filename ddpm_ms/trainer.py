@@ -6,6 +6,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, amp, nn, ops
 
+from .config import ConfigError
 from .diffusion import p_losses
 from .ema import EMA
 from .model import Unet
@@ -96,6 +97,26 @@ def drop_labels(seed, step, labels, drop_prob, null_class):
     return Tensor(np.where(rng.random(labels.shape) < drop_prob, np.int32(null_class), labels))
 
 
+def mixed_precision(model, level):
+    """The network the train step runs at ``level`` (mindspore.amp O0..O3) over the float32 ``model``.
+
+    The Parameters stay the model's float32 ones (the optimizer's master weights, what checkpoints hold); O1-O3
+    compute in float16, where the loss scaler matters. On CPU only what works is allowed (ConfigError otherwise):
+    MindSpore's O1 rewrite fails there, and O2/O3 need MindSpore's own ops (``DDPM_MS_KERNELS=off``: the CPU
+    kernel library is float32), which run float16 slower than float32 on CPU.
+    """
+    if level == "O0":
+        return model
+    if ms.get_context("device_target") == "CPU":
+        if level == "O1":
+            raise ConfigError("train.amp O1 does not run on CPU (MindSpore's O1 rewrite fails there): use O0, "
+                              "or O2/O3 on GPU or Ascend")
+        if any(getattr(cell, "fast", None) is not None for _, cell in model.cells_and_names()):
+            raise ConfigError(f"train.amp {level} on CPU needs DDPM_MS_KERNELS=off (the CPU kernels are float32), "
+                              "and float16 is slower than float32 there: use O0 on CPU")
+    return amp.auto_mixed_precision(model, level)
+
+
 def build_model(model_cfg):
     """Unet from a ModelConfig: the one place config becomes keyword arguments."""
     return Unet(**vars(model_cfg))
@@ -140,7 +161,7 @@ def build_run(cfg, steps_per_epoch, world_size=1):
     lrs = [lr * scale for lr in lr_schedule(cfg.train, steps_per_epoch)]
     optimizer = nn.Adam(model.trainable_params(), learning_rate=lrs)
     scaler = amp.DynamicLossScaler(cfg.train.loss_scale, cfg.train.scale_factor, cfg.train.scale_window)
-    step = TrainStep(model, sched, optimizer, scaler, cfg.diffusion.loss_type, jit=cfg.train.jit,
-                     world_size=world_size)
+    step = TrainStep(mixed_precision(model, cfg.train.amp), sched, optimizer, scaler, cfg.diffusion.loss_type,
+                     jit=cfg.train.jit, world_size=world_size)
     ema = EMA(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
     return Run(model, sched, optimizer, scaler, step, lrs, ema)

@@ -1,46 +1,11 @@
 #!/usr/bin/env python
-"""Train a DDPM: python scripts/train.py --config configs/fashion.yaml [--set train.batch_size=32] [--resume latest]
-
-Data parallel on N devices: msrun --worker_num=N --local_worker_num=N --master_port=8118 --join=True
-scripts/train.py --config ... (train.batch_size is per device).
-"""
-import json
+"""`ddpm-ms train` without installing: python scripts/train.py --help (see ddpm_ms/commands/train.py)."""
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ddpm_ms.cli import ArgumentParser, run_main  # noqa: E402  pylint: disable=wrong-import-position
-
-
-def main():
-    parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (repeatable)")
-    parser.add_argument("--resume", metavar="PATH|latest", help="continue from a checkpoint (exactly)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start a fresh run in a train.out_dir that holds another run (its checkpoints and "
-                             "metrics are deleted)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args()
-
-    from ddpm_ms.config import load_config  # pylint: disable=import-outside-toplevel
-    from ddpm_ms.distributed import setup  # pylint: disable=import-outside-toplevel
-    from ddpm_ms.loop import Trainer  # pylint: disable=import-outside-toplevel
-
-    cfg = load_config(args.config, args.set)
-    rank, world_size = setup()   # (0, 1) unless launched by msrun
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite exclude each other")
-    trainer = Trainer(cfg, resume=args.resume, rank=rank, world_size=world_size, overwrite=args.overwrite)
-    summary = trainer.fit(progress=not args.no_progress)
-    if summary["interrupted"] is not None:
-        print(f"interrupted by signal {summary['interrupted']} at step {summary['step']}; "
-              f"saved {summary['checkpoint']}; continue with --resume latest", file=sys.stderr)
-    print(json.dumps(summary))
-    return 0
-
+from ddpm_ms.commands import run  # noqa: E402  pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run("train"))

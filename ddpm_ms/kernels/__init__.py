@@ -16,6 +16,7 @@ Which path runs is chosen when a layer is built:
 checkpoint written on one loads on the other, and on GPU or Ascend.
 """
 import os
+from contextlib import contextmanager
 import sys
 
 from .builder import KernelBuildError, build
@@ -38,6 +39,17 @@ def set_mode(m):
     if m is not None and m not in MODES:
         raise ValueError(f"kernel mode must be one of {MODES}, got {m!r}")
     _state.update(mode=m, lib=None, reason=None, warned=False)
+
+
+@contextmanager
+def using(m):
+    """Build layers in mode ``m`` inside the block (e.g. 'off' for a graph to export), then restore the mode."""
+    previous = _state["mode"]
+    set_mode(m)
+    try:
+        yield
+    finally:
+        set_mode(previous)
 
 
 def _device():

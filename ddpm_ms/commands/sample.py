@@ -1,0 +1,135 @@
+"""Sample from a trained checkpoint: python scripts/sample.py --ckpt PATH [--num 64] [--sampler ddim --steps 50]
+
+Writes samples.png (a grid) and samples.npy ([N, C, H, W] float32 in [-1, 1]) into --out; --gif adds
+denoising.gif; --forward-figure adds the tutorial's forward-diffusion figure. A class-conditional
+checkpoint takes --class NAME|INDEX and --guidance W, or --per-class for a labelled 10-row grid.
+--ablation adds ablation.png: DDPM and DDPM with no noise added back, from the same starting noise.
+--explain adds three figures of the reverse process: explain_steps.png, explain_std.png, explain_loss.png.
+EMA weights are used when the checkpoint has them (--no-ema for the raw weights).
+"""
+import os
+from argparse import RawDescriptionHelpFormatter
+
+# pylint: disable=import-outside-toplevel
+from ..cli import (ArgumentParser, add_device_arg, add_sampler_args, check_sampler_args, non_negative_float,
+                         positive_int, sampler_options)
+
+
+def parse_class(text, num_classes, class_names):
+    """A class index or (case-insensitive) name -> index; raises ValueError naming the choices."""
+    if text.isdigit() and int(text) < num_classes:
+        return int(text)
+    lowered = [n.lower() for n in class_names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    raise ValueError(f"--class {text!r} is not a class index 0..{num_classes - 1} or one of: {', '.join(class_names)}")
+
+
+def choose_labels(parser, args, num_classes):
+    """(labels [N] or None, row names or None) for the class flags; one-line errors for bad ones."""
+    import numpy as np
+    from ..data import FASHION_CLASSES
+    k = num_classes
+    if (args.cls is not None or args.per_class) and k is None:
+        parser.error("--class/--per-class need a class-conditional checkpoint (model.num_classes)")
+    names = list(FASHION_CLASSES) if k == len(FASHION_CLASSES) else [str(i) for i in range(k or 0)]
+    if args.per_class:
+        return np.repeat(np.arange(k), max(1, args.num // k)), names
+    if args.cls is not None:
+        try:
+            return np.full(args.num, parse_class(args.cls, k, names)), None
+        except ValueError as e:
+            parser.error(str(e))
+    return (None if k is None else np.arange(args.num) % k), None
+
+
+def write_ablation(denoiser, shape, labels, args, out):
+    """ablation.png: 8 DDPM samples above the same 8 starting noises with no noise added back."""
+    import numpy as np
+    from ..sampling import generate
+    from ..viz import save_grid
+    n = min(8, args.num)
+    rows = [generate(denoiser, shape, n, seed=args.seed, batch_size=n, sampler=name, guidance=args.guidance,
+                     labels=None if labels is None else labels[:n]) for name in ("ddpm", "ddpm-no-noise")]
+    save_grid(np.concatenate(rows), os.path.join(out, "ablation.png"), nrow=n,
+              row_labels=["DDPM", "no noise added"], title="same starting noise x_T")
+
+
+def write_explain(model, sched, cfg, shape, labels, args, out):
+    """explain_steps.png, explain_std.png, explain_loss.png: the reverse process for learners."""
+    from ..data import build_dataset
+    from ..explain import write_figures
+    held = next(build_dataset(cfg.data, 64).create_tuple_iterator(num_epochs=1, output_numpy=True))[0]
+    write_figures(model, sched, shape, held, out, cfg.diffusion.loss_type, seed=args.seed,
+                  null_class=cfg.model.num_classes, labels=labels, guidance=args.guidance,
+                  clip_denoised=not args.no_clip, **sampler_options(args))
+
+
+def main(argv=None, prog=None):
+    parser = ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by scripts/train.py")
+    parser.add_argument("--num", type=positive_int, default=64, help="number of images (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same images)")
+    parser.add_argument("--out", help="output folder (default: samples/ next to the checkpoint)")
+    add_sampler_args(parser)
+    parser.add_argument("--class", dest="cls", metavar="NAME|INDEX", help="class to generate (conditional models)")
+    parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance w")
+    parser.add_argument("--per-class", action="store_true", help="a grid of every class, one labelled row each")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
+    parser.add_argument("--no-clip", action="store_true",
+                        help="do not clip the predicted x_0 to [-1, 1] at each step (the tutorial's update)")
+    parser.add_argument("--gif", action="store_true", help="also write denoising.gif of the first batch")
+    parser.add_argument("--gif-index", type=int, default=0, help="which image of the first batch to animate")
+    parser.add_argument("--forward-figure", action="store_true",
+                        help="also write forward_diffusion.png (one training image at t=0,50,100,150,199)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also write ablation.png: 8 DDPM samples above the same 8 with no noise added back")
+    parser.add_argument("--explain", action="store_true",
+                        help="also write explain_steps.png (x_t, predicted noise, predicted x_0 at a few steps), "
+                             "explain_std.png (std of x_t along the chain, clipped or not) and explain_loss.png "
+                             "(the loss by timestep on a batch of training images)")
+    add_device_arg(parser)
+    args = parser.parse_args(argv)
+    check_sampler_args(parser, args)
+
+    import numpy as np
+    from ..checkpoint import load_model
+    from ..paths import make_output_dir
+    from ..sampling import Denoiser, Recorder, batch_plan, generate
+    from ..viz import save_gif, save_grid
+    from ..device import use_device
+
+    use_device(args.device)
+    model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
+    check_sampler_args(parser, args, sched.num_timesteps)
+    k = cfg.model.num_classes
+    labels, rows = choose_labels(parser, args, k)
+    num = args.num if labels is None else len(labels)
+    if not 0 <= args.gif_index < batch_plan(num, args.batch_size)[1]:
+        parser.error(f"--gif-index must be in [0, {batch_plan(num, args.batch_size)[1]}) (the first batch)")
+    out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples"), "--out")
+
+    shape = (cfg.model.channels, cfg.data.image_size, cfg.data.image_size)
+    denoiser = Denoiser(model, sched, clip_denoised=not args.no_clip, null_class=k)
+    recorder = Recorder(("x",)) if args.gif else None
+    samples = generate(denoiser, shape, num, seed=args.seed, batch_size=args.batch_size, labels=labels,
+                       guidance=args.guidance, callback=recorder, **sampler_options(args))
+    np.save(os.path.join(out, "samples.npy"), samples.astype(np.float32))
+    nrow = len(samples) // k if rows else int(np.ceil(np.sqrt(len(samples))))
+    save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, row_labels=rows)
+    if recorder is not None:
+        frames = recorder.stack("x")
+        save_gif(frames, os.path.join(out, "denoising.gif"), index=args.gif_index, every=max(1, len(frames) // 100))
+    if args.ablation:
+        write_ablation(denoiser, shape, labels, args, out)
+    if args.explain:
+        write_explain(model, sched, cfg, shape, labels, args, out)
+    if args.forward_figure:
+        from ..data import load_fashion_arrays, resolve_fashion_dir
+        from ..viz import forward_diffusion_figure
+        images, _ = load_fashion_arrays(resolve_fashion_dir(cfg.data.root), count=1)
+        forward_diffusion_figure(sched, images[:1].astype(np.float32) / 127.5 - 1.0,
+                                 os.path.join(out, "forward_diffusion.png"))
+    print(f"wrote {len(samples)} samples to {out}")
+    return 0

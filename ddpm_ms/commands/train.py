@@ -1,0 +1,42 @@
+"""Train a DDPM: python scripts/train.py --config configs/fashion.yaml [--set train.batch_size=32] [--resume latest]
+
+Data parallel on N devices: msrun --worker_num=N --local_worker_num=N --master_port=8118 --join=True
+scripts/train.py --config ... (train.batch_size is per device).
+"""
+import json
+import os
+import sys
+
+from ..cli import ArgumentParser, add_device_arg
+
+
+def main(argv=None, prog=None):
+    parser = ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML config: a path, or a bundled name (fashion.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable)")
+    parser.add_argument("--resume", metavar="PATH|latest", help="continue from a checkpoint (exactly)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a fresh run in a train.out_dir that holds another run (its checkpoints and "
+                             "metrics are deleted)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_device_arg(parser, default=None)
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+
+    from ..config import load_config  # pylint: disable=import-outside-toplevel
+    from ..device import use_device  # pylint: disable=import-outside-toplevel
+    from ..distributed import setup  # pylint: disable=import-outside-toplevel
+    from ..loop import Trainer  # pylint: disable=import-outside-toplevel
+
+    cfg = load_config(args.config, args.set + ([f"train.device={args.device}"] if args.device else []))
+    use_device(cfg.train.device)
+    rank, world_size = setup()   # (0, 1) unless launched by msrun
+    trainer = Trainer(cfg, resume=args.resume, rank=rank, world_size=world_size, overwrite=args.overwrite)
+    summary = trainer.fit(progress=not args.no_progress)
+    if summary["interrupted"] is not None:
+        print(f"interrupted by signal {summary['interrupted']} at step {summary['step']}; "
+              f"saved {summary['checkpoint']}; continue with --resume latest", file=sys.stderr)
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,37 @@
+"""Where the work runs: the one place that picks the device and applies the CPU-only settings.
+
+Every script calls :func:`use_device` once, before it builds a model or a graph. Importing ``ddpm_ms`` changes
+nothing of MindSpore's; a notebook that wants the same settings calls ``ddpm_ms.use_device()`` itself.
+"""
+import os
+
+import mindspore as ms
+
+from .config import DEVICES, ConfigError
+
+
+def cpu_settings():
+    """The CPU-only settings, applied by :func:`use_device` when the target is CPU.
+
+    ``MS_DEV_HOST_BLOCKING_RUN=1``: no busy-waiting host queue, which steals a core on small CPU machines
+    (about 2x on 2 cores). The kernel library (:mod:`ddpm_ms.kernels`) needs nothing here: it is used only when
+    the device target is CPU, and the oneDNN ISA cap is set only on its fallback path.
+    """
+    os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+
+
+def use_device(target="auto", device_id=None):
+    """Run on ``target`` ("auto": MindSpore's default, "CPU", "GPU" or "Ascend"); returns the target in use.
+
+    Applied through ``mindspore.set_device``; under msrun ``device_id`` None lets MindSpore give each rank its
+    device. On CPU the :func:`cpu_settings` follow. Call it once, before any graph is built (and before
+    ``ddpm_ms.distributed.setup``).
+    """
+    if target not in DEVICES:
+        raise ConfigError(f"device {target!r} is not one of {', '.join(DEVICES)}")
+    if target != "auto":
+        ms.set_device(target, device_id)
+    actual = ms.get_context("device_target")
+    if actual == "CPU":
+        cpu_settings()
+    return actual
