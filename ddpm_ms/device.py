@@ -20,6 +20,23 @@ def cpu_settings():
     os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
 
 
+def available(target):
+    """Whether this MindSpore build and machine can run on ``target`` (``mindspore.hal.is_available``).
+
+    MindSpore reports a missing GPU or Ascend runtime with several lines on stderr; they are held back here, since
+    the caller says it in one.
+    """
+    from mindspore import hal  # pylint: disable=import-outside-toplevel
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w", encoding="utf-8") as null:
+            os.dup2(null.fileno(), 2)
+            return bool(hal.is_available(target))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def use_device(target="auto", device_id=None):
     """Run on ``target`` ("auto": MindSpore's default, "CPU", "GPU" or "Ascend"); returns the target in use.
 
@@ -30,6 +47,9 @@ def use_device(target="auto", device_id=None):
     if target not in DEVICES:
         raise ConfigError(f"device {target!r} is not one of {', '.join(DEVICES)}")
     if target != "auto":
+        if not available(target):
+            raise ConfigError(f"device {target} is not available to this MindSpore ({ms.__version__}): install its "
+                              f"{target} build and drivers, or choose --device auto")
         ms.set_device(target, device_id)
     actual = ms.get_context("device_target")
     if actual == "CPU":

@@ -32,6 +32,7 @@ def fake_device(monkeypatch):
         calls.append((target, device_id))
 
     real_get = ms.get_context
+    monkeypatch.setattr(device, "available", lambda target: True)
     monkeypatch.setattr(ms, "set_device", set_device)
     monkeypatch.setattr(ms, "get_context", lambda key: calls[-1][0] if key == "device_target" and calls
                         else real_get(key))
@@ -74,9 +75,22 @@ def test_every_command_passes_its_device_to_set_device(monkeypatch, command, arg
         raise _Stop
 
     monkeypatch.setattr(ms, "set_device", set_device)
+    monkeypatch.setattr(device, "available", lambda target: True)
     with pytest.raises(_Stop):
         run(command, args)
     assert seen == [args[-1].split("=")[-1]]
+
+
+def test_a_missing_accelerator_is_one_line(capfd):
+    missing = [t for t in ("GPU", "Ascend") if not device.available(t)]
+    if not missing:
+        pytest.skip("this machine has both accelerators")
+    assert capfd.readouterr().err == ""                         # MindSpore's own complaints are held back
+    with pytest.raises(ConfigError, match=f"device {missing[0]} is not available to this MindSpore"):
+        device.use_device(missing[0])
+    assert run("sample", ["--ckpt", "x.ckpt", "--device", missing[0]]) == 2
+    err = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: device {missing[0]} is not available"), err
 
 
 def test_importing_ddpm_ms_changes_no_mindspore_setting():
