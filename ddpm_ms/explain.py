@@ -59,7 +59,7 @@ def chain_std(denoisers, image_shape, num=16, seed=0, labels=None, guidance=1.0,
 
 
 def plot_chain_std(stds):
-    """std of x_t against t, one line per Denoiser, with the data range's std bound."""
+    """std of x_t against t (log scale), one line per Denoiser, with the std of x_T for reference."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, values in stds.items():
         if name != "t":
@@ -67,6 +67,7 @@ def plot_chain_std(stds):
     ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="std of x_T ~ N(0, I)")
     ax.set_xlabel("timestep t (sampling runs right to left)")
     ax.set_ylabel("pixel std of x_t")
+    ax.set_yscale("log")   # an unclipped chain can grow by orders of magnitude
     ax.invert_xaxis()
     ax.legend(fontsize=8)
     ax.set_title("x_t along the reverse chain", fontsize=10)
