@@ -313,27 +313,37 @@ int ConvFwd(int64_t S, int64_t P, void **params, int64_t **shapes) {  // x, w ->
   return 0;
 }
 
+// dy (already in c->y's layout), plain w -> plain dx; scratch slots for w and dx.
+void RunBwdData(const ConvPrimitive &c, const ConvGeometry &g, float *dy, void *w_plain, void *dx_plain, int w_slot,
+                int dx_slot) {
+  float *w = In(static_cast<float *>(w_plain), g.w, PlainWeights(g), c.w, w_slot);
+  float *dx = OutBuffer(static_cast<float *>(dx_plain), g.x, tag::nchw, c.x, dx_slot);
+  memory mdy(c.y, Engine(), dy), mw(c.w, Engine(), w), mdx(c.x, Engine(), dx);
+  c.prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}});
+  Out(dx, c.x, static_cast<float *>(dx_plain), g.x, tag::nchw);
+}
+
+// dy (already in c->y's layout), plain x -> plain dw; scratch slots for x and dw.
+void RunBwdWeights(const ConvPrimitive &c, const ConvGeometry &g, float *dy, void *x_plain, void *dw_plain, int x_slot,
+                   int dw_slot) {
+  float *x = In(static_cast<float *>(x_plain), g.x, tag::nchw, c.x, x_slot);
+  float *dw = OutBuffer(static_cast<float *>(dw_plain), g.w, PlainWeights(g), c.w, dw_slot);
+  memory mx(c.x, Engine(), x), mdy(c.y, Engine(), dy), mdw(c.w, Engine(), dw);
+  c.prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
+  Out(dw, c.w, static_cast<float *>(dw_plain), g.w, PlainWeights(g));
+}
+
 int ConvBwdData(int64_t S, int64_t P, void **params, int64_t **shapes) {  // dy, w -> dx
   ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P);
   auto c = GetConv(ConvKind::kBwdData, g);
-  float *dy = In(static_cast<float *>(params[0]), g.y, tag::nchw, c->y, 0);
-  float *w = In(static_cast<float *>(params[1]), g.w, PlainWeights(g), c->w, 1);
-  float *dx = OutBuffer(static_cast<float *>(params[2]), g.x, tag::nchw, c->x, 2);
-  memory mdy(c->y, Engine(), dy), mw(c->w, Engine(), w), mdx(c->x, Engine(), dx);
-  c->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}});
-  Out(dx, c->x, static_cast<float *>(params[2]), g.x, tag::nchw);
+  RunBwdData(*c, g, In(static_cast<float *>(params[0]), g.y, tag::nchw, c->y, 0), params[1], params[2], 1, 2);
   return 0;
 }
 
 int ConvBwdWeights(int64_t S, int64_t P, void **params, int64_t **shapes) {  // x, dy -> dw
   ConvGeometry g = MakeGeometry(shapes[0], shapes[2], shapes[1], S, P);
   auto c = GetConv(ConvKind::kBwdWeights, g);
-  float *x = In(static_cast<float *>(params[0]), g.x, tag::nchw, c->x, 0);
-  float *dy = In(static_cast<float *>(params[1]), g.y, tag::nchw, c->y, 1);
-  float *dw = OutBuffer(static_cast<float *>(params[2]), g.w, PlainWeights(g), c->w, 2);
-  memory mx(c->x, Engine(), x), mdy(c->y, Engine(), dy), mdw(c->w, Engine(), dw);
-  c->prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
-  Out(dw, c->w, static_cast<float *>(params[2]), g.w, PlainWeights(g));
+  RunBwdWeights(*c, g, In(static_cast<float *>(params[1]), g.y, tag::nchw, c->y, 1), params[0], params[2], 0, 2);
   return 0;
 }
 
@@ -343,17 +353,10 @@ int ConvBwd(int64_t S, int64_t P, void **params, int64_t **shapes) {
   auto cd = GetConv(ConvKind::kBwdData, g);
   auto cw = GetConv(ConvKind::kBwdWeights, g);
   float *dy = In(static_cast<float *>(params[0]), g.y, tag::nchw, cd->y, 0);
-  float *w = In(static_cast<float *>(params[1]), g.w, PlainWeights(g), cd->w, 1);
-  float *dx = OutBuffer(static_cast<float *>(params[3]), g.x, tag::nchw, cd->x, 2);
-  memory mdy(cd->y, Engine(), dy), mw(cd->w, Engine(), w), mdx(cd->x, Engine(), dx);
-  cd->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}});
-  Out(dx, cd->x, static_cast<float *>(params[3]), g.x, tag::nchw);
+  RunBwdData(*cd, g, dy, params[1], params[3], 1, 2);
+  // slot 2 is free again: dx has been written out
   float *dy_w = cw->y == cd->y ? dy : In(static_cast<float *>(params[0]), g.y, tag::nchw, cw->y, 2);
-  float *x = In(static_cast<float *>(params[2]), g.x, tag::nchw, cw->x, 3);
-  float *dw = OutBuffer(static_cast<float *>(params[4]), g.w, PlainWeights(g), cw->w, 1);
-  memory mx(cw->x, Engine(), x), mdyw(cw->y, Engine(), dy_w), mdw(cw->w, Engine(), dw);
-  cw->prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdyw}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
-  Out(dw, cw->w, static_cast<float *>(params[4]), g.w, PlainWeights(g));
+  RunBwdWeights(*cw, g, dy_w, params[2], params[4], 3, 1);
   return 0;
 }
 
