@@ -52,7 +52,7 @@ def measure_train(model_kw, batch, steps):
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from mindspore import amp, nn  # pylint: disable=import-outside-toplevel
     import ddpm_ms  # pylint: disable=import-outside-toplevel
-    from ddpm_ms.trainer import step_noise  # pylint: disable=import-outside-toplevel
+    from ddpm_ms.batches import step_noise  # pylint: disable=import-outside-toplevel
     ms.set_seed(0)
     model = ddpm_ms.Unet(**model_kw)
     sched = ddpm_ms.NoiseSchedule.from_name("linear", 200)

@@ -12,17 +12,17 @@ from .checkpoint import load_model
 from .config import Config, ConfigError, load_config
 from .device import use_device
 from .export import load_exported
-from .diffusion import p_losses, predict_noise_from_start, predict_start_from_noise, q_sample
+from .diffusion import OBJECTIVES, p_losses, predict_noise_from_start, predict_start_from_noise, q_sample
 from . import kernels
 from .model import Unet, count_params
 from .sampling import (SAMPLERS, Denoiser, Recorder, generate, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m,
                        timesteps)
 from .schedule import NoiseSchedule, extract, make_betas
-from .trainer import TrainStep, build_model, build_run, build_schedule
-from .loop import Trainer
+from .train_step import TrainStep
+from .trainer import Trainer, build_model, build_run, build_schedule
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "load_config", "p_losses", "predict_noise_from_start", "predict_start_from_noise",
+__all__ = ["OBJECTIVES", "Config", "ConfigError", "load_config", "p_losses", "predict_noise_from_start", "predict_start_from_noise",
            "q_sample", "Unet", "count_params", "SAMPLERS", "Denoiser", "Recorder", "generate", "sample", "sample_ddim",
            "sample_ddpm", "sample_dpmpp_2m", "timesteps", "NoiseSchedule", "extract", "make_betas", "TrainStep",
            "build_model", "build_run", "build_schedule", "kernels", "load_model", "load_exported", "use_device",

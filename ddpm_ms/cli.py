@@ -5,7 +5,7 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError
-from .loop import TrainingDiverged
+from .trainer import TrainingDiverged
 from .paths import OutputError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError, TrainingDiverged)

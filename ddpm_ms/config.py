@@ -44,9 +44,12 @@ class DiffusionConfig:
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    objective: str = "eps"              # what the network predicts: eps, x0 or v (diffusion.OBJECTIVES)
     loss_type: str = "huber"
+    loss_weighting: str = "none"        # none, p2 (p2_gamma, p2_k) or min_snr (min_snr_gamma)
     p2_gamma: float = 0.0
     p2_k: float = 1.0
+    min_snr_gamma: float = 5.0
 
 
 @dataclass
@@ -55,7 +58,8 @@ class DataConfig:
     dataset: str = "fashion_mnist"      # or "image_folder"
     root: Optional[str] = None
     image_size: int = 28
-    num_samples: Optional[int] = None
+    num_samples: Optional[int] = None   # a random subset of this many images (of index_range if given)
+    index_range: Optional[Tuple[int, ...]] = None   # [start, stop): train only on these images of the file
     shuffle_buffer: int = 64
     random_flip: bool = True
     num_workers: int = 1
@@ -91,6 +95,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 25       # stop (keeping the last good checkpoint) after this many in a row
     device: str = "auto"                # auto (MindSpore's default), CPU, GPU or Ascend
     amp: str = "O0"                     # mixed precision (mindspore.amp): O0 fp32, O1, O2, O3 (float16)
+    eval_every: int = 0                 # epochs between FD/KID evaluations during training (0: none)
+    eval_num: int = 1000                # samples per evaluation (drawn with sample_sampler/sample_steps)
 
 
 @dataclass
@@ -131,12 +137,13 @@ def _plain(obj):
 
 def _coerce(value, annotation, key):
     """Convert a YAML/CLI value to the field's type, or raise ConfigError naming ``key``."""
-    optional = annotation in (Optional[int], Optional[str], Optional[float])
+    optional = {Optional[int]: int, Optional[str]: str, Optional[float]: float,
+                Optional[Tuple[int, ...]]: Tuple[int, ...]}
     if value is None:
-        if optional:
+        if annotation in optional:
             return None
         raise ConfigError(f"config key '{key}' must not be null")
-    base = {Optional[int]: int, Optional[str]: str, Optional[float]: float}.get(annotation, annotation)
+    base = optional.get(annotation, annotation)
     if base == Tuple[int, ...]:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                            for v in value):
@@ -195,7 +202,8 @@ def _check_model(m):
 
 def _check_diffusion(d):
     from .schedule import BETA_SCHEDULES, SCHEDULES_WITHOUT_BETA_RANGE  # pylint: disable=import-outside-toplevel
-    from .diffusion import LOSS_TYPES  # pylint: disable=import-outside-toplevel
+    from .diffusion import (LOSS_TYPES, LOSS_WEIGHTINGS, OBJECTIVES,  # pylint: disable=import-outside-toplevel
+                            WEIGHTING_PARAMS)
     _check(d.timesteps > 1, "diffusion.timesteps", f"must be > 1, got {d.timesteps}")
     _check(d.beta_schedule in BETA_SCHEDULES, "diffusion.beta_schedule",
            f"must be one of {sorted(BETA_SCHEDULES)}, got {d.beta_schedule!r}")
@@ -207,6 +215,13 @@ def _check_diffusion(d):
                f"diffusion.{key}", f"is not used by diffusion.beta_schedule={d.beta_schedule!r}: remove it "
                                    f"(got {getattr(d, key)})")
     _check(d.loss_type in LOSS_TYPES, "diffusion.loss_type", f"must be one of {LOSS_TYPES}, got {d.loss_type!r}")
+    _check(d.objective in OBJECTIVES, "diffusion.objective", f"must be one of {tuple(OBJECTIVES)}, got {d.objective!r}")
+    _check(d.loss_weighting in LOSS_WEIGHTINGS, "diffusion.loss_weighting",
+           f"must be one of {tuple(LOSS_WEIGHTINGS)}, got {d.loss_weighting!r}")
+    _check(d.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be > 0, got {d.min_snr_gamma}")
+    for key in sorted({k for keys in WEIGHTING_PARAMS.values() for k in keys}):
+        _check(key in WEIGHTING_PARAMS[d.loss_weighting] or getattr(d, key) == getattr(default, key), f"diffusion.{key}",
+               f"is not used by diffusion.loss_weighting={d.loss_weighting!r}: remove it (got {getattr(d, key)})")
 
 
 def _check_data(data, m):
@@ -218,6 +233,11 @@ def _check_data(data, m):
            f"got {data.image_size}")
     _check(data.num_samples is None or data.num_samples > 0, "data.num_samples",
            f"must be > 0, got {data.num_samples}")
+    r = data.index_range
+    _check(r is None or (len(r) == 2 and 0 <= r[0] < r[1]), "data.index_range",
+           f"must be [start, stop] with 0 <= start < stop, got {None if r is None else list(r)}")
+    _check(r is None or data.num_samples is None or data.num_samples <= r[1] - r[0], "data.num_samples",
+           f"must be at most the {0 if r is None else r[1] - r[0]} images of data.index_range, got {data.num_samples}")
     _check(data.shuffle_buffer > 0, "data.shuffle_buffer", f"must be > 0, got {data.shuffle_buffer}")
     _check(data.num_workers > 0, "data.num_workers", f"must be > 0, got {data.num_workers}")
 
@@ -240,6 +260,8 @@ def _check_train(t, d):
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
     _check(t.device in DEVICES, "train.device", f"must be one of {DEVICES}, got {t.device!r}")
     _check(t.amp in AMP_LEVELS, "train.amp", f"must be one of {AMP_LEVELS}, got {t.amp!r}")
+    _check(t.eval_every >= 0, "train.eval_every", f"must be >= 0 (0: no evaluation), got {t.eval_every}")
+    _check(t.eval_num >= 2, "train.eval_num", f"must be >= 2, got {t.eval_num}")
     for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
 
@@ -259,6 +281,9 @@ def validate(cfg):
     _check_diffusion(cfg.diffusion)
     _check_data(cfg.data, cfg.model)
     _check_train(cfg.train, cfg.diffusion)
+    _check(cfg.train.eval_every == 0 or cfg.data.dataset == "fashion_mnist", "train.eval_every",
+           f"needs data.dataset=fashion_mnist (the metric's classifier is a Fashion-MNIST one), "
+           f"got {cfg.data.dataset!r}")
     _check_ema(cfg.ema)
     return cfg
 

@@ -220,6 +220,23 @@ def _image_ops(image_size=None, random_flip=True, resize=False):
     return ops_
 
 
+def _reading(num_samples, index_range, num_shards, shard_id):
+    """Keyword arguments of a MindSpore source dataset: a random ``num_samples`` of all images (this shard's), or
+    of the images with indices in ``index_range`` [start, stop) (this shard's every ``num_shards``-th)."""
+    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    if index_range is None:
+        return dict(num_samples=num_samples, shuffle=True, num_shards=num_shards, shard_id=shard_id)
+    indices = list(range(*index_range))[(shard_id or 0)::(num_shards or 1)]
+    return dict(sampler=ds.SubsetRandomSampler(indices, num_samples=num_samples))
+
+
+def check_index_range(index_range, available, what):
+    """DataError unless ``index_range`` [start, stop) lies within the ``available`` images of ``what``."""
+    if index_range is not None and index_range[1] > available:
+        raise DataError(f"data.index_range {list(index_range)} asks for images up to {index_range[1]}, "
+                        f"but {what} holds {available}")
+
+
 def _finish(dataset, columns, batch_size, shuffle_buffer, image_ops, num_workers, labels):
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     import mindspore.dataset.transforms as transforms  # pylint: disable=import-outside-toplevel
@@ -232,29 +249,35 @@ def _finish(dataset, columns, batch_size, shuffle_buffer, image_ops, num_workers
 
 
 def fashion_mnist(root, batch_size=16, num_samples=None, shuffle_buffer=64, random_flip=True, labels=False,
-                  num_shards=None, shard_id=None, num_workers=1):
+                  num_shards=None, shard_id=None, num_workers=1, index_range=None):
     """The tutorial's pipeline: image [B, 1, 28, 28] float32 in [-1, 1] (and label [B] int32 if ``labels``).
 
     project -> shuffle(buffer) -> map [RandomHorizontalFlip, ToTensor, x*2-1] -> batch(drop_remainder).
+    ``index_range`` (start, stop) reads only those images of the training file, in random order.
     """
     import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
-    validate_fashion_dir(root)
-    dataset = ds.FashionMnistDataset(root, usage="train", num_samples=num_samples, shuffle=True,
-                                     num_shards=num_shards, shard_id=shard_id, num_parallel_workers=num_workers)
+    check_index_range(index_range, validate_fashion_dir(root), root)
+    dataset = ds.FashionMnistDataset(root, usage="train", num_parallel_workers=num_workers,
+                                     **_reading(num_samples, index_range, num_shards, shard_id))
     columns = ["image", "label"] if labels else ["image"]
     return _finish(dataset, columns, batch_size, shuffle_buffer, _image_ops(random_flip=random_flip),
                    num_workers, labels)
 
 
 def image_folder(root, image_size, batch_size=16, num_samples=None, shuffle_buffer=64, random_flip=True,
-                 labels=False, num_shards=None, shard_id=None, num_workers=1):
-    """Your own pictures (one sub-folder per class): image [B, 3, S, S] in [-1, 1], resized and centre-cropped."""
+                 labels=False, num_shards=None, shard_id=None, num_workers=1, index_range=None):
+    """Your own pictures (one sub-folder per class): image [B, 3, S, S] in [-1, 1], resized and centre-cropped.
+
+    ``index_range`` (start, stop) indexes the files in MindSpore's order (sorted by class, then by name).
+    """
     import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
     if not os.path.isdir(root):
         raise DataError(f"image folder not found: {root}")
-    dataset = ds.ImageFolderDataset(root, num_samples=num_samples, shuffle=True, decode=True,
-                                    extensions=IMAGE_EXTENSIONS, num_shards=num_shards, shard_id=shard_id,
-                                    num_parallel_workers=num_workers)
+    if index_range is not None:
+        check_index_range(index_range, ds.ImageFolderDataset(root, extensions=IMAGE_EXTENSIONS).get_dataset_size(),
+                          root)
+    dataset = ds.ImageFolderDataset(root, decode=True, extensions=IMAGE_EXTENSIONS, num_parallel_workers=num_workers,
+                                    **_reading(num_samples, index_range, num_shards, shard_id))
     return _finish(dataset, ["image", "label"] if labels else ["image"], batch_size, shuffle_buffer,
                    _image_ops(image_size, random_flip, resize=True), num_workers, labels)
 
@@ -293,7 +316,7 @@ def build_dataset(data_cfg, batch_size, labels=False, num_shards=None, shard_id=
     """The dataset a DataConfig describes (Fashion-MNIST is looked up or downloaded first)."""
     common = dict(batch_size=batch_size, num_samples=data_cfg.num_samples, shuffle_buffer=data_cfg.shuffle_buffer,
                   random_flip=data_cfg.random_flip, labels=labels, num_shards=num_shards, shard_id=shard_id,
-                  num_workers=data_cfg.num_workers)
+                  num_workers=data_cfg.num_workers, index_range=data_cfg.index_range)
     if data_cfg.dataset == "image_folder":
         if not data_cfg.root:
             raise DataError("data.root must name the image folder when data.dataset is image_folder")

@@ -1,17 +1,16 @@
 """Gaussian diffusion maths (Ho et al. 2020). Owns no network.
 
 Each function takes the :class:`~ddpm_ms.schedule.NoiseSchedule` first and a
-noise-prediction model ``eps_model(x_t, t[, y]) -> eps`` where one is needed. The reverse-process steps
-are in :mod:`ddpm_ms.sampling`.
-Randomness is injectable: pass ``noise`` to make a call deterministic.
+model ``model(x_t, t[, y]) -> out`` where one is needed, whose output is the target of an :class:`Objective`
+(eps, x0 or v). The objectives are the one place where eps, x_0 and v convert into each other, and
+:data:`LOSS_WEIGHTINGS` the one place for per-timestep loss weights. The reverse-process steps are in
+:mod:`ddpm_ms.sampling`. Randomness is injectable: pass ``noise`` to make a call deterministic.
 """
 import numpy as np
+import mindspore as ms
 from mindspore import Tensor, ops
 
 from .schedule import extract
-
-LOSS_TYPES = ("huber", "l1", "l2")
-
 
 def randn_like(x, rng=None):
     """Standard normal Tensor shaped like x, from numpy ``rng`` (a Generator) when given."""
@@ -31,30 +30,55 @@ def q_sample(sched, x_start, t, noise=None):
             + extract(sched.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
 
 
+def huber_loss(diff):
+    """Smooth L1 with beta=1 (the tutorial's): 0.5 d^2 where |d| < 1, |d| - 0.5 elsewhere."""
+    adiff = ops.abs(diff)
+    return ops.where(adiff < 1.0, 0.5 * diff * diff, adiff - 0.5)
+
+
+def l1_loss(diff):
+    """|d|."""
+    return ops.abs(diff)
+
+
+def l2_loss(diff):
+    """d^2."""
+    return diff * diff
+
+
+LOSSES = {"huber": huber_loss, "l1": l1_loss, "l2": l2_loss}
+LOSS_TYPES = tuple(LOSSES)
+
+
+def loss_named(loss_type):
+    """The per-element loss function registered as ``loss_type``."""
+    if loss_type not in LOSSES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+    return LOSSES[loss_type]
+
+
 def elementwise_loss(pred, target, loss_type="huber"):
-    """Per-element loss: 'huber' (smooth L1, beta=1, the tutorial's), 'l1' or 'l2'."""
-    diff = pred - target
-    if loss_type == "huber":
-        adiff = ops.abs(diff)
-        return ops.where(adiff < 1.0, 0.5 * diff * diff, adiff - 0.5)
-    if loss_type == "l1":
-        return ops.abs(diff)
-    if loss_type == "l2":
-        return diff * diff
-    raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+    """Per-element loss of pred - target: a name in :data:`LOSSES` ('huber', 'l1', 'l2') or such a function."""
+    return (loss_named(loss_type) if isinstance(loss_type, str) else loss_type)(pred - target)
 
 
-def p_losses(sched, eps_model, x_start, t, noise=None, loss_type="huber", y=None):
-    """Simplified DDPM objective (eq. 14) with p2 weighting: mean_i w_t * loss(eps, eps_theta(x_t, t)).
+def p_losses(sched, model, x_start, t, noise=None, loss_type="huber", y=None, objective="eps", weights=None):
+    """The simplified objective (eq. 14) for any :class:`Objective`: mean_i w_t * loss(target, model(x_t, t)).
 
-    x_start [B, C, H, W], t [B] int, y optional [B] int labels -> scalar loss.
+    x_start [B, C, H, W], t [B] int, y optional [B] int labels, ``objective`` a name in :data:`OBJECTIVES` (or
+    one), ``weights`` [T] float32 per-timestep loss weights (:func:`loss_weights`; None: unweighted) -> scalar.
+    With objective "eps" and no weights this is the tutorial's loss.
     """
+    if isinstance(objective, str):
+        objective = objective_named(objective)
     if noise is None:
         noise = randn_like(x_start)
     x_noisy = q_sample(sched, x_start, t, noise)
-    predicted_noise = eps_model(x_noisy, t) if y is None else eps_model(x_noisy, t, y)
-    loss = elementwise_loss(predicted_noise, noise, loss_type)
-    loss = loss.reshape((loss.shape[0], -1)) * extract(sched.p2_loss_weight, t, (1, 1))
+    out = model(x_noisy, t) if y is None else model(x_noisy, t, y)
+    loss = elementwise_loss(out, objective.target(sched, x_start, noise, t), loss_type)
+    loss = loss.reshape((loss.shape[0], -1))
+    if weights is not None:
+        loss = loss * extract(weights, t, (1, 1))
     return loss.mean()
 
 
@@ -68,3 +92,112 @@ def predict_noise_from_start(sched, x_t, t, x_start):
     """eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1 / alpha_bar_t - 1)   (eq. 4 solved for eps)."""
     return ((extract(sched.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x_start)
             / extract(sched.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+
+
+# ---------------------------------------------------------------------------------------------- objectives
+# What the network predicts. Each objective gives its regression target from (x_0, eps), converts a prediction
+# back to (x_0, eps) given x_t, and says how its squared error relates to the error of the implied eps.
+
+@ms.jit_class
+class EpsObjective:
+    """Predict the noise eps (Ho et al. 2020, eq. 14)."""
+    name = "eps"
+
+    def target(self, sched, x_start, noise, t):   # pylint: disable=unused-argument
+        """The regression target [B,C,H,W] for x_start and noise at t [B]."""
+        return noise
+
+    def split(self, sched, x_t, t, out):
+        """(x0, eps) [B,C,H,W] from the network's output ``out`` at x_t, t."""
+        return predict_start_from_noise(sched, x_t, t, out), out
+
+    @staticmethod
+    def eps_error_ratio(snr):
+        """|eps - eps_hat|^2 / |target - out|^2 at SNR_t (an [T] float64 array): 1 for eps."""
+        return np.ones_like(snr)
+
+
+@ms.jit_class
+class X0Objective:
+    """Predict the clean image x_0 (eps from eq. 4 solved for it)."""
+    name = "x0"
+
+    def target(self, sched, x_start, noise, t):   # pylint: disable=unused-argument
+        """The regression target [B,C,H,W] for x_start and noise at t [B]."""
+        return x_start
+
+    def split(self, sched, x_t, t, out):
+        """(x0, eps) [B,C,H,W] from the network's output ``out`` at x_t, t."""
+        return out, predict_noise_from_start(sched, x_t, t, out)
+
+    @staticmethod
+    def eps_error_ratio(snr):
+        """|eps - eps_hat|^2 / |x0 - x0_hat|^2 = SNR_t, since eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)."""
+        return np.asarray(snr, np.float64)
+
+
+@ms.jit_class
+class VObjective:
+    """Predict the velocity v = sqrt(ab) eps - sqrt(1 - ab) x_0 (Salimans & Ho 2022, Sec. 4)."""
+    name = "v"
+
+    def target(self, sched, x_start, noise, t):
+        """The regression target [B,C,H,W] for x_start and noise at t [B]."""
+        return (extract(sched.sqrt_alphas_cumprod, t, x_start.shape) * noise
+                - extract(sched.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start)
+
+    def split(self, sched, x_t, t, out):
+        """(x0, eps) from v: x0 = sqrt(ab) x_t - sqrt(1 - ab) v, eps = sqrt(1 - ab) x_t + sqrt(ab) v."""
+        a = extract(sched.sqrt_alphas_cumprod, t, x_t.shape)
+        s = extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
+        return a * x_t - s * out, s * x_t + a * out
+
+    @staticmethod
+    def eps_error_ratio(snr):
+        """|eps - eps_hat|^2 / |v - v_hat|^2 = ab = SNR_t / (SNR_t + 1), since eps = sqrt(1 - ab) x_t + sqrt(ab) v."""
+        snr = np.asarray(snr, np.float64)
+        return snr / (snr + 1.0)
+
+
+OBJECTIVES = {o.name: o for o in (EpsObjective(), X0Objective(), VObjective())}
+
+
+def objective_named(name):
+    """The :class:`Objective` registered as ``name`` ("eps", "x0" or "v")."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+# ---------------------------------------------------------------------------------------- loss weightings
+# Each weighting is written as a weight on the eps loss, w_eps(SNR_t), and applied to an objective's loss as
+# w_eps * eps_error_ratio, so every objective minimises the same weighted eps error (exactly so for l2).
+
+def _no_weighting(snr, objective, **_):
+    """1 on the objective's own loss."""
+    return np.ones_like(objective.eps_error_ratio(snr))
+
+
+def _p2_weighting(snr, objective, p2_gamma=0.0, p2_k=1.0, **_):
+    """P2 (Choi et al. 2022, eq. 8): (k + SNR_t)^-gamma on the eps loss."""
+    return (p2_k + snr) ** -p2_gamma * objective.eps_error_ratio(snr)
+
+
+def _min_snr_weighting(snr, objective, min_snr_gamma=5.0, **_):
+    """Min-SNR-gamma (Hang et al. 2023): min(SNR_t, gamma) on the x_0 loss; min(SNR, g)/SNR for eps,
+    min(SNR, g)/(SNR + 1) for v."""
+    return np.minimum(snr, min_snr_gamma) / snr * objective.eps_error_ratio(snr)
+
+
+LOSS_WEIGHTINGS = {"none": _no_weighting, "p2": _p2_weighting, "min_snr": _min_snr_weighting}
+WEIGHTING_PARAMS = {"none": (), "p2": ("p2_gamma", "p2_k"), "min_snr": ("min_snr_gamma",)}   # the keys each reads
+
+
+def loss_weights(sched, objective="eps", weighting="none", **params):
+    """Per-timestep loss weights [T] float64 for an objective, from ``sched.np["snr"]``.
+
+    ``params``: p2_gamma, p2_k (p2) or min_snr_gamma (min_snr).
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {sorted(LOSS_WEIGHTINGS)}")
+    return LOSS_WEIGHTINGS[weighting](sched.np["snr"], objective_named(objective), **params)

@@ -109,17 +109,19 @@ def plot_loss_by_timestep(data, loss_type="huber"):
     return fig
 
 
-def write_figures(model, sched, image_shape, held, out, loss_type="huber", seed=0, null_class=None, labels=None,
-                  guidance=1.0, clip_denoised=True, **sampler):
+def write_figures(model, sched, cfg, image_shape, held, out, seed=0, labels=None, guidance=1.0, clip_denoised=True,
+                  **sampler):
     """explain_steps.png, explain_std.png and explain_loss.png in the folder ``out``; returns their paths.
 
-    ``held`` [B,C,H,W] in [-1, 1]: training images for the loss by timestep. ``labels`` (with ``null_class`` and
-    ``guidance``) condition the chains of a class-conditional model; the loss uses its unconditional eps.
+    ``cfg``: the model's Config (its objective, loss type and classes). ``held`` [B,C,H,W] in [-1, 1]: training
+    images for the loss by timestep. ``labels`` (with ``guidance``) condition the chains of a class-conditional
+    model; the loss uses its unconditional eps.
     ``sampler`` holds :func:`~ddpm_ms.sampling.generate`'s sampler arguments.
     """
     import os  # pylint: disable=import-outside-toplevel
     from .sampling import Denoiser  # pylint: disable=import-outside-toplevel
-    clipped, raw = (Denoiser(model, sched, clip_denoised=c, null_class=null_class) for c in (True, False))
+    clipped, raw = (Denoiser.from_config(model, sched, cfg, clip_denoised=c) for c in (True, False))
+    null_class, loss_type = cfg.model.num_classes, cfg.diffusion.loss_type
     first, batch = (None, None) if labels is None else (labels[:1], labels[:16])
     snap = chain_snapshots(clipped if clip_denoised else raw, image_shape, seed=seed, labels=first,
                            guidance=guidance, **sampler)

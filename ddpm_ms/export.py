@@ -60,7 +60,7 @@ def load_exported(path):
     """(network, schedule, config) of a network written by :func:`export_network` (or ``ddpm-ms export``).
 
     Sample with it as with a trained model:
-    ``generate(Denoiser(net, sched, null_class=cfg.model.num_classes), shape, num)``.
+    ``generate(Denoiser.from_config(net, sched, cfg), shape, num)``.
     """
     from .trainer import build_schedule  # pylint: disable=import-outside-toplevel
     if not os.path.isfile(path):

@@ -24,17 +24,19 @@ import mindspore as ms
 from mindspore import Tensor, ops
 from tqdm.auto import tqdm
 
-from .diffusion import predict_noise_from_start, predict_start_from_noise
+from .diffusion import objective_named, predict_noise_from_start
 
 
 class Denoiser:
-    """A noise-prediction network as the samplers see it: ``denoiser(x_t, t) -> (x0, eps)``, numpy in and out.
+    """A network as the samplers see it: ``denoiser(x_t, t) -> (x0, eps)``, numpy in and out.
 
-    ``model(x [B,C,H,W], t [B] int32[, y [B] int32]) -> eps`` with the schedule ``sched``. x_0 comes from eq. 4
-    inverted; with ``clip_denoised`` (improved-diffusion's default) it is clipped to [-1, 1] and eps re-derived
-    from it, which keeps an imperfect model's chain in the data range. A class-conditional model (``null_class``
-    = its "no label" index) is called as ``denoiser(x_t, t, labels, guidance)``: classifier-free guidance
-    eps_u + w (eps_c - eps_u) (Ho & Salimans 2022) from one batched call; w=0 is unconditional, w=1 conditional.
+    ``model(x [B,C,H,W], t [B] int32[, y [B] int32]) -> out`` predicts the target of ``objective`` ("eps", "x0"
+    or "v", :data:`ddpm_ms.diffusion.OBJECTIVES`), which converts it to x_0 and eps with the schedule ``sched``.
+    With ``clip_denoised`` (improved-diffusion's default) x_0 is clipped to [-1, 1] and eps re-derived from it,
+    which keeps an imperfect model's chain in the data range. A class-conditional model (``null_class`` = its
+    "no label" index) is called as ``denoiser(x_t, t, labels, guidance)``: classifier-free guidance
+    out_u + w (out_c - out_u) (Ho & Salimans 2022) from one batched call; w=0 is unconditional, w=1 conditional.
+    (The conversions are linear in ``out`` at a given x_t, so guiding eps, x0 or v is the same.)
 
     The caller holds the Denoiser: it compiles one graph per input shape on first use (``jit``) and reuses it.
     The graph reads the model's Parameters, so weights assigned in place (training, the EMA swap, checkpoint
@@ -42,27 +44,34 @@ class Denoiser:
     :func:`ddpm_ms.load_exported`) runs as it is, with the few ops around it run eagerly.
     """
 
-    def __init__(self, model, sched, clip_denoised=True, null_class=None, jit=True):
+    def __init__(self, model, sched, clip_denoised=True, null_class=None, jit=True, objective="eps"):
         jit = jit and not getattr(model, "is_graph", False)
         self.model, self.sched, self.clip_denoised, self.null_class = model, sched, clip_denoised, null_class
+        self.objective = objective_named(objective)
+        target = self.objective
 
-        def eps_model(x, t, *cond):
+        def model_out(x, t, *cond):
             if not cond:
                 return model(x, t)
             y, w = cond
             y_both = ops.concat((y, ops.full_like(y, null_class)))
-            eps_c, eps_u = ops.chunk(model(ops.concat((x, x)), ops.concat((t, t)), y_both), 2, 0)
-            return eps_u + w * (eps_c - eps_u)
+            out_c, out_u = ops.chunk(model(ops.concat((x, x)), ops.concat((t, t)), y_both), 2, 0)
+            return out_u + w * (out_c - out_u)
 
         def predict(x_t, t, *cond):
-            eps = eps_model(x_t, t, *cond)
-            x0 = predict_start_from_noise(sched, x_t, t, eps)
+            x0, eps = target.split(sched, x_t, t, model_out(x_t, t, *cond))
             if clip_denoised:   # a Python constant: resolved when the graph is built
                 x0 = ops.clamp(x0, -1.0, 1.0)
                 eps = predict_noise_from_start(sched, x_t, t, x0)
             return x0, eps
 
         self._predict = ms.jit(predict) if jit else predict
+
+    @classmethod
+    def from_config(cls, model, sched, cfg, clip_denoised=True, jit=True):
+        """The Denoiser for a model trained with Config ``cfg`` (its objective and, if conditional, null class)."""
+        return cls(model, sched, clip_denoised, null_class=cfg.model.num_classes, jit=jit,
+                   objective=cfg.diffusion.objective)
 
     @property
     def num_timesteps(self):
@@ -303,10 +312,11 @@ def generate(denoiser, image_shape, num, seed=0, batch_size=64, sampler="ddpm", 
 
 
 def sample(model, sched, image_size, batch_size=16, channels=3, seed=0, sampler="ddpm", steps=None,
-           clip_denoised=True, progress=True, **options):
+           clip_denoised=True, progress=True, objective="eps", **options):
     """Notebook shortcut: ``batch_size`` square images [B, channels, S, S] from an unconditional ``model``.
 
     Builds a :class:`Denoiser` (one compile) per call; hold one and call :func:`generate` to reuse it.
     """
-    return generate(Denoiser(model, sched, clip_denoised), (channels, image_size, image_size), batch_size, seed=seed,
+    denoiser = Denoiser(model, sched, clip_denoised, objective=objective)
+    return generate(denoiser, (channels, image_size, image_size), batch_size, seed=seed,
                     batch_size=batch_size, sampler=sampler, steps=steps, progress=progress, **options)

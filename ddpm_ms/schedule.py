@@ -74,15 +74,15 @@ class NoiseSchedule:
       sqrt_recipm1_alphas_cumprod sqrt(1 / alpha_bar_t - 1)
       posterior_variance          beta~_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)  (eq. 7)
       posterior_std               sqrt(beta~_t); 0 at t=0, so the last step adds no noise
-      p2_loss_weight              (k + SNR_t)^-gamma, SNR_t = alpha_bar_t / (1 - alpha_bar_t)  (Choi et al. 2022)
+      snr                         SNR_t = alpha_bar_t / (1 - alpha_bar_t)  (Kingma et al. 2021, eq. 2)
     """
 
     FIELDS = ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
               "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas", "sqrt_recip_alphas_cumprod",
               "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_std", "posterior_mean_coef1",
-              "posterior_mean_coef2", "p2_loss_weight")
+              "posterior_mean_coef2", "snr")
 
-    def __init__(self, betas, p2_gamma=0.0, p2_k=1.0):
+    def __init__(self, betas):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)):
             raise ValueError("betas must be a 1-D array with values in (0, 1)")
@@ -90,7 +90,6 @@ class NoiseSchedule:
         alphas_cumprod = np.cumprod(alphas)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        snr = alphas_cumprod / (1.0 - alphas_cumprod)
         self.np = {
             "betas": betas,
             "alphas": alphas,
@@ -106,16 +105,16 @@ class NoiseSchedule:
             # eq. 7: mu~_t(x_t, x_0) = coef1 x_0 + coef2 x_t
             "posterior_mean_coef1": np.sqrt(alphas_cumprod_prev) * betas / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": np.sqrt(alphas) * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-            "p2_loss_weight": (p2_k + snr) ** -p2_gamma,
+            "snr": alphas_cumprod / (1.0 - alphas_cumprod),
         }
         self.num_timesteps = int(betas.shape[0])
         for name in self.FIELDS:
             setattr(self, name, Tensor(self.np[name].astype(np.float32)))
 
     @classmethod
-    def from_name(cls, name="linear", timesteps=200, beta_start=1e-4, beta_end=0.02, p2_gamma=0.0, p2_k=1.0):
+    def from_name(cls, name="linear", timesteps=200, beta_start=1e-4, beta_end=0.02):
         """Build from a schedule name, e.g. ``NoiseSchedule.from_name("linear", 200)``."""
-        return cls(make_betas(name, timesteps, beta_start, beta_end), p2_gamma=p2_gamma, p2_k=p2_k)
+        return cls(make_betas(name, timesteps, beta_start, beta_end))
 
 
 def extract(a, t, shape):

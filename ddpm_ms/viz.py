@@ -101,8 +101,8 @@ def read_metrics(path):
 
 
 def plot_loss_curve(metrics_path, path):
-    """Loss against step from a metrics JSONL log, with a moving average, as PNG."""
-    rows = read_metrics(metrics_path)
+    """Loss against step from a metrics JSONL log (its rows with a loss), with a moving average, as PNG."""
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     steps = np.array([r["step"] for r in rows])
     loss = np.array([r["loss"] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -115,6 +115,26 @@ def plot_loss_curve(metrics_path, path):
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_fd_curve(metrics_path, path):
+    """FD of the evaluations during training (metrics rows with "fd") against step and against wall time, as PNG."""
+    rows = [r for r in read_metrics(metrics_path) if "fd" in r]
+    fd = np.array([r["fd"] for r in rows])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100, sharey=True)
+    for ax, key, label, scale in ((axes[0], "step", "step", 1.0), (axes[1], "wall_s", "wall time (min)", 60.0)):
+        ax.plot(np.array([r[key] for r in rows]) / scale, fd, "o-", lw=1.2, ms=3)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    best = int(np.argmin(fd))
+    axes[0].plot(rows[best]["step"], fd[best], "*", ms=12, label=f"best: FD {fd[best]:.1f} at step {rows[best]['step']}")
+    axes[0].legend()
+    axes[0].set_ylabel(f"FD ({rows[0].get('eval_num', '?')} samples)")
+    axes[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

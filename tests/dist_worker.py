@@ -15,7 +15,7 @@ import mindspore as ms  # noqa: E402  pylint: disable=wrong-import-position
 from ddpm_ms.config import load_config  # noqa: E402  pylint: disable=wrong-import-position
 from ddpm_ms.distributed import setup  # noqa: E402  pylint: disable=wrong-import-position
 from ddpm_ms.data import load_fashion_arrays  # noqa: E402  pylint: disable=wrong-import-position
-from ddpm_ms.loop import Trainer  # noqa: E402  pylint: disable=wrong-import-position
+from ddpm_ms.trainer import Trainer  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def dump_gradients(trainer, rank, world, path):
@@ -27,7 +27,7 @@ def dump_gradients(trainer, rank, world, path):
     t = rng.integers(0, trainer.run.sched.num_timesteps, len(x0)).astype(np.int32)
     noise = rng.standard_normal(x0.shape, dtype=np.float32)
     mine = slice(rank * per, (rank + 1) * per)
-    loss, grads = trainer.run.step.gradients(*(ms.Tensor(a[mine]) for a in (x0, t, noise)))
+    loss, grads = trainer.run.train_step.gradients(*(ms.Tensor(a[mine]) for a in (x0, t, noise)))
     names = [p.name for p in trainer.run.optimizer.parameters]
     np.savez(path, loss=loss.asnumpy(), **{n: g.asnumpy() for n, g in zip(names, grads)})
 
@@ -35,7 +35,7 @@ def dump_gradients(trainer, rank, world, path):
 def main(config, out, *overrides):
     rank, world = setup()
     cfg = load_config(config, [f"train.out_dir={out}", *overrides])
-    trainer = Trainer(cfg, rank=rank, world_size=world)
+    trainer = Trainer.from_config(cfg, rank=rank, world_size=world)
     dump_gradients(trainer, rank, world, os.path.join(out, f"grads_rank{rank}.npz"))
     summary = trainer.fit(progress=False)
     np.savez(os.path.join(out, f"params_rank{rank}.npz"),

@@ -12,7 +12,8 @@ import ddpm_ms
 from ddpm_ms import device
 from ddpm_ms.commands import run
 from ddpm_ms.config import ConfigError, load_config
-from ddpm_ms.trainer import TrainStep, mixed_precision, step_noise
+from ddpm_ms.batches import step_noise
+from ddpm_ms.train_step import TrainStep, mixed_precision
 
 from conftest import TINY, batch
 
@@ -151,13 +152,13 @@ def test_float16_run_checkpoint_round_trips(ms_ops, data_dir, tmp_path):
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"),
                       [f"train.out_dir={tmp_path}", "train.amp=O2", "train.max_steps=3", "train.gif=false",
                        "train.sample_num=2"])
-    trainer = ddpm_ms.Trainer(cfg)
+    trainer = ddpm_ms.Trainer.from_config(cfg)
     path = trainer.fit(progress=False)["checkpoint"]
     data = ddpm_ms.checkpoint.read_checkpoint(path)
     for p in trainer.run.model.trainable_params():
         assert data[p.name].dtype == ms.float32
         np.testing.assert_array_equal(data[p.name].asnumpy(), p.asnumpy(), err_msg=p.name)
-    resumed = ddpm_ms.Trainer(load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [
+    resumed = ddpm_ms.Trainer.from_config(load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [
         f"train.out_dir={tmp_path}", "train.amp=O0", "train.max_steps=4", "train.gif=false", "train.sample_num=2"]),
         resume="latest")                                                            # on another precision
     assert resumed.fit(progress=False)["step"] == 4

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mindspore import ops
 
-from ddpm_ms import Denoiser, NoiseSchedule, Recorder, generate
+from ddpm_ms import Denoiser, NoiseSchedule, Recorder, generate, load_config
 from ddpm_ms import explain
 from ddpm_ms.viz import to_display
 
@@ -60,7 +60,8 @@ def test_write_figures(tmp_path, conditional):
     net = ddpm_ms.Unet(dim=8, dim_mults=(1, 2), channels=1, num_classes=3 if conditional else None)
     sched = NoiseSchedule.from_name("linear", 10)
     held = np.zeros((8, 1, 28, 28), np.float32)
-    paths = explain.write_figures(net, sched, (1, 28, 28), held, str(tmp_path), null_class=3 if conditional else None,
+    cfg = load_config(None, ["model.num_classes=3"] if conditional else [])
+    paths = explain.write_figures(net, sched, cfg, (1, 28, 28), held, str(tmp_path),
                                   labels=np.arange(16) % 3 if conditional else None, guidance=2.0, sampler="dpm++2m",
                                   steps=5)
     assert [p.rsplit("/", 1)[1] for p in paths] == ["explain_steps.png", "explain_std.png", "explain_loss.png"]

@@ -19,7 +19,7 @@ def test_exported_graph_samples_like_the_network(data_dir, tmp_path, conditional
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"),
                       [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=3", "train.gif=false",
                        "train.sample_num=2", *extra])
-    ckpt = ddpm_ms.Trainer(cfg).fit(progress=False)["checkpoint"]
+    ckpt = ddpm_ms.Trainer.from_config(cfg).fit(progress=False)["checkpoint"]
     out = str(tmp_path / "export" / "tiny.mindir")
     assert run("export", ["--ckpt", ckpt, "--out", out]) == 0
     assert os.path.isfile(out) and os.path.isfile(out[:-7] + ".yaml")

@@ -125,7 +125,7 @@ def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
     import os
     from ddpm_ms.checkpoint import load_model
     from ddpm_ms.config import load_config
-    from ddpm_ms.loop import Trainer
+    from ddpm_ms.trainer import Trainer
     from ddpm_ms.sampling import Denoiser, generate
     ev, root = evaluator
     held = real_images(root, metrics.HELDOUT_RANGE)[0]
@@ -137,7 +137,7 @@ def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
     tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
     cfg = load_config(tiny, [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.gif=false",
                              "train.sample_num=2"])
-    path = Trainer(cfg).fit(progress=False)["checkpoint"]
+    path = Trainer.from_config(cfg).fit(progress=False)["checkpoint"]
     scored = _evaluate_script("--ckpt", path, "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--seed", "3")
     assert {k: scored[k] for k in ("sampler", "steps", "spacing", "eta", "guidance", "ema", "clip_denoised",
                                    "seed")} == {"sampler": "ddim", "steps": 4, "spacing": "uniform", "eta": 0.5,
@@ -156,12 +156,12 @@ def test_compare_samplers_script(evaluator, tmp_path):
     import subprocess
     import sys
     from ddpm_ms.config import load_config
-    from ddpm_ms.loop import Trainer
+    from ddpm_ms.trainer import Trainer
     root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(os.path.join(root_dir, "configs", "tiny.yaml"),
                       [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.gif=false",
                        "train.sample_num=2"])
-    path = Trainer(cfg).fit(progress=False)["checkpoint"]
+    path = Trainer.from_config(cfg).fit(progress=False)["checkpoint"]
     proc = subprocess.run([sys.executable, os.path.join(root_dir, "scripts", "compare_samplers.py"), "--ckpt", path,
                            "--runs", "ddim:3:eta=0.5", "dpm++2m:4:spacing=logsnr", "--out", str(tmp_path / "cmp")],
                           capture_output=True, text=True, timeout=900)

@@ -8,7 +8,8 @@ import mindspore as ms
 
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import load_config
-from ddpm_ms.loop import Trainer, epoch_dataset
+from ddpm_ms.batches import BatchSource
+from ddpm_ms.trainer import Trainer
 from ddpm_ms.sampling import Recorder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +26,10 @@ def _params(model):
 
 def test_epoch_order_depends_only_on_seed_and_epoch(data_dir, tmp_path):
     cfg = _cfg(tmp_path)
+    source = BatchSource(cfg.data, cfg.train.batch_size, cfg.train.seed, cfg.diffusion.timesteps)
+
     def first(epoch):
-        it = epoch_dataset(cfg, epoch).create_tuple_iterator(num_epochs=1, output_numpy=True)
+        it = source.dataset(epoch).create_tuple_iterator(num_epochs=1, output_numpy=True)
         return next(it)[0]
     a, b, c = first(0), first(0), first(1)
     np.testing.assert_array_equal(a, b)
@@ -40,7 +43,7 @@ def straight(tmp_path_factory):
     if not os.path.isdir(os.environ.get("DDPM_MS_DATA_DIR") or ""):
         pytest.skip("DDPM_MS_DATA_DIR does not point at the Fashion-MNIST IDX files")
     out = tmp_path_factory.mktemp("straight")
-    trainer = Trainer(_cfg(out, "train.max_steps=10"))
+    trainer = Trainer.from_config(_cfg(out, "train.max_steps=10"))
     trainer.fit(progress=False)
     return trainer, out
 
@@ -48,10 +51,10 @@ def straight(tmp_path_factory):
 def test_resume_is_exact(straight, tmp_path):
     # 10 steps straight vs 5 steps, stop, resume for 5 more; the epoch boundary (8 steps) is crossed after resume.
     straight, _ = straight
-    first = Trainer(_cfg(tmp_path / "b", "train.max_steps=5"))
+    first = Trainer.from_config(_cfg(tmp_path / "b", "train.max_steps=5"))
     first.fit(progress=False)
     assert first.step == 5
-    resumed = Trainer(_cfg(tmp_path / "b", "train.max_steps=10"), resume="latest")
+    resumed = Trainer.from_config(_cfg(tmp_path / "b", "train.max_steps=10"), resume="latest")
     assert (resumed.step, resumed.epoch, resumed.step_in_epoch) == (5, 0, 5)
     resumed.fit(progress=False)
     pa, pb = _params(straight.run.model), _params(resumed.run.model)
@@ -74,7 +77,7 @@ def test_preview_grids_leave_training_untouched(straight, tmp_path, monkeypatch)
         return np.zeros((num, 1, 28, 28), np.float32)
 
     monkeypatch.setattr(Trainer, "sample", no_preview)
-    hidden = Trainer(_cfg(tmp_path, "train.max_steps=10"))
+    hidden = Trainer.from_config(_cfg(tmp_path, "train.max_steps=10"))
     hidden.fit(progress=False)
     pa, pb = _params(shown.run.model), _params(hidden.run.model)
     for name in pa:
@@ -84,7 +87,7 @@ def test_preview_grids_leave_training_untouched(straight, tmp_path, monkeypatch)
 
 
 def test_checkpoint_contents_and_keep_last(data_dir, tmp_path):
-    tr = Trainer(_cfg(tmp_path, "train.max_steps=12", "train.ckpt_every=4", "train.keep_last=2"))
+    tr = Trainer.from_config(_cfg(tmp_path, "train.max_steps=12", "train.ckpt_every=4", "train.keep_last=2"))
     tr.fit(progress=False)
     files = ckpt.list_checkpoints(str(tmp_path))
     assert [os.path.basename(f) for f in files] == ["ckpt_step00000008.ckpt", "ckpt_step00000012.ckpt"]
@@ -98,7 +101,7 @@ def test_checkpoint_contents_and_keep_last(data_dir, tmp_path):
 
 
 def test_interrupted_save_keeps_previous_checkpoint(data_dir, tmp_path, monkeypatch):
-    tr = Trainer(_cfg(tmp_path, "train.max_steps=2"))
+    tr = Trainer.from_config(_cfg(tmp_path, "train.max_steps=2"))
     tr.fit(progress=False)
     path = os.path.join(tmp_path, ckpt.checkpoint_name(2))
     before = open(path, "rb").read()
@@ -119,8 +122,8 @@ def test_interrupted_save_keeps_previous_checkpoint(data_dir, tmp_path, monkeypa
 
 def test_signal_saves_and_stops(data_dir, tmp_path):
     import signal
-    tr = Trainer(_cfg(tmp_path, "train.max_steps=10"))
-    original = tr.run.step
+    tr = Trainer.from_config(_cfg(tmp_path, "train.max_steps=10"))
+    original = tr.run.train_step
 
     def step_then_signal(*args):
         out = original(*args)
@@ -128,18 +131,18 @@ def test_signal_saves_and_stops(data_dir, tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    tr.run.step = step_then_signal
+    tr.run.train_step = step_then_signal
     summary = tr.fit(progress=False)
     assert summary["interrupted"] == signal.SIGTERM and summary["step"] == 3
     assert ckpt.checkpoint_position(ckpt.read_checkpoint(summary["checkpoint"])) == (3, 0, 3)
 
 
 def test_preview_grids_follow_sample_sampler(data_dir, tmp_path):
-    tr = Trainer(_cfg(tmp_path, "train.sample_sampler=ddim", "train.sample_steps=3"))
+    tr = Trainer.from_config(_cfg(tmp_path, "train.sample_sampler=ddim", "train.sample_steps=3"))
     rec = Recorder()
     images = tr.sample(2, callback=rec)
     assert images.shape == (2, 1, 28, 28) and len(rec.t) == 3     # one frame per DDIM step
-    tr = Trainer(_cfg(tmp_path / "ddpm"))
+    tr = Trainer.from_config(_cfg(tmp_path / "ddpm"))
     rec = Recorder()
     tr.sample(2, callback=rec)
     assert rec.t == list(range(tr.run.sched.num_timesteps - 1, -1, -1))
@@ -147,13 +150,13 @@ def test_preview_grids_follow_sample_sampler(data_dir, tmp_path):
 
 def test_resume_trims_replayed_metrics_and_clears_stale_temporaries(data_dir, tmp_path):
     """Resuming at step 4 of an 8-step run: rows 6 and 8 will be logged again, so they go; so do dead writes."""
-    Trainer(_cfg(tmp_path, "train.max_steps=8", "train.ckpt_every=4", "train.keep_last=3")).fit(progress=False)
+    Trainer.from_config(_cfg(tmp_path, "train.max_steps=8", "train.ckpt_every=4", "train.keep_last=3")).fit(progress=False)
     stale = [tmp_path / ".tmp-99999-ckpt_step00000012.ckpt", tmp_path / ".tmp-99999-ckpt_step00000012.tmp"]
     for path in stale:
         path.write_bytes(b"half a checkpoint")
     with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write('{"step": 9, "lo')                                    # a row torn by a kill
-    resumed = Trainer(_cfg(tmp_path, "train.max_steps=8"), resume=str(tmp_path / ckpt.checkpoint_name(4)))
+    resumed = Trainer.from_config(_cfg(tmp_path, "train.max_steps=8"), resume=str(tmp_path / ckpt.checkpoint_name(4)))
     steps = lambda: [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
     assert steps() == [2, 4]
     assert not any(p.exists() for p in stale)

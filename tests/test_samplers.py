@@ -10,7 +10,7 @@ from ddpm_ms.checkpoint import load_model_weights
 from ddpm_ms.ema import EMA
 from ddpm_ms.sampling import (SAMPLERS, Denoiser, Recorder, batch_plan, generate, sample_ddim, sample_ddpm,
                               sample_dpmpp_2m, timesteps)
-from ddpm_ms.trainer import drop_labels
+from ddpm_ms.batches import drop_labels
 
 SHAPE = (3, 1, 8, 8)
 
@@ -31,15 +31,18 @@ def _run(fn, sched, ts, seed=0, clip=False, x=None, **options):
     return out, rec.stack("x")
 
 
-def _oracle(sched, x0):
-    """A Denoiser whose network returns the exact noise of x_t for this x0 (eq. 4 solved for eps)."""
+def _oracle(sched, x0, objective="eps"):
+    """A Denoiser whose network returns the exact target of ``objective`` at x_t for this x0: the noise from
+    eq. 4 solved for eps, then eps, x0 or v = sqrt(ab) eps - sqrt(1 - ab) x0 written out here in numpy."""
     sab, s1mab = sched.np["sqrt_alphas_cumprod"], sched.np["sqrt_one_minus_alphas_cumprod"]
 
-    def eps(x, t):
+    def net(x, t):
         i = int(t.asnumpy()[0])
-        return (x - float(sab[i]) * Tensor(x0)) / float(s1mab[i])
+        eps = (x.asnumpy() - sab[i] * x0) / s1mab[i]
+        target = {"eps": eps, "x0": x0, "v": sab[i] * eps - s1mab[i] * x0}[objective]
+        return Tensor(np.broadcast_to(target, x.shape).astype(np.float32))
 
-    return Denoiser(eps, sched, clip_denoised=False, jit=False)
+    return Denoiser(net, sched, clip_denoised=False, jit=False, objective=objective)
 
 
 def test_timesteps_uniform_and_logsnr():
@@ -124,6 +127,17 @@ def test_oracle_recovers_x0(name, steps, spacing):
     out = generate(_oracle(s, x0), SHAPE[1:], 3, batch_size=3, sampler=name, steps=steps, spacing=spacing,
                    progress=False)
     np.testing.assert_allclose(out, x0, atol=1e-3)
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_oracle_recovers_x0_with_every_objective(objective, name):
+    """A network that returns the true eps, x0 or v: every sampler lands on x0 (the cosine schedule reaches
+    alpha_bar ~ 6e-9 at t = T-1, where x0 and eps are hardest to recover from one another)."""
+    s = NoiseSchedule.from_name("cosine", 100)
+    x0 = np.random.default_rng(8).uniform(-1, 1, SHAPE).astype(np.float32)
+    out = generate(_oracle(s, x0, objective), SHAPE[1:], 3, batch_size=3, sampler=name, steps=20, progress=False)
+    np.testing.assert_allclose(out, x0, atol=2e-3)
 
 
 def test_dpmpp_2m_second_step_closed_form():
@@ -232,11 +246,11 @@ def test_guidance_interpolates_between_uncond_and_cond(mode, cond_net):
         np.testing.assert_allclose(d(x, t, y, w)[1], want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpm++2m"])
-def test_guidance_0_and_1_sample_like_the_unconditional_and_conditional_model(cond_net, sampler):
+@pytest.mark.parametrize("sampler,objective", [("ddim", "eps"), ("dpm++2m", "eps"), ("ddpm", "x0"), ("ddim", "v")])
+def test_guidance_0_and_1_sample_like_the_unconditional_and_conditional_model(cond_net, sampler, objective):
     s = NoiseSchedule.from_name("linear", 10)
     y = np.array([9, 2, 5], np.int32)
-    guided = Denoiser(cond_net, s, null_class=10)
+    guided = Denoiser(cond_net, s, null_class=10, objective=objective)
     kwargs = dict(batch_size=3, sampler=sampler, steps=4, progress=False)
     def with_labels(labels):     # the network with one fixed label set, no guidance
         fixed = Tensor(labels)
@@ -247,7 +261,7 @@ def test_guidance_0_and_1_sample_like_the_unconditional_and_conditional_model(co
         return eps
 
     for w, labels in ((0.0, np.full(3, 10, np.int32)), (1.0, y)):
-        plain = Denoiser(with_labels(labels), s)
+        plain = Denoiser(with_labels(labels), s, objective=objective)
         np.testing.assert_allclose(generate(guided, (1, 8, 8), 3, labels=y, guidance=w, **kwargs),
                                    generate(plain, (1, 8, 8), 3, **kwargs), rtol=1e-4, atol=1e-5)
 

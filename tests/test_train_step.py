@@ -4,7 +4,7 @@ import mindspore as ms
 from mindspore import amp, nn
 
 from ddpm_ms import NoiseSchedule, TrainStep, Unet, build_run, load_config
-from ddpm_ms.trainer import step_noise
+from ddpm_ms.batches import step_noise
 
 from conftest import TINY, batch
 

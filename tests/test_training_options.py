@@ -6,7 +6,7 @@ import pytest
 
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import load_config
-from ddpm_ms.loop import Trainer
+from ddpm_ms.trainer import Trainer
 from ddpm_ms.sampling import Denoiser, generate
 from ddpm_ms.trainer import build_run
 
@@ -29,16 +29,16 @@ def test_lr_scaling(scaling, factor):
 
 def test_ema_every_k_steps_closed_form(data_dir, tmp_path):
     """update_every 3 over 7 steps: two updates, from the weights after steps 3 and 6."""
-    tr = Trainer(_cfg(tmp_path, "train.max_steps=7", "ema.update_every=3", "ema.decay=0.5", "ema.warmup=false"))
+    tr = Trainer.from_config(_cfg(tmp_path, "train.max_steps=7", "ema.update_every=3", "ema.decay=0.5", "ema.warmup=false"))
     start = [p.asnumpy().copy() for p in tr.run.model.trainable_params()]
-    after, original = {}, tr.run.step
+    after, original = {}, tr.run.train_step
 
     def step_and_record(*args):
         out = original(*args)
         after[tr.step + 1] = [p.asnumpy().copy() for p in tr.run.model.trainable_params()]
         return out
 
-    tr.run.step = step_and_record
+    tr.run.train_step = step_and_record
     tr.fit(progress=False)
     assert int(tr.run.ema.num_updates.asnumpy()) == 2
     for i, shadow in enumerate(tr.run.ema.shadow):
@@ -50,7 +50,7 @@ def test_ema_every_k_steps_closed_form(data_dir, tmp_path):
 
 
 def test_ema_disabled_through_training_saving_and_sampling(data_dir, tmp_path):
-    tr = Trainer(_cfg(tmp_path, "train.max_steps=3", "ema.enabled=false"))
+    tr = Trainer.from_config(_cfg(tmp_path, "train.max_steps=3", "ema.enabled=false"))
     assert tr.run.ema is None
     path = tr.fit(progress=False)["checkpoint"]
     data = ckpt.read_checkpoint(path)
@@ -61,7 +61,7 @@ def test_ema_disabled_through_training_saving_and_sampling(data_dir, tmp_path):
     images = generate(Denoiser(model, sched), (1, 28, 28), 2, seed=0, batch_size=2, progress=False)
     assert images.shape == (2, 1, 28, 28) and np.isfinite(images).all()
     assert os.path.isfile(tmp_path / "samples_final.png")
-    resumed = Trainer(_cfg(tmp_path, "train.max_steps=4", "ema.enabled=false"), resume="latest")
+    resumed = Trainer.from_config(_cfg(tmp_path, "train.max_steps=4", "ema.enabled=false"), resume="latest")
     assert resumed.fit(progress=False)["step"] == 4
 
 
@@ -76,7 +76,7 @@ def test_image_folder_dataset_end_to_end(tmp_path):
             Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "pics" / cls / f"{i}.png")
     cfg = _cfg(tmp_path / "run", "data.dataset=image_folder", f"data.root={tmp_path / 'pics'}", "data.image_size=16",
                "model.channels=3", "model.num_classes=2", "data.num_samples=null", "train.max_steps=3")
-    tr = Trainer(cfg)
+    tr = Trainer.from_config(cfg)
     assert tr.steps_per_epoch == 2                          # 16 pictures, batches of 8
     batches = list(tr._batches())   # pylint: disable=protected-access   # one whole epoch
     images = np.concatenate([b for b, _ in batches])

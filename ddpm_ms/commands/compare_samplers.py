@@ -132,7 +132,7 @@ def main(argv=None, prog=None):
     shape = (cfg.model.channels, cfg.data.image_size, cfg.data.image_size)
 
     def make_denoiser():
-        return Denoiser(model, sched, null_class=k)
+        return Denoiser.from_config(model, sched, cfg)
 
     denoiser, rows = make_denoiser(), []
     for run in tqdm(runs, desc="samplers"):

@@ -91,7 +91,7 @@ def main(argv=None, prog=None):
         check_sampler_args(parser, args, sched.num_timesteps)
         k = cfg.model.num_classes
         labels = None if k is None else np.arange(NUM_EVAL) % k
-        denoiser = Denoiser(model, sched, clip_denoised=not args.no_clip, null_class=k)
+        denoiser = Denoiser.from_config(model, sched, cfg, clip_denoised=not args.no_clip)
         images = generate(denoiser, (cfg.model.channels, cfg.data.image_size, cfg.data.image_size), NUM_EVAL,
                           seed=args.seed, batch_size=args.batch_size, labels=labels, guidance=args.guidance,
                           **sampler_options(args))

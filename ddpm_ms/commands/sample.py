@@ -60,8 +60,7 @@ def write_explain(model, sched, cfg, shape, labels, args, out):
     from ..data import build_dataset
     from ..explain import write_figures
     held = next(build_dataset(cfg.data, 64).create_tuple_iterator(num_epochs=1, output_numpy=True))[0]
-    write_figures(model, sched, shape, held, out, cfg.diffusion.loss_type, seed=args.seed,
-                  null_class=cfg.model.num_classes, labels=labels, guidance=args.guidance,
+    write_figures(model, sched, cfg, shape, held, out, seed=args.seed, labels=labels, guidance=args.guidance,
                   clip_denoised=not args.no_clip, **sampler_options(args))
 
 
@@ -111,7 +110,7 @@ def main(argv=None, prog=None):
     out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples"), "--out")
 
     shape = (cfg.model.channels, cfg.data.image_size, cfg.data.image_size)
-    denoiser = Denoiser(model, sched, clip_denoised=not args.no_clip, null_class=k)
+    denoiser = Denoiser.from_config(model, sched, cfg, clip_denoised=not args.no_clip)
     recorder = Recorder(("x",)) if args.gif else None
     samples = generate(denoiser, shape, num, seed=args.seed, batch_size=args.batch_size, labels=labels,
                        guidance=args.guidance, callback=recorder, **sampler_options(args))

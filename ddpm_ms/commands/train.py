@@ -28,12 +28,12 @@ def main(argv=None, prog=None):
     from ..config import load_config  # pylint: disable=import-outside-toplevel
     from ..device import use_device  # pylint: disable=import-outside-toplevel
     from ..distributed import setup  # pylint: disable=import-outside-toplevel
-    from ..loop import Trainer  # pylint: disable=import-outside-toplevel
+    from ..trainer import Trainer  # pylint: disable=import-outside-toplevel
 
     cfg = load_config(args.config, args.set + ([f"train.device={args.device}"] if args.device else []))
     use_device(cfg.train.device)
     rank, world_size = setup()   # (0, 1) unless launched by msrun
-    trainer = Trainer(cfg, resume=args.resume, rank=rank, world_size=world_size, overwrite=args.overwrite)
+    trainer = Trainer.from_config(cfg, resume=args.resume, rank=rank, world_size=world_size, overwrite=args.overwrite)
     summary = trainer.fit(progress=not args.no_progress)
     if summary["interrupted"] is not None:
         print(f"interrupted by signal {summary['interrupted']} at step {summary['step']}; "

@@ -1,0 +1,115 @@
+"""One training run's folder: its config, metrics log, checkpoints (the last K and the best) and figures."""
+import glob
+import json
+import os
+
+from . import checkpoint as ckpt
+from .config import ConfigError
+from .paths import make_output_dir
+from .viz import plot_fd_curve, plot_loss_curve, read_metrics
+
+BEST = "best.ckpt"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "loss_curve.png", "fd_curve.png", "samples_epoch*.png",
+             "samples_final.png", "samples_final.npy", "denoising.gif", f"{ckpt.PREFIX}*.ckpt", BEST)
+
+
+class RunFolder:
+    """The files of one run under ``path``; only rank 0 (``is_main``) writes any.
+
+    config.yaml, metrics.jsonl (one JSON row per log or evaluation), loss_curve.png, fd_curve.png,
+    samples_*.png/.npy, denoising.gif, ckpt_stepNNNNNNNN.ckpt (the last ``keep_last``) and best.ckpt.
+    """
+
+    def __init__(self, path, keep_last=3, is_main=True):
+        self.path, self.keep_last, self.is_main = path, keep_last, is_main
+        self.metrics_path = self.file("metrics.jsonl")
+        self.checkpoints = []      # this run's checkpoints, oldest first: the only ones pruning deletes
+
+    def file(self, name):
+        """The path of a file in the run folder."""
+        return os.path.join(self.path, name)
+
+    def open_fresh(self, overwrite=False):
+        """Create the folder for a new run. A folder holding another run's files (RUN_FILES) is refused, or with
+        ``overwrite`` those files are removed first; anything else in it is left alone."""
+        if not self.is_main:
+            return
+        self._prepare()
+        old = sorted(p for pattern in RUN_FILES for p in glob.glob(self.file(pattern)))
+        if not old:
+            return
+        if not overwrite:
+            raise ConfigError(f"train.out_dir {self.path} already holds a run ({os.path.basename(old[0])}, ...): "
+                              "continue it with --resume latest, or start over with --overwrite")
+        for path in old:
+            os.remove(path)
+
+    def open_resumed(self, step):
+        """Continue the run in this folder at ``step``: its checkpoints up to ``step`` may be pruned, and the
+        metrics rows past it (which the resumed run replays) are dropped."""
+        self._prepare()
+        self.checkpoints = [c for c in ckpt.list_checkpoints(self.path) if ckpt.checkpoint_step(c) <= step]
+        if self.is_main:
+            self._truncate_metrics(step)
+
+    def _prepare(self):
+        if self.is_main:
+            make_output_dir(self.path, "train.out_dir")
+            ckpt.remove_stale_temporaries(self.path)   # left by a process killed mid-write
+
+    def save_checkpoint(self, state, name=None):
+        """Write ``state`` (keyword arguments of :func:`ddpm_ms.checkpoint.save_checkpoint` but ``path``)
+        atomically, as ckpt_step<step>.ckpt pruned to the last K, or as ``name`` (e.g. best.ckpt) left alone."""
+        if name is not None:
+            return ckpt.save_checkpoint(self.file(name), **state)
+        path = ckpt.save_checkpoint(self.file(ckpt.checkpoint_name(state["step"])), **state)
+        if path not in self.checkpoints:
+            self.checkpoints.append(path)
+        self.checkpoints = ckpt.prune_checkpoints(self.checkpoints, self.keep_last)
+        return path
+
+    @property
+    def last_checkpoint(self):
+        """The newest checkpoint this run wrote (or kept on resume), or None."""
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    def log(self, row):
+        """Append one JSON row to metrics.jsonl."""
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    def rows(self):
+        """The rows of metrics.jsonl so far ([] before the first)."""
+        return read_metrics(self.metrics_path) if os.path.exists(self.metrics_path) else []
+
+    def _truncate_metrics(self, step):
+        """Drop the rows past ``step`` (and any torn by a killed process), rewriting the file atomically."""
+        if not os.path.exists(self.metrics_path):
+            return
+        with open(self.metrics_path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+        kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+        if len(kept) < len(lines):
+            tmp = self.metrics_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(line + "\n" for line in kept)
+            os.replace(tmp, self.metrics_path)
+
+    def plot_curves(self):
+        """loss_curve.png, and fd_curve.png when the run was evaluated; returns the paths written."""
+        rows = self.rows()
+        paths = []
+        if any("loss" in r for r in rows):
+            paths.append(plot_loss_curve(self.metrics_path, self.file("loss_curve.png")))
+        if any("fd" in r for r in rows):
+            paths.append(plot_fd_curve(self.metrics_path, self.file("fd_curve.png")))
+        return paths
+
+
+def _row_step(line):
+    """The step of a metrics.jsonl row, or None for a row torn by a killed process."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
