@@ -110,8 +110,13 @@ def plot_loss_curve(metrics_path, path):
     if len(loss) >= 5:
         k = max(2, len(loss) // 20)
         ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    return save_log_plot(fig, ax, path, "step", "loss")
+
+
+def save_log_plot(fig, ax, path, xlabel, ylabel):
+    """Label ``ax`` (log y, grid, legend), save ``fig`` as PNG at ``path`` and close it; returns ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()

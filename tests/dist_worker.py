@@ -20,7 +20,7 @@ from ddpm_ms.trainer import Trainer  # noqa: E402  pylint: disable=wrong-import-
 
 def dump_gradients(trainer, rank, world, path):
     """This rank's share of a fixed global batch through ``TrainStep.gradients`` (all-reduced under msrun)."""
-    per = trainer.cfg.train.batch_size
+    per = trainer.config.train.batch_size
     images, _ = load_fashion_arrays(os.environ["DDPM_MS_DATA_DIR"], count=per * world)
     rng = np.random.default_rng(7)
     x0 = images[:, None].astype(np.float32) / 127.5 - 1.0

@@ -36,6 +36,17 @@ def test_unknown_key_is_named(tmp_path):
     ("train:\n  sample_sampler: plms\n", "train.sample_sampler"),
     ("train:\n  sample_steps: 0\n", "train.sample_steps"),
     ("train:\n  sample_sampler: ddim\n  sample_steps: 500\n", "train.sample_steps"),
+    ("diffusion:\n  objective: score\n", "diffusion.objective"),
+    ("diffusion:\n  loss_weighting: snr\n", "diffusion.loss_weighting"),
+    ("diffusion:\n  loss_weighting: min_snr\n  min_snr_gamma: 0\n", "diffusion.min_snr_gamma"),
+    ("diffusion:\n  p2_gamma: 1.0\n", "diffusion.p2_gamma"),                       # only read by p2
+    ("diffusion:\n  loss_weighting: p2\n  min_snr_gamma: 3\n", "diffusion.min_snr_gamma"),
+    ("data:\n  index_range: [5000, 100]\n", "data.index_range"),
+    ("data:\n  index_range: [0, 100, 200]\n", "data.index_range"),
+    ("data:\n  index_range: [0, 100]\n  num_samples: 200\n", "data.num_samples"),
+    ("train:\n  eval_every: -1\n", "train.eval_every"),
+    ("train:\n  eval_num: 1\n", "train.eval_num"),
+    ("data:\n  dataset: image_folder\n  root: pics\ntrain:\n  eval_every: 1\n", "train.eval_every"),
 ])
 def test_bad_values_are_named(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -135,6 +135,29 @@ def test_pipeline_labels_and_range(data_dir):
     assert d.get_dataset_size() == 4
 
 
+def test_index_range_reads_exactly_those_images(data_dir):
+    """data.index_range [40, 72): one epoch holds each of those 32 images once, in a seeded random order."""
+    import mindspore.dataset as ds
+    x, y = data.load_fashion_arrays(data_dir, 80)
+    want = x[40:72].astype(np.float32) / 127.5 - 1.0
+
+    def epoch(seed):
+        ds.config.set_seed(seed)
+        d = data.fashion_mnist(data_dir, batch_size=8, labels=True, random_flip=False, index_range=(40, 72))
+        rows = list(d.create_tuple_iterator(num_epochs=1, output_numpy=True))
+        return np.concatenate([r[0] for r in rows])[:, 0], np.concatenate([r[1] for r in rows])
+
+    images, labels = epoch(0)
+    assert images.shape == (32, 28, 28)
+    match = [int(np.argmin(np.abs(want - im).max((1, 2)))) for im in images]
+    assert sorted(match) == list(range(32))                                   # every image once, none outside
+    np.testing.assert_allclose(images, want[match], atol=1e-6)
+    np.testing.assert_array_equal(labels, y[40:72][match])
+    assert match != list(range(32)) and np.array_equal(epoch(0)[0], images)  # shuffled, reproducibly
+    with pytest.raises(DataError, match=r"index_range \[0, 9000\].*holds 7000"):
+        data.fashion_mnist(data_dir, index_range=(0, 9000))
+
+
 def test_image_folder_pipeline(tmp_path):
     import matplotlib.pyplot as plt
     for cls in ("cats", "dogs"):

@@ -77,8 +77,8 @@ def test_image_folder_dataset_end_to_end(tmp_path):
     cfg = _cfg(tmp_path / "run", "data.dataset=image_folder", f"data.root={tmp_path / 'pics'}", "data.image_size=16",
                "model.channels=3", "model.num_classes=2", "data.num_samples=null", "train.max_steps=3")
     tr = Trainer.from_config(cfg)
-    assert tr.steps_per_epoch == 2                          # 16 pictures, batches of 8
-    batches = list(tr._batches())   # pylint: disable=protected-access   # one whole epoch
+    assert tr.batches.steps_per_epoch == 2                  # 16 pictures, batches of 8
+    batches = list(tr.batches.dataset(0).create_tuple_iterator(num_epochs=1, output_numpy=True))  # one epoch
     images = np.concatenate([b for b, _ in batches])
     labels = np.concatenate([l for _, l in batches])
     assert images.shape == (16, 3, 16, 16) and images.min() >= -1 and images.max() <= 1

@@ -27,6 +27,7 @@ def calibration(evaluator, root):
     few = train[np.isin(train_labels, [0, 1, 2])][:NUM_EVAL]
     points = {
         "real held-out (floor)": real,
+        "real, images 0-999 (what the CPU recipes train on)": train[:NUM_EVAL],
         "real + noise sigma 0.1": real + 0.1 * rng.standard_normal(real.shape),
         "real + noise sigma 0.3": real + 0.3 * rng.standard_normal(real.shape),
         "real, 3x3 box blur": blurred,
