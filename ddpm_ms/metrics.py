@@ -4,7 +4,7 @@ The feature extractor is a small Fashion-MNIST CNN trained here with MindSpore
 (fixed seed) on images [0, 4000) of the training file and cached. Images
 [4000, 5000) are a real held-out set for calibration, and [5000, 7000) are the
 reference set every sample set is compared with; the classifier never trains on
-either, nor do the bundled CPU recipes (``data.index_range: [0, 5000]``). Its accuracy is measured on
+either, nor do the unconditional CPU recipes (``data.index_range: [0, 5000]``). Its accuracy is measured on
 [5000, 7000).
 """
 import hashlib

@@ -149,11 +149,13 @@ def test_ddim_sampler_and_no_ema(trained, tmp_path):
 
 
 def test_conditional_training_and_class_sampling(tmp_path):
+    """A class-conditional v-prediction model: trained, resumed, sampled with guidance; sample.py takes the
+    objective from the checkpoint."""
     if not os.path.isdir(os.environ.get("DDPM_MS_DATA_DIR", "")):
         pytest.skip("needs DDPM_MS_DATA_DIR")
     out = tmp_path / "cond"
     cond = ["--config", TINY, "--no-progress", "--set", f"train.out_dir={out}", "--set", "train.sample_num=4",
-            "--set", "model.num_classes=10", "--set", "train.gif=false"]
+            "--set", "model.num_classes=10", "--set", "train.gif=false", "--set", "diffusion.objective=v"]
     proc = _run("train.py", *cond, "--set", "train.max_steps=9")     # a guided epoch-end grid after step 8
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = str(out / "ckpt_step00000009.ckpt")

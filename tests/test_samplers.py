@@ -140,6 +140,21 @@ def test_oracle_recovers_x0_with_every_objective(objective, name):
     np.testing.assert_allclose(out, x0, atol=2e-3)
 
 
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_denoiser_from_config_reads_the_objective(objective):
+    """A checkpoint's config decides how the network's output is read: the same output means eps, x0 or v."""
+    from ddpm_ms.config import load_config
+    s = NoiseSchedule.from_name("linear", 10)
+    cfg = load_config(None, ["diffusion.timesteps=10", f"diffusion.objective={objective}"])
+    x = _x_T(1)
+    out = np.full_like(x, 0.25)
+    x0, eps = Denoiser.from_config(lambda x_t, t: Tensor(out), s, cfg, clip_denoised=False, jit=False)(x, 6)
+    a, b = s.np["sqrt_alphas_cumprod"][6], s.np["sqrt_one_minus_alphas_cumprod"][6]
+    want_x0 = {"eps": (x - b * out) / a, "x0": out, "v": a * x - b * out}[objective]
+    np.testing.assert_allclose(x0, want_x0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x, a * x0 + b * eps, rtol=1e-5, atol=1e-5)   # eq. 4 holds for the pair
+
+
 def test_dpmpp_2m_second_step_closed_form():
     """Step 2 of DPM-Solver++(2M) with the _const_eps network against Lu et al. 2022, Alg. 2, by hand."""
     s = NoiseSchedule.from_name("linear", 100)
