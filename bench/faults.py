@@ -192,8 +192,8 @@ def main():
     stats = kill_and_resume(faulty, args.kills, seed=args.seed, epochs=args.epochs)
     diff, compared = differences(ref, faulty)
     code, lines, left = enospc_run(full)
-    print(f"| kills (SIGKILL) | during a checkpoint write | launches | checkpoint reads verified | "
-          f"final tensors compared | not bit-identical | ENOSPC: exit, stderr lines, files left |")
+    print("| kills (SIGKILL) | during a checkpoint write | launches | checkpoint reads verified | "
+          "final tensors compared | not bit-identical | ENOSPC: exit, stderr lines, files left |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {stats['kills']} | {stats['during_write']} | {stats['launches']} | {stats['checkpoints_verified']} | "
           f"{compared - 1} | {len(diff)}{' ' + ', '.join(diff) if diff else ''} | {code}, {len(lines)}, "

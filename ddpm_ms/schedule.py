@@ -9,7 +9,6 @@ Index t runs 0..T-1 (paper t = 1..T).
 import math
 
 import numpy as np
-import mindspore as ms
 from mindspore import Tensor
 
 

@@ -4,8 +4,6 @@ import glob
 import importlib.util
 import os
 
-import pytest
-
 from ddpm_ms import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,6 @@ Data parallel on N devices: msrun --worker_num=N --local_worker_num=N --master_p
 scripts/train.py --config ... (train.batch_size is per device).
 """
 import json
-import os
 import sys
 
 from ..cli import ArgumentParser, add_device_arg
