@@ -4,26 +4,46 @@
     net = ddpm_ms.Unet(dim=28, channels=1, dim_mults=(1, 2, 4))
     sched = ddpm_ms.NoiseSchedule.from_name("linear", 200)
     x0 = ddpm_ms.sample(net, sched, image_size=28, batch_size=16, channels=1)
+    images = ddpm_ms.Pipeline.from_checkpoint("runs/fashion_cpu/ckpt_step00009360.ckpt").generate(64)
+
+The names below load on first use, so ``import ddpm_ms`` (and ``ddpm_ms.config``, the registries and the
+command line's ``--help``) import no MindSpore. Importing changes no MindSpore setting: ``ddpm_ms.use_device()``
+picks the device, and building a train step, a Denoiser or a Trainer applies the CPU settings (ddpm_ms.device).
 """
-# Importing ddpm_ms changes no MindSpore setting: ddpm_ms.use_device() picks the device and applies the CPU-only
-# settings, and the oneDNN ISA cap that MindSpore's own convolutions need on AVX-512 CPUs is set by
-# ddpm_ms.kernels only when a model falls back to those convolutions.
-from .checkpoint import load_model
-from .config import Config, ConfigError, load_config
-from .device import use_device
-from .export import load_exported
-from .diffusion import OBJECTIVES, p_losses, predict_noise_from_start, predict_start_from_noise, q_sample
-from . import kernels
-from .model import Unet, count_params
-from .sampling import (SAMPLERS, Denoiser, Recorder, generate, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m,
-                       timesteps)
-from .schedule import NoiseSchedule, extract, make_betas
-from .train_step import TrainStep
-from .trainer import Trainer, build_model, build_run, build_schedule
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["OBJECTIVES", "Config", "ConfigError", "load_config", "p_losses", "predict_noise_from_start", "predict_start_from_noise",
-           "q_sample", "Unet", "count_params", "SAMPLERS", "Denoiser", "Recorder", "generate", "sample", "sample_ddim",
-           "sample_ddpm", "sample_dpmpp_2m", "timesteps", "NoiseSchedule", "extract", "make_betas", "TrainStep",
-           "build_model", "build_run", "build_schedule", "kernels", "load_model", "load_exported", "use_device",
-           "Trainer"]
+
+_EXPORTS = {   # public name -> the module that defines it
+    "Config": "config", "ConfigError": "errors", "UserError": "errors", "load_config": "config",
+    "SAMPLERS": "registries", "OBJECTIVES": "registries", "LOSSES": "registries", "LOSS_WEIGHTINGS": "registries",
+    "BETA_SCHEDULES": "registries",
+    "Recorder": "samplers", "generate": "samplers", "timesteps": "samplers", "sample_ddim": "samplers",
+    "sample_ddpm": "samplers", "sample_dpmpp_2m": "samplers", "sample_dpmpp_2m_sde": "samplers",
+    "make_betas": "betas",
+    "NoiseSchedule": "schedule", "extract": "schedule",
+    "p_losses": "diffusion", "predict_noise_from_start": "diffusion", "predict_start_from_noise": "diffusion",
+    "q_sample": "diffusion",
+    "Unet": "model", "count_params": "model",
+    "Denoiser": "sampling", "sample": "sampling",
+    "TrainStep": "train_step",
+    "build_model": "build", "build_run": "build", "build_schedule": "build", "load_model": "build",
+    "Trainer": "trainer", "Callback": "callbacks",
+    "Pipeline": "pipeline",
+    "TrainingState": "checkpoint",
+    "use_device": "device", "load_exported": "export", "kernels": None,
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ddpm_ms' has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_EXPORTS[name] or name}")
+    value = module if _EXPORTS[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,37 +1,61 @@
-"""Atomic, self-describing checkpoints.
+"""Atomic, self-describing, CRC-checked checkpoint files: reading and writing only.
 
-A checkpoint holds the model parameters, the Adam state (moments, beta powers,
-global_step), the loss-scaler state, the loop position and the resolved config
-(as YAML text), so ``sample.py`` can rebuild the model from it alone and
-``train.py --resume`` can continue exactly.
+A checkpoint holds a :class:`TrainingState` whole: the model parameters, the Adam state (moments, beta powers,
+global_step), the loss-scaler state, the EMA weights, the loop position and the resolved config (as YAML text),
+so a model can be rebuilt from it alone (:func:`ddpm_ms.build.load_model`) and a run continued exactly. Every file
+carries MindSpore's CRC32 (``crc_check``), so a flipped byte is an error naming the file, not other weights.
 """
 import glob
-import logging
 import os
 import re
-from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import mindspore as ms
 import yaml
 from mindspore import Tensor
-from mindspore import log as ms_log
 
-from .config import ConfigError, from_dict
+from .config import Config, from_dict
+from .ema import PREFIX as EMA_PREFIX
+from .errors import CheckpointError, ConfigError, first_line
 from .params import assign_parameters
+from .paths import held_stderr
 
 PREFIX = "ckpt_step"
 TMP_PREFIX = ".tmp-"
 FORMAT = 1
-_KEYS = ("ddpm_ms.format", "ddpm_ms.step", "ddpm_ms.epoch", "ddpm_ms.step_in_epoch")
+_POSITION = ("ddpm_ms.step", "ddpm_ms.epoch", "ddpm_ms.step_in_epoch")
+_KEYS = ("ddpm_ms.format",) + _POSITION
+
+__all__ = ["CheckpointError", "TrainingState", "save_state", "restore_state", "read_checkpoint", "checkpoint_config",
+           "checkpoint_name", "checkpoint_step", "list_checkpoints", "resolve_checkpoint", "prune_checkpoints",
+           "load_model_weights", "check_compatible", "remove_stale_temporaries"]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model. The message is one line."""
+@dataclass
+class TrainingState:
+    """Everything a checkpoint saves and a resume restores: the parts that change as a run trains, and where it is.
+
+    ``step``: optimizer steps done; ``epoch``; ``step_in_epoch``: batches of that epoch consumed. ``ema`` may be None.
+    """
+    config: Config
+    model: Any
+    optimizer: Any
+    loss_scaler: Any
+    ema: Optional[Any] = None
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
 
 
 def checkpoint_name(step):
     """File name of the checkpoint written after ``step`` optimizer steps."""
     return f"{PREFIX}{step:08d}.ckpt"
+
+
+def checkpoint_step(path):
+    """The step number in a checkpoint's file name."""
+    return int(os.path.basename(path)[len(PREFIX):-len(".ckpt")])
 
 
 def list_checkpoints(folder):
@@ -40,30 +64,28 @@ def list_checkpoints(folder):
     return sorted(f for f in files if re.fullmatch(rf"{PREFIX}\d+\.ckpt", os.path.basename(f)))
 
 
-def save_checkpoint(path, optimizer, cfg, loss_scaler, step, epoch, step_in_epoch, extra=None):
-    """Write a checkpoint atomically: a temporary file in the same folder, fsync, then rename.
-
-    ``extra`` maps more names to Parameters/Tensors (e.g. EMA weights). A crash or a failed write (a full
-    disk) midway leaves any previous file at ``path`` untouched and no partial file; a failed write raises
-    CheckpointError in one line.
-    """
+def save_state(path, state):
+    """Write ``state`` (a :class:`TrainingState`) to ``path`` atomically: a temporary file in the same folder, fsync,
+    then rename. A crash or a failed write (a full disk) midway leaves any previous file at ``path`` untouched and
+    no partial file; a failed write raises CheckpointError in one line. Returns ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")   # keeps the .ckpt suffix
+    scaler = state.loss_scaler
     append = {
-        "config": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+        "config": yaml.safe_dump(state.config.to_dict(), sort_keys=False),
         "ddpm_ms.format": FORMAT,
-        "ddpm_ms.step": int(step),
-        "ddpm_ms.epoch": int(epoch),
-        "ddpm_ms.step_in_epoch": int(step_in_epoch),
-        "loss_scaler.scale_value": Tensor(loss_scaler.scale_value.asnumpy()),
-        "loss_scaler.counter": Tensor(loss_scaler.counter.asnumpy()),
+        "ddpm_ms.step": int(state.step),
+        "ddpm_ms.epoch": int(state.epoch),
+        "ddpm_ms.step_in_epoch": int(state.step_in_epoch),
+        "loss_scaler.scale_value": Tensor(scaler.scale_value.asnumpy()),
+        "loss_scaler.counter": Tensor(scaler.counter.asnumpy()),
     }
-    for name, value in (extra or {}).items():
+    for name, value in (state.ema.state() if state.ema is not None else {}).items():
         append[name] = Tensor(value.asnumpy())
     try:
-        with _mindspore_log_silenced():   # it logs a multi-line CRITICAL before re-raising a failed write
-            ms.save_checkpoint(optimizer, tmp, append_dict=append)
+        with held_stderr():   # MindSpore prints a multi-line CRITICAL before re-raising a failed write
+            ms.save_checkpoint(state.optimizer, tmp, append_dict=append, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -77,26 +99,10 @@ def save_checkpoint(path, optimizer, cfg, loss_scaler, step, epoch, step_in_epoc
     return path
 
 
-@contextmanager
-def _mindspore_log_silenced():
-    logger = ms_log._get_logger()  # pylint: disable=protected-access
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def remove_stale_temporaries(folder):
     """Delete the temporary files of checkpoint writes that a killed process never finished."""
     for leftover in glob.glob(os.path.join(folder, f"{TMP_PREFIX}*")):
         os.remove(leftover)
-
-
-def checkpoint_step(path):
-    """The step number in a checkpoint's file name."""
-    return int(os.path.basename(path)[len(PREFIX):-len(".ckpt")])
 
 
 def prune_checkpoints(paths, keep_last):
@@ -108,7 +114,7 @@ def prune_checkpoints(paths, keep_last):
 
 
 def resolve_checkpoint(spec, folder=None):
-    """'latest' -> newest checkpoint in ``folder``; a path -> itself if it exists."""
+    """'latest' -> the newest checkpoint in ``folder``; a path -> itself if it exists."""
     if spec == "latest":
         found = list_checkpoints(folder) if folder else []
         if not found:
@@ -120,14 +126,15 @@ def resolve_checkpoint(spec, folder=None):
 
 
 def read_checkpoint(path):
-    """Load a checkpoint file into a dict; CheckpointError if missing, corrupt or not a ddpm_ms checkpoint."""
+    """Load a checkpoint file into a dict; CheckpointError if missing, corrupt (CRC), or not a ddpm_ms checkpoint."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = ms.load_checkpoint(path)
+        with held_stderr():   # MindSpore logs a misleading "may not have permission" line for a CRC failure
+            data = ms.load_checkpoint(path, crc_check=True)
     except Exception as e:  # pylint: disable=broad-except  # MindSpore raises several types here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {first}") from None
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path} (it fails its integrity check or cannot "
+                              f"be parsed): {first_line(e)}") from None
     missing = [k for k in ("config",) + _KEYS if k not in data]
     if missing:
         raise CheckpointError(f"{path} is not a ddpm_ms checkpoint (missing {', '.join(missing)})")
@@ -139,12 +146,12 @@ def checkpoint_config(data, path="checkpoint"):
     try:
         return from_dict(yaml.safe_load(data["config"]))
     except (ConfigError, yaml.YAMLError) as e:
-        raise CheckpointError(f"{path} holds an invalid config: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} holds an invalid config: {first_line(e)}") from None
 
 
 def checkpoint_position(data):
     """(step, epoch, step_in_epoch) stored in a checkpoint dict."""
-    return tuple(int(data[k].asnumpy()) for k in _KEYS[1:])
+    return tuple(int(data[k].asnumpy()) for k in _POSITION)
 
 
 def check_compatible(model, data, path="checkpoint"):
@@ -160,40 +167,32 @@ def check_compatible(model, data, path="checkpoint"):
         raise CheckpointError(f"{path} does not match this architecture: {shown}")
 
 
+def has_ema(data):
+    """Whether a checkpoint dict holds EMA weights."""
+    return any(k.startswith(EMA_PREFIX) for k in data)
+
+
 def load_model_weights(model, data, path="checkpoint", prefix=""):
     """Copy weights named ``prefix + param.name`` from a checkpoint dict into ``model`` (in place)."""
     check_compatible(model, {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}, path)
     assign_parameters((p, data[prefix + p.name]) for p in model.trainable_params())
 
 
-def restore_training(data, model, optimizer, loss_scaler, path="checkpoint", ema=None):
-    """Restore model, optimizer, loss-scaler and EMA state; returns (step, epoch, step_in_epoch)."""
-    load_model_weights(model, data, path)
-    if ema is not None:
+def restore_state(state, data, path="checkpoint"):
+    """Restore a :class:`TrainingState` in place from a checkpoint dict: weights, optimizer, loss scaler, EMA and
+    position. Returns ``state``."""
+    load_model_weights(state.model, data, path)
+    if state.ema is not None:
         try:
-            ema.load(data)
+            state.ema.load(data)
         except KeyError as e:
             raise CheckpointError(f"{path}: {e.args[0]}; resume with ema.enabled=false") from None
     # Adam moments, beta powers and global_step; the LR list is rebuilt from the config (its length
     # depends on the steps per epoch, which change with the number of msrun workers)
-    assign_parameters((p, data[p.name]) for _, p in optimizer.parameters_and_names()
+    assign_parameters((p, data[p.name]) for _, p in state.optimizer.parameters_and_names()
                       if p.name in data and p.name != "learning_rate")
-    assign_parameters([(loss_scaler.scale_value, data["loss_scaler.scale_value"]),
-                       (loss_scaler.counter, data["loss_scaler.counter"])])
-    return checkpoint_position(data)
-
-
-def load_model(path, use_ema=True):
-    """Rebuild the model a checkpoint was trained with and load its weights (EMA ones if stored and wanted).
-
-    Returns (model, schedule, config, raw checkpoint dict); no architecture flags needed.
-    """
-    from .trainer import build_model, build_schedule  # pylint: disable=import-outside-toplevel
-    from .ema import PREFIX  # pylint: disable=import-outside-toplevel
-    data = read_checkpoint(path)
-    cfg = checkpoint_config(data, path)
-    model = build_model(cfg.model)
-    has_ema = any(k.startswith(PREFIX) for k in data)
-    load_model_weights(model, data, path, prefix=PREFIX if use_ema and has_ema else "")
-    model.set_train(False)
-    return model, build_schedule(cfg.diffusion), cfg, data
+    scaler = state.loss_scaler
+    assign_parameters([(scaler.scale_value, data["loss_scaler.scale_value"]),
+                       (scaler.counter, data["loss_scaler.counter"])])
+    state.step, state.epoch, state.step_in_epoch = checkpoint_position(data)
+    return state

@@ -1,14 +1,12 @@
-"""Shared command-line plumbing: typed argument checks and one-line errors instead of tracebacks."""
+"""Shared command-line plumbing: typed argument checks and one-line errors instead of tracebacks.
+
+Imports no MindSpore: the commands import what they need once their arguments are parsed.
+"""
 import argparse
 import sys
 
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .data import DataError
-from .trainer import TrainingDiverged
-from .paths import OutputError
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError, TrainingDiverged)
+from .errors import UserError, first_line
+from .registries import DEVICES, SAMPLERS, SPACINGS
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -42,11 +40,12 @@ def non_negative_float(text):
 
 
 def run_main(main):
-    """Call ``main()``; a known user error becomes 'error: ...' on stderr and exit status 2."""
+    """Call ``main()``; a user error (:class:`ddpm_ms.errors.UserError`) becomes one line 'error: ...' on stderr
+    and exit status 2."""
     try:
         return main()
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
 
 
@@ -60,7 +59,6 @@ def unit_float(text):
 
 def add_device_arg(parser, default="auto"):
     """--device auto|CPU|GPU|Ascend ("auto": MindSpore's default target)."""
-    from .device import DEVICES  # pylint: disable=import-outside-toplevel
     parser.add_argument("--device", choices=DEVICES, default=default,
                         help="where to run (default: " + (default or "the config's train.device") +
                              "; auto is MindSpore's default)")
@@ -68,9 +66,8 @@ def add_device_arg(parser, default="auto"):
 
 def add_sampler_args(parser):
     """--sampler, --steps, --spacing and --eta, defined once for every script that samples."""
-    from .sampling import SAMPLERS, SPACINGS  # pylint: disable=import-outside-toplevel
     listed = "; ".join(f"{name}: {entry.summary}" for name, entry in SAMPLERS.items())
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddpm", help=f"default ddpm ({listed})")
+    parser.add_argument("--sampler", choices=SAMPLERS.names(), default="ddpm", help=f"default ddpm ({listed})")
     defaults = ", ".join(f"{name} {entry.default_steps or 'T'}" for name, entry in SAMPLERS.items())
     parser.add_argument("--steps", type=positive_int,
                         help=f"network calls, at most the model's T (default: {defaults})")
@@ -81,7 +78,6 @@ def add_sampler_args(parser):
 
 def check_sampler_args(parser, args, num_timesteps=None):
     """One-line errors for sampler flags that do not fit the sampler or the model's ``num_timesteps``."""
-    from .sampling import SAMPLERS  # pylint: disable=import-outside-toplevel
     if args.eta is not None and "eta" not in SAMPLERS[args.sampler].options:
         takes = [name for name, entry in SAMPLERS.items() if "eta" in entry.options]
         parser.error(f"--eta applies to --sampler {' or '.join(takes)}, not {args.sampler}")

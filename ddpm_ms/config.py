@@ -11,13 +11,12 @@ from typing import Optional, Tuple
 
 import yaml
 
+from .errors import ConfigError
+from .registries import (AMP_LEVELS, BETA_SCHEDULES, BLOCK_TYPES, DATASETS, DEVICES, LOSS_WEIGHTINGS, LOSSES,
+                         OBJECTIVES, SAMPLERS)
 
-DEVICES = ("auto", "CPU", "GPU", "Ascend")
-AMP_LEVELS = ("O0", "O1", "O2", "O3")
-
-
-class ConfigError(ValueError):
-    """A config file, key or value is wrong. The message names it in one line."""
+__all__ = ["Config", "ConfigError", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "EMAConfig",
+           "from_dict", "load_config", "parse_override", "validate"]
 
 
 @dataclass
@@ -44,7 +43,7 @@ class DiffusionConfig:
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    objective: str = "eps"              # what the network predicts: eps, x0 or v (diffusion.OBJECTIVES)
+    objective: str = "eps"              # what the network predicts: eps, x0 or v (registries.OBJECTIVES)
     loss_type: str = "huber"
     loss_weighting: str = "none"        # none, p2 (p2_gamma, p2_k) or min_snr (min_snr_gamma)
     p2_gamma: float = 0.0
@@ -187,46 +186,51 @@ def _check(cond, key, msg):
         raise ConfigError(f"config key '{key}' {msg}")
 
 
+def _one_of(value, registry, key):
+    """ConfigError naming ``key`` unless ``value`` is a name in ``registry`` (a Registry or a tuple)."""
+    names = registry.names() if hasattr(registry, "names") else tuple(registry)
+    _check(value in names, key, f"must be one of {', '.join(names)}, got {value!r}")
+
+
 def _check_model(m):
-    from .model import BLOCK_TYPES  # pylint: disable=import-outside-toplevel
     _check(m.dim > 0, "model.dim", f"must be > 0, got {m.dim}")
     _check(len(m.dim_mults) > 0 and all(x > 0 for x in m.dim_mults), "model.dim_mults",
            f"must be a non-empty list of positive integers, got {list(m.dim_mults)}")
     _check(m.channels > 0, "model.channels", f"must be > 0, got {m.channels}")
-    _check(m.block_type in BLOCK_TYPES, "model.block_type", f"must be one of {BLOCK_TYPES}, got {m.block_type!r}")
+    _one_of(m.block_type, BLOCK_TYPES, "model.block_type")
     _check(m.num_classes is None or m.num_classes > 1, "model.num_classes", f"must be > 1, got {m.num_classes}")
+    _check(m.num_classes is None or m.with_time_emb, "model.num_classes",
+           "needs model.with_time_emb: true (the class embedding is added to the time embedding)")
+    _check(m.init_dim is None or m.init_dim > 0, "model.init_dim", f"must be > 0, got {m.init_dim}")
+    _check(m.out_dim is None or m.out_dim > 0, "model.out_dim", f"must be > 0, got {m.out_dim}")
+    _check(m.resnet_groups > 0, "model.resnet_groups", f"must be > 0, got {m.resnet_groups}")
     _check(m.attn_heads > 0 and m.attn_dim_head > 0, "model.attn_heads",
            f"attn_heads and attn_dim_head must be > 0, got {m.attn_heads}, {m.attn_dim_head}")
     _check(m.convnext_mult > 0, "model.convnext_mult", f"must be > 0, got {m.convnext_mult}")
 
 
 def _check_diffusion(d):
-    from .schedule import BETA_SCHEDULES, SCHEDULES_WITHOUT_BETA_RANGE  # pylint: disable=import-outside-toplevel
-    from .diffusion import (LOSS_TYPES, LOSS_WEIGHTINGS, OBJECTIVES,  # pylint: disable=import-outside-toplevel
-                            WEIGHTING_PARAMS)
     _check(d.timesteps > 1, "diffusion.timesteps", f"must be > 1, got {d.timesteps}")
-    _check(d.beta_schedule in BETA_SCHEDULES, "diffusion.beta_schedule",
-           f"must be one of {sorted(BETA_SCHEDULES)}, got {d.beta_schedule!r}")
+    _one_of(d.beta_schedule, BETA_SCHEDULES, "diffusion.beta_schedule")
     _check(0 < d.beta_start < d.beta_end < 1, "diffusion.beta_end",
            f"needs 0 < beta_start < beta_end < 1, got {d.beta_start}, {d.beta_end}")
     default = DiffusionConfig()
     for key in ("beta_start", "beta_end"):
-        _check(d.beta_schedule not in SCHEDULES_WITHOUT_BETA_RANGE or getattr(d, key) == getattr(default, key),
+        _check(BETA_SCHEDULES[d.beta_schedule].beta_range or getattr(d, key) == getattr(default, key),
                f"diffusion.{key}", f"is not used by diffusion.beta_schedule={d.beta_schedule!r}: remove it "
                                    f"(got {getattr(d, key)})")
-    _check(d.loss_type in LOSS_TYPES, "diffusion.loss_type", f"must be one of {LOSS_TYPES}, got {d.loss_type!r}")
-    _check(d.objective in OBJECTIVES, "diffusion.objective", f"must be one of {tuple(OBJECTIVES)}, got {d.objective!r}")
-    _check(d.loss_weighting in LOSS_WEIGHTINGS, "diffusion.loss_weighting",
-           f"must be one of {tuple(LOSS_WEIGHTINGS)}, got {d.loss_weighting!r}")
+    _one_of(d.loss_type, LOSSES, "diffusion.loss_type")
+    _one_of(d.objective, OBJECTIVES, "diffusion.objective")
+    _one_of(d.loss_weighting, LOSS_WEIGHTINGS, "diffusion.loss_weighting")
     _check(d.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be > 0, got {d.min_snr_gamma}")
-    for key in sorted({k for keys in WEIGHTING_PARAMS.values() for k in keys}):
-        _check(key in WEIGHTING_PARAMS[d.loss_weighting] or getattr(d, key) == getattr(default, key), f"diffusion.{key}",
+    for key in sorted({k for _, entry in LOSS_WEIGHTINGS.items() for k in entry.params}):
+        _check(key in LOSS_WEIGHTINGS[d.loss_weighting].params or getattr(d, key) == getattr(default, key),
+               f"diffusion.{key}",
                f"is not used by diffusion.loss_weighting={d.loss_weighting!r}: remove it (got {getattr(d, key)})")
 
 
 def _check_data(data, m):
-    _check(data.dataset in ("fashion_mnist", "image_folder"), "data.dataset",
-           f"must be 'fashion_mnist' or 'image_folder', got {data.dataset!r}")
+    _one_of(data.dataset, DATASETS, "data.dataset")
     down = 2 ** (len(m.dim_mults) - 1)
     _check(data.image_size > 0 and data.image_size % down == 0, "data.image_size",
            f"must be a positive multiple of {down} for the {len(m.dim_mults)} resolutions of model.dim_mults, "
@@ -243,7 +247,6 @@ def _check_data(data, m):
 
 
 def _check_train(t, d):
-    from .sampling import SAMPLERS  # pylint: disable=import-outside-toplevel
     _check(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")
     _check(t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}")
     _check(t.max_steps is None or t.max_steps > 0, "train.max_steps", f"must be > 0, got {t.max_steps}")
@@ -253,13 +256,12 @@ def _check_train(t, d):
     _check(t.scale_window > 0, "train.scale_window", f"must be > 0, got {t.scale_window}")
     _check(0 <= t.cond_drop_prob < 1, "train.cond_drop_prob", f"must be in [0, 1), got {t.cond_drop_prob}")
     _check(t.lr_scaling in ("none", "linear"), "train.lr_scaling", f"must be 'none' or 'linear', got {t.lr_scaling!r}")
-    _check(t.sample_sampler in SAMPLERS, "train.sample_sampler",
-           f"must be one of {sorted(SAMPLERS)}, got {t.sample_sampler!r}")
+    _one_of(t.sample_sampler, SAMPLERS, "train.sample_sampler")
     _check(t.sample_steps is None or 1 <= t.sample_steps <= d.timesteps, "train.sample_steps",
            f"must be in [1, diffusion.timesteps={d.timesteps}], got {t.sample_steps}")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
-    _check(t.device in DEVICES, "train.device", f"must be one of {DEVICES}, got {t.device!r}")
-    _check(t.amp in AMP_LEVELS, "train.amp", f"must be one of {AMP_LEVELS}, got {t.amp!r}")
+    _one_of(t.device, DEVICES, "train.device")
+    _one_of(t.amp, AMP_LEVELS, "train.amp")
     _check(t.eval_every >= 0, "train.eval_every", f"must be >= 0 (0: no evaluation), got {t.eval_every}")
     _check(t.eval_num >= 2, "train.eval_num", f"must be >= 2, got {t.eval_num}")
     for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps"):
@@ -343,6 +345,10 @@ def load_config(path=None, overrides=()):
                 data = yaml.safe_load(f) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder, not a YAML file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

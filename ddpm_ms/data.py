@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 
 from . import paths
-from .config import ConfigError
+from .errors import ConfigError, DataError
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -34,10 +34,6 @@ GZ_MD5 = {
 }
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"]
-
-
-class DataError(RuntimeError):
-    """The dataset is missing, corrupt or could not be fetched. The message is one line."""
 
 
 def cache_dir():

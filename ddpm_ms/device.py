@@ -7,7 +7,17 @@ import os
 
 import mindspore as ms
 
-from .config import DEVICES, ConfigError
+from .errors import ConfigError
+from .paths import held_stderr
+from .registries import DEVICES
+
+
+def ensure_fast_cpu_settings():
+    """Apply :func:`cpu_settings` when the device target is CPU: what a TrainStep or a Denoiser calls when it is
+    built, so a notebook that never calls :func:`use_device` runs on the same settings as the commands. The
+    environment variable is read when MindSpore first runs a graph; a user's own value is kept."""
+    if ms.get_context("device_target") == "CPU":
+        cpu_settings()
 
 
 def cpu_settings():
@@ -27,14 +37,8 @@ def available(target):
     the caller says it in one.
     """
     from mindspore import hal  # pylint: disable=import-outside-toplevel
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w", encoding="utf-8") as null:
-            os.dup2(null.fileno(), 2)
-            return bool(hal.is_available(target))
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with held_stderr():
+        return bool(hal.is_available(target))
 
 
 def use_device(target="auto", device_id=None):

@@ -10,7 +10,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from .registries import LOSS_WEIGHTINGS, LOSSES, OBJECTIVES
 from .schedule import extract
+from .weighting import eps_error_ratio
 
 def randn_like(x, rng=None):
     """Standard normal Tensor shaped like x, from numpy ``rng`` (a Generator) when given."""
@@ -46,15 +48,9 @@ def l2_loss(diff):
     return diff * diff
 
 
-LOSSES = {"huber": huber_loss, "l1": l1_loss, "l2": l2_loss}
-LOSS_TYPES = tuple(LOSSES)
-
-
 def loss_named(loss_type):
-    """The per-element loss function registered as ``loss_type``."""
-    if loss_type not in LOSSES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
-    return LOSSES[loss_type]
+    """The per-element loss function registered as ``loss_type`` in :data:`ddpm_ms.registries.LOSSES`."""
+    return LOSSES.load(loss_type)
 
 
 def elementwise_loss(pred, target, loss_type="huber"):
@@ -111,10 +107,9 @@ class EpsObjective:
         """(x0, eps) [B,C,H,W] from the network's output ``out`` at x_t, t."""
         return predict_start_from_noise(sched, x_t, t, out), out
 
-    @staticmethod
-    def eps_error_ratio(snr):
-        """|eps - eps_hat|^2 / |target - out|^2 at SNR_t (an [T] float64 array): 1 for eps."""
-        return np.ones_like(snr)
+    def eps_error_ratio(self, snr):
+        """|eps - eps_hat|^2 / |target - out|^2 at SNR_t [T] float64 (:mod:`ddpm_ms.weighting`)."""
+        return eps_error_ratio(self.name, snr)
 
 
 @ms.jit_class
@@ -130,10 +125,9 @@ class X0Objective:
         """(x0, eps) [B,C,H,W] from the network's output ``out`` at x_t, t."""
         return out, predict_noise_from_start(sched, x_t, t, out)
 
-    @staticmethod
-    def eps_error_ratio(snr):
-        """|eps - eps_hat|^2 / |x0 - x0_hat|^2 = SNR_t, since eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)."""
-        return np.asarray(snr, np.float64)
+    def eps_error_ratio(self, snr):
+        """|eps - eps_hat|^2 / |x0 - x0_hat|^2 = SNR_t (:mod:`ddpm_ms.weighting`)."""
+        return eps_error_ratio(self.name, snr)
 
 
 @ms.jit_class
@@ -152,52 +146,23 @@ class VObjective:
         s = extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
         return a * x_t - s * out, s * x_t + a * out
 
-    @staticmethod
-    def eps_error_ratio(snr):
-        """|eps - eps_hat|^2 / |v - v_hat|^2 = ab = SNR_t / (SNR_t + 1), since eps = sqrt(1 - ab) x_t + sqrt(ab) v."""
-        snr = np.asarray(snr, np.float64)
-        return snr / (snr + 1.0)
+    def eps_error_ratio(self, snr):
+        """|eps - eps_hat|^2 / |v - v_hat|^2 = SNR_t / (SNR_t + 1) (:mod:`ddpm_ms.weighting`)."""
+        return eps_error_ratio(self.name, snr)
 
 
-OBJECTIVES = {o.name: o for o in (EpsObjective(), X0Objective(), VObjective())}
+EPS, X0, V = EpsObjective(), X0Objective(), VObjective()   # registered in ddpm_ms.registries.OBJECTIVES
 
 
 def objective_named(name):
-    """The :class:`Objective` registered as ``name`` ("eps", "x0" or "v")."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]
-
-
-# ---------------------------------------------------------------------------------------- loss weightings
-# Each weighting is written as a weight on the eps loss, w_eps(SNR_t), and applied to an objective's loss as
-# w_eps * eps_error_ratio, so every objective minimises the same weighted eps error (exactly so for l2).
-
-def _no_weighting(snr, objective, **_):
-    """1 on the objective's own loss."""
-    return np.ones_like(objective.eps_error_ratio(snr))
-
-
-def _p2_weighting(snr, objective, p2_gamma=0.0, p2_k=1.0, **_):
-    """P2 (Choi et al. 2022, eq. 8): (k + SNR_t)^-gamma on the eps loss."""
-    return (p2_k + snr) ** -p2_gamma * objective.eps_error_ratio(snr)
-
-
-def _min_snr_weighting(snr, objective, min_snr_gamma=5.0, **_):
-    """Min-SNR-gamma (Hang et al. 2023): min(SNR_t, gamma) on the x_0 loss; min(SNR, g)/SNR for eps,
-    min(SNR, g)/(SNR + 1) for v."""
-    return np.minimum(snr, min_snr_gamma) / snr * objective.eps_error_ratio(snr)
-
-
-LOSS_WEIGHTINGS = {"none": _no_weighting, "p2": _p2_weighting, "min_snr": _min_snr_weighting}
-WEIGHTING_PARAMS = {"none": (), "p2": ("p2_gamma", "p2_k"), "min_snr": ("min_snr_gamma",)}   # the keys each reads
+    """The objective registered as ``name`` ("eps", "x0" or "v")."""
+    return OBJECTIVES.load(name)
 
 
 def loss_weights(sched, objective="eps", weighting="none", **params):
-    """Per-timestep loss weights [T] float64 for an objective, from ``sched.np["snr"]``.
+    """Per-timestep loss weights [T] float64 for an objective, from ``sched.np["snr"]`` (:mod:`ddpm_ms.weighting`).
 
     ``params``: p2_gamma, p2_k (p2) or min_snr_gamma (min_snr).
     """
-    if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {sorted(LOSS_WEIGHTINGS)}")
-    return LOSS_WEIGHTINGS[weighting](sched.np["snr"], objective_named(objective), **params)
+    OBJECTIVES[objective]   # pylint: disable=pointless-statement  # one-line error for an unknown name
+    return LOSS_WEIGHTINGS.load(weighting)(sched.np["snr"], objective, **params)

@@ -6,7 +6,7 @@ Figure), so what is drawn can be checked against a direct computation.
 import numpy as np
 
 from .diffusion import elementwise_loss
-from .sampling import Recorder, generate
+from .samplers import Recorder, generate
 from .viz import plt, to_display
 
 

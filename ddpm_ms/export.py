@@ -11,8 +11,9 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from . import kernels
-from .checkpoint import CheckpointError, load_model
-from .config import ConfigError, load_config
+from .build import build_schedule, load_model
+from .config import load_config
+from .errors import CheckpointError, ConfigError, first_line
 from .paths import make_output_dir
 
 SUFFIX = ".mindir"
@@ -49,8 +50,7 @@ class ExportedNetwork:
         try:
             self.graph = nn.GraphCell(ms.load(path))
         except (RuntimeError, ValueError, OSError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"cannot load the exported network {path}: {first}") from None
+            raise CheckpointError(f"cannot load the exported network {path}: {first_line(e)}") from None
 
     def __call__(self, x, t, *y):
         return self.graph(x, t, *y)
@@ -62,7 +62,6 @@ def load_exported(path):
     Sample with it as with a trained model:
     ``generate(Denoiser.from_config(net, sched, cfg), shape, num)``.
     """
-    from .trainer import build_schedule  # pylint: disable=import-outside-toplevel
     if not os.path.isfile(path):
         raise CheckpointError(f"exported network not found: {path}")
     config = os.path.splitext(path)[0] + ".yaml"

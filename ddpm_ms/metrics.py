@@ -219,3 +219,29 @@ class Evaluator:
             "reference": f"Fashion-MNIST training images {REFERENCE_RANGE[0]}-{REFERENCE_RANGE[1] - 1}",
             **agreement,
         }
+
+
+def calibration(evaluator, root):
+    """Scores of reference points: real held-out, degraded real images, a few classes, noise."""
+    real, labels = real_images(root, HELDOUT_RANGE)
+    train, train_labels = real_images(root, TRAIN_RANGE)
+    rng = np.random.default_rng(0)
+    padded = np.pad(real, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    blurred = sum(padded[:, :, i:i + 28, j:j + 28] for i in range(3) for j in range(3)) / 9.0
+    few = train[np.isin(train_labels, [0, 1, 2])][:NUM_EVAL]
+    points = {
+        "real held-out (floor)": real,
+        "real, images 0-999 (what the CPU recipes train on)": train[:NUM_EVAL],
+        "real + noise sigma 0.1": real + 0.1 * rng.standard_normal(real.shape),
+        "real + noise sigma 0.3": real + 0.3 * rng.standard_normal(real.shape),
+        "real, 3x3 box blur": blurred,
+        "real, 3x3 box blur x3": _blur(_blur(blurred)),
+        "real, only 3 classes": few,
+        "gaussian noise": np.clip(rng.standard_normal(real.shape), -1, 1),
+    }
+    return {name: evaluator.evaluate(x.astype(np.float32)) for name, x in points.items()}
+
+
+def _blur(x):
+    p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    return sum(p[:, :, i:i + 28, j:j + 28] for i in range(3) for j in range(3)) / 9.0

@@ -4,7 +4,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from .sampling import generate
+from .samplers import generate
 
 
 class Previewer:

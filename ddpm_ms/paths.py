@@ -1,15 +1,15 @@
-"""Where ddpm_ms keeps what it makes once and reuses: downloads, the metric's classifier, built kernels."""
+"""Where ddpm_ms keeps what it makes once and reuses (downloads, the metric's classifier, built kernels), and the
+small file-system helpers every writer shares."""
 import os
+from contextlib import contextmanager
+
+from .errors import OutputError
 
 
 def cache_dir(*parts):
     """``$XDG_CACHE_HOME/ddpm_ms/<parts>`` (default ``~/.cache/ddpm_ms/<parts>``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "ddpm_ms", *parts)
-
-
-class OutputError(RuntimeError):
-    """An output folder cannot be used. The message is one line."""
 
 
 def make_output_dir(path, what):
@@ -26,3 +26,17 @@ def make_output_dir(path, what):
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path} is not writable")
     return path
+
+
+@contextmanager
+def held_stderr():
+    """Send file descriptor 2 to /dev/null inside the block: for MindSpore calls that print several lines (or a
+    misleading one) before raising an error that the caller reports in one line itself."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w", encoding="utf-8") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,12 +1,49 @@
-"""One training run's folder: its config, metrics log, checkpoints (the last K and the best) and figures."""
+"""One training run's folder: its config, metrics log, checkpoints (the last K and the best) and figures.
+
+A run holds an exclusive lock on its folder (``flock`` on ``.lock``, which the OS releases when the process
+dies), so a second run into the same folder stops at once, naming the process that holds it.
+"""
+import fcntl
 import glob
 import json
 import os
 
 from . import checkpoint as ckpt
-from .config import ConfigError
+from .errors import ConfigError, OutputError, RunLocked
 from .paths import make_output_dir
 from .viz import plot_fd_curve, plot_loss_curve, read_metrics
+
+LOCK = ".lock"
+_HELD = {}   # real path of a locked folder -> the open lock file descriptor (this process's locks)
+
+
+def lock_folder(path):
+    """Take the exclusive lock on run folder ``path`` for this process (a no-op if it holds it already).
+
+    RunLocked naming the folder and the other process's pid if another process holds it.
+    """
+    key = os.path.realpath(path)
+    if key in _HELD:
+        return
+    fd = os.open(os.path.join(path, LOCK), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLocked(f"train.out_dir {path} is in use by another run (process {holder}): wait for it to "
+                        "finish, or choose another train.out_dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[key] = fd
+
+
+def unlock_folder(path):
+    """Release this process's lock on ``path`` (if it holds it)."""
+    fd = _HELD.pop(os.path.realpath(path), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 BEST = "best.ckpt"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "loss_curve.png", "fd_curve.png", "samples_epoch*.png",
@@ -55,14 +92,20 @@ class RunFolder:
     def _prepare(self):
         if self.is_main:
             make_output_dir(self.path, "train.out_dir")
+            lock_folder(self.path)                      # before anything in the folder is touched
             ckpt.remove_stale_temporaries(self.path)   # left by a process killed mid-write
 
+    def release(self):
+        """Give up the folder's lock (the run is over)."""
+        if self.is_main:
+            unlock_folder(self.path)
+
     def save_checkpoint(self, state, name=None):
-        """Write ``state`` (keyword arguments of :func:`ddpm_ms.checkpoint.save_checkpoint` but ``path``)
-        atomically, as ckpt_step<step>.ckpt pruned to the last K, or as ``name`` (e.g. best.ckpt) left alone."""
+        """Write ``state`` (a :class:`~ddpm_ms.checkpoint.TrainingState`) atomically, as ckpt_step<step>.ckpt
+        pruned to the last K, or as ``name`` (e.g. best.ckpt) left alone; returns its path."""
         if name is not None:
-            return ckpt.save_checkpoint(self.file(name), **state)
-        path = ckpt.save_checkpoint(self.file(ckpt.checkpoint_name(state["step"])), **state)
+            return ckpt.save_state(self.file(name), state)
+        path = ckpt.save_state(self.file(ckpt.checkpoint_name(state.step)), state)
         if path not in self.checkpoints:
             self.checkpoints.append(path)
         self.checkpoints = ckpt.prune_checkpoints(self.checkpoints, self.keep_last)
@@ -74,9 +117,13 @@ class RunFolder:
         return self.checkpoints[-1] if self.checkpoints else None
 
     def log(self, row):
-        """Append one JSON row to metrics.jsonl."""
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        """Append one JSON row to metrics.jsonl (one write of the whole line)."""
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise OutputError(f"could not append to {self.metrics_path}: {e.strerror or e}; "
+                              "the rows written before are intact") from None
         return row
 
     def rows(self):

@@ -3,8 +3,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, amp, nn, ops
 
-from .config import ConfigError
+from .device import ensure_fast_cpu_settings
 from .diffusion import loss_named, objective_named, p_losses
+from .errors import ConfigError
 
 
 class TrainStep:
@@ -22,6 +23,7 @@ class TrainStep:
 
     def __init__(self, model, sched, optimizer, loss_scaler, loss_type="huber", jit=True, world_size=1,
                  objective="eps", weights=None):
+        ensure_fast_cpu_settings()
         self.model = model
         self.sched = sched
         self.optimizer = optimizer

@@ -204,5 +204,5 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
         losses = {row["step"]: row["loss"] for row in map(json.loads, f)}
     assert np.isfinite(losses[4]) and not np.isfinite([losses[5], losses[6], losses[7]]).any()
     assert sorted(f for f in os.listdir(run) if f.endswith(".ckpt")) == ["ckpt_step00000003.ckpt"]
-    from ddpm_ms.checkpoint import load_model
+    from ddpm_ms.build import load_model
     load_model(str(run / "ckpt_step00000003.ckpt"))                    # still readable

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import ddpm_ms
-from ddpm_ms.checkpoint import CheckpointError, load_model
+from ddpm_ms.build import load_model
+from ddpm_ms.errors import CheckpointError
 from ddpm_ms.commands import run
 from ddpm_ms.config import load_config
 from ddpm_ms.sampling import Denoiser, generate

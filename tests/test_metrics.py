@@ -123,7 +123,7 @@ def _evaluate_script(*args):
 def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
     """scripts/evaluate.py on saved images and on a checkpoint gives the library's numbers, and says how it sampled."""
     import os
-    from ddpm_ms.checkpoint import load_model
+    from ddpm_ms.build import load_model
     from ddpm_ms.config import load_config
     from ddpm_ms.trainer import Trainer
     from ddpm_ms.sampling import Denoiser, generate

@@ -113,7 +113,8 @@ def test_interrupted_save_keeps_previous_checkpoint(data_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(ms, "save_checkpoint", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint(path, tr.run.optimizer, tr.config, tr.run.loss_scaler, 3, 0, 3)
+        ckpt.save_state(path, ckpt.TrainingState(tr.config, tr.run.model, tr.run.optimizer, tr.run.loss_scaler,
+                                                 step=3, epoch=0, step_in_epoch=3))
     monkeypatch.undo()
     assert open(path, "rb").read() == before
     assert ckpt.checkpoint_position(ckpt.read_checkpoint(path)) == (2, 0, 2)

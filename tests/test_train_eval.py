@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ddpm_ms import checkpoint as ckpt
+from ddpm_ms.callbacks import Evaluation
 from ddpm_ms.config import load_config
 from ddpm_ms.monitor import QualityProbe
 from ddpm_ms.trainer import Trainer
@@ -49,7 +50,7 @@ def test_best_ckpt_holds_the_step_with_the_lowest_fd(data_dir, tmp_path):
     """FD 5, 3, 4 after epochs 1-3: best.ckpt is the step-16 state, not the first or the last."""
     tr = Trainer.from_config(_cfg(tmp_path, "train.epochs=3"))
     scripted = ScriptedEvaluator(tr, [5.0, 3.0, 4.0])
-    tr.probe = QualityProbe(tr.previewer, scripted, num=16)
+    tr.callback(Evaluation).probe = QualityProbe(tr.previewer, scripted, num=16)
     summary = tr.fit(progress=False)
     rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "fd" in r]
     assert [(r["step"], r["fd"]) for r in rows] == [(8, 5.0), (16, 3.0), (24, 4.0)]
@@ -67,7 +68,7 @@ def test_evaluation_changes_neither_training_nor_exact_resume(data_dir, tmp_path
     Adam state and losses; and a run stopped at step 12 and resumed gives the same weights and FD rows."""
     plain = Trainer.from_config(_cfg(tmp_path / "plain", "train.epochs=3", "train.max_steps=20", "train.eval_every=0"))
     plain.fit(progress=False)
-    assert plain.probe is None
+    assert plain.callback(Evaluation) is None
     evaluated = Trainer.from_config(_cfg(tmp_path / "eval", "train.epochs=3", "train.max_steps=20"))
     evaluated.fit(progress=False)
     fd_rows = [r for r in read_metrics(tmp_path / "eval" / "metrics.jsonl") if "fd" in r]

@@ -8,7 +8,7 @@ from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import load_config
 from ddpm_ms.trainer import Trainer
 from ddpm_ms.sampling import Denoiser, generate
-from ddpm_ms.trainer import build_run
+from ddpm_ms.build import build_run, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -55,7 +55,7 @@ def test_ema_disabled_through_training_saving_and_sampling(data_dir, tmp_path):
     path = tr.fit(progress=False)["checkpoint"]
     data = ckpt.read_checkpoint(path)
     assert not [k for k in data if k.startswith("ema.")]
-    model, sched, cfg, _ = ckpt.load_model(path)             # the raw weights, there being no EMA ones
+    model, sched, cfg, _ = load_model(path)             # the raw weights, there being no EMA ones
     for p, q in zip(model.trainable_params(), tr.run.model.trainable_params()):
         np.testing.assert_array_equal(p.asnumpy(), q.asnumpy(), err_msg=p.name)
     images = generate(Denoiser(model, sched), (1, 28, 28), 2, seed=0, batch_size=2, progress=False)
@@ -86,7 +86,7 @@ def test_image_folder_dataset_end_to_end(tmp_path):
     # each folder's pictures carry its label: "dark" pixels are at most 99/255, "light" ones at least 150/255
     assert images[labels == 0].max() < -0.2 < 0.1 < images[labels == 1].min()
     path = tr.fit(progress=False)["checkpoint"]
-    model, sched, cfg2, _ = ckpt.load_model(path)
+    model, sched, cfg2, _ = load_model(path)
     assert cfg2.model.channels == 3 and cfg2.data.image_size == 16
     images = generate(Denoiser(model, sched, null_class=2), (3, 16, 16), 4, seed=0, batch_size=4,
                       labels=np.array([0, 1, 0, 1]), guidance=2.0, progress=False)

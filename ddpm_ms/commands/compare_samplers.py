@@ -24,7 +24,7 @@ DEFAULT_RUNS = ("ddpm", "ddim:10", "ddim:20", "ddim:50", "ddim:50:eta=1", "dpm++
 
 def parse_run(text, num_timesteps):
     """'ddim:50:eta=1' -> {'sampler': 'ddim', 'steps': 50, 'spacing': 'uniform', 'eta': 1.0}; ValueError if bad."""
-    from ..sampling import SAMPLERS, SPACINGS, default_steps
+    from ..samplers import SAMPLERS, SPACINGS, default_steps
     name, *rest = text.split(":")
     if name not in SAMPLERS:
         raise ValueError(f"run {text!r}: unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
@@ -45,55 +45,14 @@ def parse_run(text, num_timesteps):
     return run
 
 
-def label(run):
-    """A row name: 'dpm++2m-20 logsnr', 'ddim-50 eta=1'."""
-    extra = [run["spacing"]] if run["spacing"] != "uniform" else []
-    extra += [f"{k}={run[k]:g}" for k in run if k not in ("sampler", "steps", "spacing")]
-    return " ".join([f"{run['sampler']}-{run['steps']}"] + extra)
-
-
-def time_64(make_denoiser, shape, run, labels, guidance):
-    """(first, cached) seconds for 64 images: a new Denoiser (compile included), then the same one again."""
-    from ..sampling import generate
-    denoiser, seconds = make_denoiser(), []
+def time_64(make_pipeline, run, guidance):
+    """(first, cached) seconds for 64 images: a new pipeline (its compile included), then the same one again."""
+    pipe, seconds = make_pipeline(), []
     for _ in range(2):
         t0 = time.perf_counter()
-        generate(denoiser, shape, 64, batch_size=64, labels=None if labels is None else labels[:64],
-                 guidance=guidance, progress=False, **run)
+        pipe.generate(64, batch_size=64, guidance=guidance, progress=False, **run)
         seconds.append(time.perf_counter() - t0)
     return seconds
-
-
-def plot_quality(rows, path):
-    """FD against network calls, one line per sampler and spacing (log-scaled calls)."""
-    from ..viz import plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    series = {}
-    for row in rows:
-        key = " ".join([row["run"]["sampler"]] + label(row["run"]).split(" ")[1:])
-        series.setdefault(key, []).append((row["run"]["steps"], row["fd"]))
-    for key, points in series.items():
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
-    ax.set_xscale("log")
-    ax.set_xlabel("network calls per image (steps)")
-    ax.set_ylabel("FD to real images (lower is better)")
-    ax.set_title("sample quality against sampling cost", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return series
-
-
-def table(rows):
-    """The Markdown table of the rows."""
-    lines = ["| sampler | network calls | s / 64 images, first call | cached | FD | KID | IS | class histogram |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {label(r['run'])} | {r['run']['steps']} | {r['first_s']:.1f} | {r['cached_s']:.1f} | "
-                     f"{r['fd']:.1f} | {r['kid']:.4g} | {r['is']:.2f} | {' '.join(map(str, r['class_histogram']))} |")
-    return "\n".join(lines)
 
 
 def main(argv=None, prog=None):
@@ -109,36 +68,33 @@ def main(argv=None, prog=None):
     add_device_arg(parser)
     args = parser.parse_args(argv)
 
-    import numpy as np
     from tqdm.auto import tqdm
-    from ..checkpoint import load_model
     from ..data import resolve_fashion_dir
+    from ..device import use_device
     from ..metrics import NUM_EVAL, Evaluator
     from ..paths import make_output_dir
-    from ..sampling import Denoiser, generate
-    from ..device import use_device
+    from ..pipeline import Pipeline
+    from ..report import label, plot_quality, table
 
     use_device(args.device)
-    model, sched, cfg, _ = load_model(args.ckpt)
+    pipe = Pipeline.from_checkpoint(args.ckpt)
     try:
-        runs = [parse_run(text, sched.num_timesteps) for text in args.runs]
+        runs = [parse_run(text, pipe.num_timesteps) for text in args.runs]
     except ValueError as e:
         parser.error(str(e))
     out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "compare_samplers"),
                           "--out")
+    cfg, k = pipe.config, pipe.num_classes
     evaluator = Evaluator(resolve_fashion_dir(args.data_root or cfg.data.root))
-    k = cfg.model.num_classes
-    labels = None if k is None else np.arange(NUM_EVAL) % k
-    shape = (cfg.model.channels, cfg.data.image_size, cfg.data.image_size)
+    labels = pipe.labels(NUM_EVAL)
 
-    def make_denoiser():
-        return Denoiser.from_config(model, sched, cfg)
+    def make_pipeline():
+        return Pipeline(pipe.model, pipe.sched, cfg)
 
-    denoiser, rows = make_denoiser(), []
+    rows = []
     for run in tqdm(runs, desc="samplers"):
-        first, cached = time_64(make_denoiser, shape, run, labels, args.guidance)
-        images = generate(denoiser, shape, NUM_EVAL, seed=args.seed, batch_size=args.batch_size, labels=labels,
-                          guidance=args.guidance, **run)
+        first, cached = time_64(make_pipeline, run, args.guidance)
+        images = pipe.generate(NUM_EVAL, seed=args.seed, batch_size=args.batch_size, guidance=args.guidance, **run)
         score = evaluator.evaluate(images, labels=labels)
         rows.append({"run": run, "first_s": first, "cached_s": cached, **score})
         tqdm.write(f"{label(run)}: FD {score['fd']:.1f}, {cached:.1f} s / 64 images")

@@ -15,35 +15,6 @@ from ..cli import (ArgumentParser, add_device_arg, add_sampler_args, check_sampl
                          positive_int, sampler_options, sampler_settings)
 
 
-def calibration(evaluator, root):
-    """Scores of reference points: real held-out, degraded real images, a few classes, noise."""
-    import numpy as np
-    from ..metrics import HELDOUT_RANGE, NUM_EVAL, TRAIN_RANGE, real_images
-    real, labels = real_images(root, HELDOUT_RANGE)
-    train, train_labels = real_images(root, TRAIN_RANGE)
-    rng = np.random.default_rng(0)
-    padded = np.pad(real, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
-    blurred = sum(padded[:, :, i:i + 28, j:j + 28] for i in range(3) for j in range(3)) / 9.0
-    few = train[np.isin(train_labels, [0, 1, 2])][:NUM_EVAL]
-    points = {
-        "real held-out (floor)": real,
-        "real, images 0-999 (what the CPU recipes train on)": train[:NUM_EVAL],
-        "real + noise sigma 0.1": real + 0.1 * rng.standard_normal(real.shape),
-        "real + noise sigma 0.3": real + 0.3 * rng.standard_normal(real.shape),
-        "real, 3x3 box blur": blurred,
-        "real, 3x3 box blur x3": _blur(_blur(blurred)),
-        "real, only 3 classes": few,
-        "gaussian noise": np.clip(rng.standard_normal(real.shape), -1, 1),
-    }
-    return {name: evaluator.evaluate(x.astype(np.float32)) for name, x in points.items()}
-
-
-def _blur(x):
-    import numpy as np
-    p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
-    return sum(p[:, :, i:i + 28, j:j + 28] for i in range(3) for j in range(3)) / 9.0
-
-
 def main(argv=None, prog=None):
     parser = ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)
@@ -64,8 +35,8 @@ def main(argv=None, prog=None):
 
     import numpy as np
     from ..data import resolve_fashion_dir
-    from ..metrics import NUM_EVAL, Evaluator
     from ..device import use_device
+    from ..metrics import NUM_EVAL, Evaluator, calibration
 
     use_device(args.device)
     root = resolve_fashion_dir(args.data_root)
@@ -78,7 +49,10 @@ def main(argv=None, prog=None):
     labels = None
     if args.samples:
         if args.samples.endswith(".npy"):
-            images = np.load(args.samples)
+            try:
+                images = np.load(args.samples, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                parser.error(f"--samples {args.samples} is not a numeric .npy array: {str(e).splitlines()[0]}")
         else:
             from ..viz import read_grid
             try:
@@ -86,16 +60,12 @@ def main(argv=None, prog=None):
             except (ValueError, OSError) as e:
                 parser.error(str(e))
     else:
-        from ..checkpoint import load_model
-        from ..sampling import Denoiser, generate
-        model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
-        check_sampler_args(parser, args, sched.num_timesteps)
-        k = cfg.model.num_classes
-        labels = None if k is None else np.arange(NUM_EVAL) % k
-        denoiser = Denoiser.from_config(model, sched, cfg, clip_denoised=not args.no_clip)
-        images = generate(denoiser, (cfg.model.channels, cfg.data.image_size, cfg.data.image_size), NUM_EVAL,
-                          seed=args.seed, batch_size=args.batch_size, labels=labels, guidance=args.guidance,
-                          **sampler_options(args))
+        from ..pipeline import Pipeline
+        pipe = Pipeline.from_checkpoint(args.ckpt, use_ema=not args.no_ema, clip_denoised=not args.no_clip)
+        check_sampler_args(parser, args, pipe.num_timesteps)
+        labels = pipe.labels(NUM_EVAL)
+        images = pipe.generate(NUM_EVAL, seed=args.seed, batch_size=args.batch_size, guidance=args.guidance,
+                               **sampler_options(args))
     try:
         result = evaluator.evaluate(images, labels=labels)
     except ValueError as e:

@@ -43,25 +43,24 @@ def choose_labels(parser, args, num_classes):
     return (None if k is None else np.arange(args.num) % k), None
 
 
-def write_ablation(denoiser, shape, labels, args, out):
+def write_ablation(pipe, labels, args, out):
     """ablation.png: 8 DDPM samples above the same 8 starting noises with no noise added back."""
     import numpy as np
-    from ..sampling import generate
     from ..viz import save_grid
     n = min(8, args.num)
-    rows = [generate(denoiser, shape, n, seed=args.seed, batch_size=n, sampler=name, guidance=args.guidance,
-                     labels=None if labels is None else labels[:n]) for name in ("ddpm", "ddpm-no-noise")]
+    rows = [pipe.generate(n, seed=args.seed, batch_size=n, sampler=name, guidance=args.guidance,
+                          classes=None if labels is None else labels[:n]) for name in ("ddpm", "ddpm-no-noise")]
     save_grid(np.concatenate(rows), os.path.join(out, "ablation.png"), nrow=n,
               row_labels=["DDPM", "no noise added"], title="same starting noise x_T")
 
 
-def write_explain(model, sched, cfg, shape, labels, args, out):
+def write_explain(pipe, labels, args, out):
     """explain_steps.png, explain_std.png, explain_loss.png: the reverse process for learners."""
     from ..data import build_dataset
     from ..explain import write_figures
-    held = next(build_dataset(cfg.data, 64).create_tuple_iterator(num_epochs=1, output_numpy=True))[0]
-    write_figures(model, sched, cfg, shape, held, out, seed=args.seed, labels=labels, guidance=args.guidance,
-                  clip_denoised=not args.no_clip, **sampler_options(args))
+    held = next(build_dataset(pipe.config.data, 64).create_tuple_iterator(num_epochs=1, output_numpy=True))[0]
+    write_figures(pipe.model, pipe.sched, pipe.config, pipe.image_shape, held, out, seed=args.seed, labels=labels,
+                  guidance=args.guidance, clip_denoised=not args.no_clip, **sampler_options(args))
 
 
 def main(argv=None, prog=None):
@@ -93,27 +92,25 @@ def main(argv=None, prog=None):
     check_sampler_args(parser, args)
 
     import numpy as np
-    from ..checkpoint import load_model
-    from ..paths import make_output_dir
-    from ..sampling import Denoiser, Recorder, batch_plan, generate
-    from ..viz import save_gif, save_grid
     from ..device import use_device
+    from ..paths import make_output_dir
+    from ..pipeline import Pipeline
+    from ..samplers import Recorder, batch_plan
+    from ..viz import save_gif, save_grid
 
     use_device(args.device)
-    model, sched, cfg, _ = load_model(args.ckpt, use_ema=not args.no_ema)
-    check_sampler_args(parser, args, sched.num_timesteps)
-    k = cfg.model.num_classes
+    pipe = Pipeline.from_checkpoint(args.ckpt, use_ema=not args.no_ema, clip_denoised=not args.no_clip)
+    check_sampler_args(parser, args, pipe.num_timesteps)
+    cfg, k = pipe.config, pipe.num_classes
     labels, rows = choose_labels(parser, args, k)
     num = args.num if labels is None else len(labels)
     if not 0 <= args.gif_index < batch_plan(num, args.batch_size)[1]:
         parser.error(f"--gif-index must be in [0, {batch_plan(num, args.batch_size)[1]}) (the first batch)")
     out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples"), "--out")
 
-    shape = (cfg.model.channels, cfg.data.image_size, cfg.data.image_size)
-    denoiser = Denoiser.from_config(model, sched, cfg, clip_denoised=not args.no_clip)
     recorder = Recorder(("x",)) if args.gif else None
-    samples = generate(denoiser, shape, num, seed=args.seed, batch_size=args.batch_size, labels=labels,
-                       guidance=args.guidance, callback=recorder, **sampler_options(args))
+    samples = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, classes=labels, guidance=args.guidance,
+                            callback=recorder, **sampler_options(args))
     np.save(os.path.join(out, "samples.npy"), samples.astype(np.float32))
     nrow = len(samples) // k if rows else int(np.ceil(np.sqrt(len(samples))))
     save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, row_labels=rows)
@@ -121,14 +118,14 @@ def main(argv=None, prog=None):
         frames = recorder.stack("x")
         save_gif(frames, os.path.join(out, "denoising.gif"), index=args.gif_index, every=max(1, len(frames) // 100))
     if args.ablation:
-        write_ablation(denoiser, shape, labels, args, out)
+        write_ablation(pipe, labels, args, out)
     if args.explain:
-        write_explain(model, sched, cfg, shape, labels, args, out)
+        write_explain(pipe, labels, args, out)
     if args.forward_figure:
         from ..data import load_fashion_arrays, resolve_fashion_dir
         from ..viz import forward_diffusion_figure
         images, _ = load_fashion_arrays(resolve_fashion_dir(cfg.data.root), count=1)
-        forward_diffusion_figure(sched, images[:1].astype(np.float32) / 127.5 - 1.0,
+        forward_diffusion_figure(pipe.sched, images[:1].astype(np.float32) / 127.5 - 1.0,
                                  os.path.join(out, "forward_diffusion.png"))
     print(f"wrote {len(samples)} samples to {out}")
     return 0

@@ -22,6 +22,7 @@ import tempfile
 import zipfile
 
 from .. import paths
+from ..errors import KernelBuildError
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_kernels.cc")
 ONEDNN_DEVEL = "onednn-devel==2025.3.0"   # headers of oneDNN 3.9; its C API matches the wheel's 3.10
@@ -31,10 +32,6 @@ _THREADPOOL_CONFIG = (("DNNL_CPU_THREADING_RUNTIME", "DNNL_RUNTIME_THREADPOOL"),
                       ("DNNL_CPU_RUNTIME", "DNNL_RUNTIME_THREADPOOL"),
                       ("DNNL_GPU_RUNTIME", "DNNL_RUNTIME_NONE"),
                       ("DNNL_GPU_VENDOR", "DNNL_VENDOR_NONE"))
-
-
-class KernelBuildError(RuntimeError):
-    """The kernel library could not be built or loaded; the message says why in one line."""
 
 
 def cache_dir():

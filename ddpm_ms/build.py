@@ -1,0 +1,159 @@
+"""Factories: every "config -> object" step of ddpm_ms, in one module.
+
+The objects they build take plain arguments and know nothing of configs; this module is the only one that
+reads a :class:`~ddpm_ms.config.Config` field to build something (the commands read their own flags).
+
+    run = build_run(cfg, steps_per_epoch)              # model, schedule, Adam, scaler, compiled step, EMA
+    model, sched, cfg, data = load_model("runs/fashion_cpu/ckpt_step00009360.ckpt")
+"""
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import mindspore as ms
+from mindspore import amp, nn
+
+from . import callbacks as cb
+from . import checkpoint as ckpt
+from .batches import BatchSource
+from .data import check_data_fits_model, resolve_fashion_dir
+from .diffusion import loss_weights
+from .ema import EMA
+from .model import Unet
+from .monitor import Previewer, QualityProbe
+from .run_folder import RunFolder
+from .sampling import Denoiser
+from .schedule import NoiseSchedule
+from .train_step import TrainStep, mixed_precision
+
+
+def build_model(model_cfg):
+    """Unet from a ModelConfig: the one place config becomes its keyword arguments."""
+    return Unet(**vars(model_cfg))
+
+
+def build_schedule(diffusion_cfg):
+    """NoiseSchedule from a DiffusionConfig."""
+    d = diffusion_cfg
+    return NoiseSchedule.from_name(d.beta_schedule, d.timesteps, d.beta_start, d.beta_end)
+
+
+def build_loss_weights(sched, diffusion_cfg):
+    """The per-timestep loss weights [T] float64 a DiffusionConfig asks for (diffusion.loss_weighting)."""
+    d = diffusion_cfg
+    return loss_weights(sched, d.objective, d.loss_weighting, p2_gamma=d.p2_gamma, p2_k=d.p2_k,
+                        min_snr_gamma=d.min_snr_gamma)
+
+
+def lr_schedule(train_cfg, steps_per_epoch):
+    """The tutorial's per-step LR list: nn.cosine_decay_lr(min_lr, lr, epochs*steps, steps, epochs)."""
+    t = train_cfg
+    return nn.cosine_decay_lr(min_lr=t.min_lr, max_lr=t.lr, total_step=t.epochs * steps_per_epoch,
+                              step_per_epoch=steps_per_epoch, decay_epoch=t.epochs)
+
+
+def total_steps(train_cfg, steps_per_epoch):
+    """Optimizer steps of a run: train.epochs epochs, capped by train.max_steps."""
+    total = train_cfg.epochs * steps_per_epoch
+    return min(total, train_cfg.max_steps) if train_cfg.max_steps else total
+
+
+@dataclass
+class Run:
+    """Everything a training run steps with, built from one Config by :func:`build_run`."""
+    model: Unet
+    sched: NoiseSchedule
+    optimizer: nn.Optimizer
+    loss_scaler: amp.DynamicLossScaler
+    train_step: TrainStep
+    lrs: list
+    ema: Optional[EMA]
+
+
+def build_run(cfg, steps_per_epoch, world_size=1):
+    """Model, schedule, Adam with cosine-decay LR, loss scaler, compiled step and EMA from a Config.
+
+    Every rank seeds the same, so all start from the same parameters. With ``train.lr_scaling: linear`` the
+    LR is multiplied by ``world_size``.
+    """
+    ms.set_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    sched = build_schedule(cfg.diffusion)
+    scale = world_size if cfg.train.lr_scaling == "linear" else 1
+    lrs = [lr * scale for lr in lr_schedule(cfg.train, steps_per_epoch)]
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=lrs)
+    t = cfg.train
+    scaler = amp.DynamicLossScaler(t.loss_scale, t.scale_factor, t.scale_window)
+    model.set_train(True)   # training kernels (see model.GroupNorm); the Previewer switches it off and back
+    step = TrainStep(mixed_precision(model, t.amp), sched, optimizer, scaler, cfg.diffusion.loss_type, jit=t.jit,
+                     world_size=world_size, objective=cfg.diffusion.objective,
+                     weights=build_loss_weights(sched, cfg.diffusion))
+    ema = EMA(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
+    return Run(model, sched, optimizer, scaler, step, lrs, ema)
+
+
+def build_previewer(run, cfg):
+    """The Previewer of a run: its EMA weights, the config's sampler (train.sample_sampler/sample_steps)."""
+    size, t = cfg.data.image_size, cfg.train
+    denoiser = Denoiser.from_config(run.model, run.sched, cfg, jit=t.jit)
+    return Previewer(run.model, denoiser, image_shape=(cfg.model.channels, size, size), sampler=t.sample_sampler,
+                     steps=t.sample_steps, guidance=t.guidance, num_classes=cfg.model.num_classes, ema=run.ema)
+
+
+def build_probe(previewer, cfg):
+    """The QualityProbe of train.eval_every (None when it is 0): FD/KID of train.eval_num samples."""
+    if not cfg.train.eval_every:
+        return None
+    from .metrics import Evaluator  # pylint: disable=import-outside-toplevel  # trains its classifier on first use
+    return QualityProbe(previewer, Evaluator(resolve_fashion_dir(cfg.data.root)), num=cfg.train.eval_num)
+
+
+def build_callbacks(cfg, run, folder, is_main=True):
+    """The training loop's callbacks for a Config, in the order they run (rank 0 gets the ones that write)."""
+    t = cfg.train
+    out = [cb.EMAUpdate(run.ema, every=cfg.ema.update_every)] if run.ema is not None else []
+    if is_main:
+        out.append(cb.MetricsLog(folder, every=t.log_every, lrs=run.lrs, loss_scaler=run.loss_scaler))
+    out.append(cb.DivergenceStop(limit=t.max_nonfinite_steps, folder=folder))
+    if not is_main:
+        return out
+    previewer = build_previewer(run, cfg)
+    out += [cb.CheckpointPolicy(folder, every=t.ckpt_every),
+            cb.PreviewGrids(previewer, folder, num=t.sample_num, gif=t.gif)]
+    probe = build_probe(previewer, cfg)
+    if probe is not None:
+        out += [cb.Evaluation(probe, folder, every=t.eval_every), cb.BestCheckpoint(folder)]
+    return out + [cb.Curves(folder), cb.ProgressBar()]
+
+
+def trainer_parts(cfg, fresh=True, rank=0, world_size=1, overwrite=False):
+    """The keyword arguments of :class:`ddpm_ms.trainer.Trainer` for a Config; ``fresh`` claims the run folder
+    (``overwrite``: deleting another run's files), else the caller resumes into it."""
+    start = time.time()
+    check_data_fits_model(cfg.data, cfg.model)
+    t = cfg.train
+    folder = RunFolder(t.out_dir, t.keep_last, is_main=rank == 0)
+    if fresh:
+        folder.open_fresh(overwrite)
+    batches = BatchSource(cfg.data, t.batch_size, t.seed, cfg.diffusion.timesteps, cfg.model.num_classes,
+                          t.cond_drop_prob, rank, world_size)
+    run = build_run(cfg, batches.steps_per_epoch, world_size)
+    state = ckpt.TrainingState(cfg, run.model, run.optimizer, run.loss_scaler, run.ema)
+    return dict(run=run, state=state, batches=batches, folder=folder,
+                total_steps=total_steps(t, batches.steps_per_epoch),
+                callbacks=build_callbacks(cfg, run, folder, is_main=rank == 0), rank=rank, world_size=world_size,
+                start_time=start)
+
+
+def load_model(path, use_ema=True):
+    """Rebuild the model a checkpoint was trained with and load its weights (EMA ones if stored and wanted).
+
+    Returns (model, schedule, config, raw checkpoint dict); no architecture flags needed.
+    """
+    from .ema import PREFIX  # pylint: disable=import-outside-toplevel
+    data = ckpt.read_checkpoint(path)
+    cfg = ckpt.checkpoint_config(data, path)
+    model = build_model(cfg.model)
+    ckpt.load_model_weights(model, data, path, prefix=PREFIX if use_ema and ckpt.has_ema(data) else "")
+    model.set_train(False)
+    return model, build_schedule(cfg.diffusion), cfg, data

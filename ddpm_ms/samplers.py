@@ -1,0 +1,260 @@
+"""Reverse-process samplers in plain numpy: functions with one signature (k-diffusion style).
+
+    x_0 = sampler(denoise, x, timesteps, alphas_cumprod, rng, callback=None, **options)
+
+- ``denoise(x_t, t) -> (x0, eps)``: the network's prediction of x_0 and of the noise at timestep ``t`` (an int)
+  for x_t [B,C,H,W] float32 ndarray; a :class:`ddpm_ms.sampling.Denoiser` with its labels bound, or any function.
+- ``x``: x_T, the starting noise [B,C,H,W] float32 ndarray.
+- ``timesteps``: the timesteps visited, descending and ending at 0, one network call each (:func:`timesteps`).
+- ``alphas_cumprod``: alpha_bar_t [T] float64, the schedule's.
+- ``rng``: a numpy Generator; samplers that add noise draw one z [B,C,H,W] per step.
+- ``callback(info)``: called after each step with the :func:`step_record` {i, t, x_t, x0, eps, x}.
+- ``options``: the sampler's own keyword arguments (e.g. ``eta`` for DDIM), which the registry reads off the
+  signature.
+
+A sampler is this function plus one line in :data:`SAMPLERS`, which the config, every command and
+``compare-samplers`` read. Nothing here imports MindSpore.
+"""
+import inspect
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .registry import Registry
+
+SPACINGS = ("uniform", "logsnr")
+
+
+def timesteps(alphas_cumprod, steps, spacing="uniform"):
+    """The ``steps`` timesteps a sampler visits: int64 [steps], descending from T-1 to 0.
+
+    "uniform": evenly spaced in t (DDIM's choice). "logsnr": evenly spaced in the half log-SNR
+    lambda_t = log(alpha_t / sigma_t) = log(alpha_bar_t / (1 - alpha_bar_t)) / 2 (DPM-Solver's choice), which puts
+    more steps where the signal appears, at small t. Rounded to integers, kept strictly descending.
+    """
+    ab = np.asarray(alphas_cumprod, np.float64)
+    T = len(ab)  # pylint: disable=invalid-name
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in [1, {T}], got {steps}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    if spacing == "uniform" or steps == 1:
+        ts = np.linspace(T - 1, 0, steps)
+    else:
+        lam = 0.5 * np.log(ab / (1 - ab))          # decreasing in t
+        ts = np.interp(np.linspace(lam[-1], lam[0], steps), lam[::-1], np.arange(T)[::-1])
+    ts = np.round(ts).astype(np.int64)
+    for i in range(steps - 2, -1, -1):              # strictly descending: t_i >= t_{i+1} + 1 ...
+        ts[i] = max(ts[i], ts[i + 1] + 1)
+    return np.minimum(ts, T - 1 - np.arange(steps))  # ... and t_i <= T-1-i
+
+
+def _alpha_bar_next(alphas_cumprod, ts, i):
+    """(alpha_bar at ts[i], at the next timestep); 1 after the last one (clean data)."""
+    return alphas_cumprod[ts[i]], (alphas_cumprod[ts[i + 1]] if i + 1 < len(ts) else 1.0)
+
+
+def _noise(rng, shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def step_record(i, t, x_t, x0, eps, x):
+    """What a callback sees after step ``i`` at timestep ``t``: the input x_t, the predictions x0 and eps, and
+    the step's output x, each [B,C,H,W]."""
+    return {"i": i, "t": int(t), "x_t": x_t, "x0": x0, "eps": eps, "x": x}
+
+
+def _report(callback, *fields):
+    if callback is not None:
+        callback(step_record(*fields))
+
+
+# ------------------------------------------------------------------------------------------------ samplers
+
+def _ancestral(denoise, x, ts, alphas_cumprod, rng, callback, eta):
+    """x_prev ~ q(x_prev | x_t, x0_pred), the posterior of eq. 6-7, its std scaled by eta."""
+    for i, t in enumerate(ts):
+        a_t, a_prev = _alpha_bar_next(alphas_cumprod, ts, i)
+        x0, eps = denoise(x, t)
+        beta = 1.0 - a_t / a_prev
+        mean = (np.sqrt(a_prev) * beta * x0 + np.sqrt(1.0 - beta) * (1.0 - a_prev) * x) / (1.0 - a_t)   # eq. 7
+        std = eta * np.sqrt(beta * (1.0 - a_prev) / (1.0 - a_t))                     # beta~_t (eq. 7); 0 at t=0
+        x_next = (mean + std * _noise(rng, x.shape)).astype(np.float32)
+        _report(callback, i, t, x, x0, eps, x_next)
+        x = x_next
+    return x
+
+
+def sample_ddpm(denoise, x, ts, alphas_cumprod, rng, callback=None):
+    """Ancestral sampling: x_prev ~ q(x_prev | x_t, x0_pred), the posterior of eq. 6-7.
+
+    Over every timestep this is Ho et al. 2020, Alg. 2 with sigma_t^2 = beta~_t; over fewer it is the respaced
+    chain of Nichol & Dhariwal 2021 (beta_t = 1 - alpha_bar_t / alpha_bar_prev).
+    """
+    return _ancestral(denoise, x, ts, alphas_cumprod, rng, callback, eta=1.0)
+
+
+def sample_ddpm_no_noise(denoise, x, ts, alphas_cumprod, rng, callback=None):
+    """The "no noise added back" ablation: DDPM's posterior means alone (:func:`sample_ddpm` with std 0)."""
+    return _ancestral(denoise, x, ts, alphas_cumprod, rng, callback, eta=0.0)
+
+
+def sample_ddim(denoise, x, ts, alphas_cumprod, rng, callback=None, eta=0.0):
+    """DDIM (Song et al. 2021, eq. 12): x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev) (eq. 16).
+
+    Deterministic at eta=0; at eta=1 over every timestep it is DDPM's ancestral step.
+    """
+    for i, t in enumerate(ts):
+        a_t, a_prev = _alpha_bar_next(alphas_cumprod, ts, i)
+        x0, eps = denoise(x, t)
+        sigma = eta * np.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+        x_next = (np.sqrt(a_prev) * x0 + np.sqrt(max(1.0 - a_prev - sigma ** 2, 0.0)) * eps
+                  + sigma * _noise(rng, x.shape)).astype(np.float32)
+        _report(callback, i, t, x, x0, eps, x_next)
+        x = x_next
+    return x
+
+
+def _dpmpp_2m(denoise, x, ts, alphas_cumprod, rng, callback, eta):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): data prediction, multistep, second order; eta > 0 its SDE form.
+
+    With alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), lambda = log(alpha / sigma), h = lambda_s - lambda_t
+    and r = h_prev / h, one step from t to s is, at eta = 0 (the probability-flow ODE),
+      x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,   D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev;
+    at eta = 1 (DPM-Solver++(2M) SDE, the reverse SDE in the same variables):
+      x_s = (sigma_s / sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) D' + sigma_s sqrt(1 - e^{-2h}) z,
+    with D' the same extrapolation (midpoint form); eta in between scales h in the decay and the noise.
+    The first step is first order (D = x0_t); the last, into clean data (sigma = 0), returns x0.
+    """
+    ab = np.asarray(alphas_cumprod, np.float64)
+    alpha, sigma = np.sqrt(ab), np.sqrt(1.0 - ab)
+    lam = np.log(alpha) - np.log(sigma)
+    x0_prev, h_prev = None, None
+    for i, t in enumerate(ts):
+        x0, eps = denoise(x, t)
+        if i + 1 == len(ts):
+            x_next, h = x0, None
+        else:
+            s = ts[i + 1]
+            h = lam[s] - lam[t]
+            gain = -np.expm1(-(1.0 + eta) * h)           # 1 - e^{-(1 + eta) h}
+            d = x0 if x0_prev is None else x0 + 0.5 / (h_prev / h) * (x0 - x0_prev)
+            x_next = sigma[s] / sigma[t] * np.exp(-eta * h) * x + alpha[s] * gain * d
+            if eta > 0:
+                x_next = x_next + sigma[s] * np.sqrt(-np.expm1(-2.0 * eta * h)) * _noise(rng, x.shape)
+            x_next = x_next.astype(np.float32)
+        _report(callback, i, t, x, x0, eps, x_next)
+        x, x0_prev, h_prev = x_next, x0, h
+    return x
+
+
+def sample_dpmpp_2m(denoise, x, ts, alphas_cumprod, rng, callback=None):
+    """DPM-Solver++(2M), the deterministic probability-flow form (see :func:`_dpmpp_2m`)."""
+    return _dpmpp_2m(denoise, x, ts, alphas_cumprod, rng, callback, eta=0.0)
+
+
+def sample_dpmpp_2m_sde(denoise, x, ts, alphas_cumprod, rng, callback=None):
+    """DPM-Solver++(2M) SDE: the same steps with noise added back (see :func:`_dpmpp_2m`, eta = 1)."""
+    return _dpmpp_2m(denoise, x, ts, alphas_cumprod, rng, callback, eta=1.0)
+
+
+SAMPLERS = Registry("sampler")   # default_steps: network calls when none are given (None: every timestep)
+
+
+def register_sampler(name, fn, summary, default_steps=None):
+    """Add a sampler to :data:`SAMPLERS`; its options are its keyword arguments after ``callback``."""
+    params = list(inspect.signature(fn).parameters)
+    return SAMPLERS.add(name, fn, summary, default_steps=default_steps,
+                        options=tuple(params[params.index("callback") + 1:]))
+
+
+register_sampler("ddpm", sample_ddpm, "DDPM ancestral sampling (Ho et al. 2020, Alg. 2)")
+register_sampler("ddpm-no-noise", sample_ddpm_no_noise, "the ablation: DDPM's means with no noise added back")
+register_sampler("ddim", sample_ddim, "DDIM (Song et al. 2021); eta 0 deterministic, 1 DDPM-like", 50)
+register_sampler("dpm++2m", sample_dpmpp_2m, "DPM-Solver++(2M) (Lu et al. 2022): deterministic, second order, "
+                 "multistep", 20)
+register_sampler("dpm++2m-sde", sample_dpmpp_2m_sde, "DPM-Solver++(2M) SDE: the same steps with noise added "
+                 "back, like DDPM", 20)
+
+
+def default_steps(name, num_timesteps):
+    """The network calls ``name`` makes when no steps are given (at most ``num_timesteps``)."""
+    return min(SAMPLERS[name].default_steps or num_timesteps, num_timesteps)
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+class Recorder:
+    """A sampler callback that keeps some fields of every step of one batch: ``stack("x")`` -> [S, B, C, H, W].
+
+    ``t`` lists the timesteps. Pass it as ``callback`` to :func:`generate` (batch 0 by default) or to a sampler.
+    """
+
+    def __init__(self, keys=("x",), batch=0):
+        self.keys, self.batch = keys, batch
+        self.t, self.values = [], {k: [] for k in keys}
+
+    def __call__(self, info):
+        if info.get("batch", 0) != self.batch:
+            return
+        self.t.append(info["t"])
+        for k in self.keys:
+            self.values[k].append(info[k])
+
+    def stack(self, key="x"):
+        """One field over the steps: [S, B, C, H, W]."""
+        return np.stack(self.values[key])
+
+
+def batch_plan(num, batch_size):
+    """(count, size): ``num`` images in ``count`` batches of one ``size`` <= ``batch_size``.
+
+    One shape for every batch means one compiled graph; the last batch is padded (extra images dropped).
+    """
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"need num >= 1 and batch_size >= 1, got {num} and {batch_size}")
+    count = -(-num // batch_size)
+    return count, -(-num // count)
+
+
+def generate(denoiser, image_shape, num, seed=0, batch_size=64, sampler="ddpm", steps=None, spacing="uniform",
+             labels=None, guidance=1.0, callback=None, progress=True, **options):
+    """Sample ``num`` images [num, C, H, W] float32 with a denoiser in equal batches (:func:`batch_plan`).
+
+    ``denoiser(x_t, t, labels=None, guidance=1.0) -> (x0, eps)`` with ``denoiser.alphas_cumprod`` [T] (a
+    :class:`ddpm_ms.sampling.Denoiser`). Batch i draws x_T and its noise from ``seed + i``. ``steps`` (default:
+    the sampler's) network calls at ``spacing`` timesteps; ``options`` are the sampler's (e.g. ``eta`` for
+    ddim). ``labels`` [num] int with ``guidance`` w sample a class-conditional model. ``callback(info)`` sees
+    every step, with ``info["batch"]``.
+    """
+    entry = SAMPLERS[sampler]
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r} (it takes: {list(entry.options)})")
+    ab = np.asarray(denoiser.alphas_cumprod, np.float64)
+    ts = timesteps(ab, steps or default_steps(sampler, len(ab)), spacing)
+    count, size = batch_plan(num, batch_size)
+    if labels is not None:
+        if len(labels) < num:
+            raise ValueError(f"need a label for each of the {num} images, got {len(labels)}")
+        labels = np.resize(np.asarray(labels)[:num], count * size)    # the padding repeats the first labels
+    bar = tqdm(total=count * len(ts), desc=f"sampling ({sampler}, {len(ts)} steps)", disable=not progress,
+               leave=False, unit="step")
+    chunks = []
+    for i in range(count):
+        def on_step(info, batch=i):
+            bar.update(1)
+            if callback is not None:
+                callback(dict(info, batch=batch))
+
+        rng = np.random.default_rng(seed + i)
+        x_T = _noise(rng, (size, *image_shape))
+        batch_labels = None if labels is None else labels[i * size:(i + 1) * size]
+
+        def denoise(x_t, t, y=batch_labels):
+            return denoiser(x_t, t) if y is None else denoiser(x_t, t, labels=y, guidance=guidance)
+
+        chunks.append(entry.fn(denoise, x_T, ts, ab, rng, callback=on_step, **options))
+    bar.close()
+    return np.concatenate(chunks)[:num]
