@@ -18,6 +18,7 @@ from . import checkpoint as ckpt
 from .batches import BatchSource
 from .data import check_data_fits_model, resolve_fashion_dir
 from .diffusion import loss_weights
+from .distributed import PeerWatch
 from .ema import EMA
 from .model import Unet
 from .monitor import Previewer, QualityProbe
@@ -109,7 +110,11 @@ def build_probe(previewer, cfg):
 
 
 def build_callbacks(cfg, run, folder, is_main=True):
-    """The training loop's callbacks for a Config, in the order they run (rank 0 gets the ones that write)."""
+    """The training loop's callbacks for a Config, in the order they run (rank 0 gets the ones that write).
+
+    At the end, the last evaluation (and best.ckpt) come before the last checkpoint, so that the checkpoint's
+    count of metrics rows includes it; a resume drops exactly the rows logged after its checkpoint.
+    """
     t = cfg.train
     out = [cb.EMAUpdate(run.ema, every=cfg.ema.update_every)] if run.ema is not None else []
     if is_main:
@@ -118,11 +123,11 @@ def build_callbacks(cfg, run, folder, is_main=True):
     if not is_main:
         return out
     previewer = build_previewer(run, cfg)
-    out += [cb.CheckpointPolicy(folder, every=t.ckpt_every),
-            cb.PreviewGrids(previewer, folder, num=t.sample_num, gif=t.gif)]
     probe = build_probe(previewer, cfg)
     if probe is not None:
         out += [cb.Evaluation(probe, folder, every=t.eval_every), cb.BestCheckpoint(folder)]
+    out += [cb.CheckpointPolicy(folder, every=t.ckpt_every),
+            cb.PreviewGrids(previewer, folder, num=t.sample_num, gif=t.gif)]
     return out + [cb.Curves(folder), cb.ProgressBar()]
 
 
@@ -133,8 +138,11 @@ def trainer_parts(cfg, fresh=True, rank=0, world_size=1, overwrite=False):
     check_data_fits_model(cfg.data, cfg.model)
     t = cfg.train
     folder = RunFolder(t.out_dir, t.keep_last, is_main=rank == 0)
+    folder.claim()   # the lock first: nothing is read or deleted while another run may be writing
     if fresh:
         folder.open_fresh(overwrite)
+    if world_size > 1:   # a rank that dies stops the others (one line) instead of hanging them in a collective
+        PeerWatch(t.out_dir, rank, world_size).start()
     batches = BatchSource(cfg.data, t.batch_size, t.seed, cfg.diffusion.timesteps, cfg.model.num_classes,
                           t.cond_drop_prob, rank, world_size)
     run = build_run(cfg, batches.steps_per_epoch, world_size)

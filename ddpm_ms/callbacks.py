@@ -17,10 +17,10 @@ or append it to ``trainer.callbacks``.
 import math
 import time
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import TrainingDiverged
+from .paths import save_npy
 from .run_folder import BEST
 from .samplers import Recorder
 from .viz import save_gif, save_grid
@@ -220,7 +220,7 @@ class PreviewGrids(Callback):
         final = self.previewer(self.num, seed=12345, callback=recorder, progress=trainer.progress)
         save_grid(final, self.folder.file("samples_final.png"), nrow=self.previewer.columns,
                   title=f"step {trainer.state.step}")
-        np.save(self.folder.file("samples_final.npy"), final)
+        save_npy(self.folder.file("samples_final.npy"), final)
         if self.gif:
             frames = recorder.stack("x")
             save_gif(frames, self.folder.file("denoising.gif"), index=0, every=max(1, len(frames) // 100))

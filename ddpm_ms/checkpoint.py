@@ -19,16 +19,15 @@ from .config import Config, from_dict
 from .ema import PREFIX as EMA_PREFIX
 from .errors import CheckpointError, ConfigError, first_line
 from .params import assign_parameters
-from .paths import held_stderr
+from .paths import TMP_PREFIX, held_stderr
 
 PREFIX = "ckpt_step"
-TMP_PREFIX = ".tmp-"
 FORMAT = 1
 _POSITION = ("ddpm_ms.step", "ddpm_ms.epoch", "ddpm_ms.step_in_epoch")
 _KEYS = ("ddpm_ms.format",) + _POSITION
 
 __all__ = ["CheckpointError", "TrainingState", "save_state", "restore_state", "read_checkpoint", "checkpoint_config",
-           "checkpoint_name", "checkpoint_step", "list_checkpoints", "resolve_checkpoint", "prune_checkpoints",
+           "checkpoint_name", "checkpoint_step", "list_checkpoints", "resolve_checkpoint", "read_resumable", "prune_checkpoints",
            "load_model_weights", "check_compatible", "remove_stale_temporaries"]
 
 
@@ -36,7 +35,9 @@ __all__ = ["CheckpointError", "TrainingState", "save_state", "restore_state", "r
 class TrainingState:
     """Everything a checkpoint saves and a resume restores: the parts that change as a run trains, and where it is.
 
-    ``step``: optimizer steps done; ``epoch``; ``step_in_epoch``: batches of that epoch consumed. ``ema`` may be None.
+    ``step``: optimizer steps done; ``epoch``; ``step_in_epoch``: batches of that epoch consumed;
+    ``metrics_rows``: rows in the run's metrics.jsonl when it was saved (a resume drops the later ones, which it
+    replays). ``ema`` may be None.
     """
     config: Config
     model: Any
@@ -46,6 +47,7 @@ class TrainingState:
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
+    metrics_rows: Optional[int] = None
 
 
 def checkpoint_name(step):
@@ -78,6 +80,7 @@ def save_state(path, state):
         "ddpm_ms.step": int(state.step),
         "ddpm_ms.epoch": int(state.epoch),
         "ddpm_ms.step_in_epoch": int(state.step_in_epoch),
+        "ddpm_ms.metrics_rows": int(state.metrics_rows or 0),
         "loss_scaler.scale_value": Tensor(scaler.scale_value.asnumpy()),
         "loss_scaler.counter": Tensor(scaler.counter.asnumpy()),
     }
@@ -123,6 +126,25 @@ def resolve_checkpoint(spec, folder=None):
     if not os.path.isfile(spec):
         raise CheckpointError(f"checkpoint not found: {spec}")
     return spec
+
+
+def read_resumable(spec, folder, warn=print):
+    """(path, checkpoint dict) to resume from: ``spec`` a path, or "latest": the newest checkpoint in ``folder``
+    that passes its integrity check. Each newer one that fails is skipped with one ``warn`` line; none passing is
+    a CheckpointError (a run never starts from scratch silently)."""
+    if spec != "latest":
+        path = resolve_checkpoint(spec, folder)
+        return path, read_checkpoint(path)
+    found = list_checkpoints(folder) if folder else []
+    if not found:
+        raise CheckpointError(f"--resume latest: no checkpoint in {folder}")
+    for path in reversed(found):
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as e:
+            warn(f"warning: skipping {os.path.basename(path)} for --resume latest: {first_line(e)}")
+    raise CheckpointError(f"--resume latest: none of the {len(found)} checkpoints in {folder} passes its integrity "
+                          "check; start over with --overwrite")
 
 
 def read_checkpoint(path):
@@ -195,4 +217,6 @@ def restore_state(state, data, path="checkpoint"):
     assign_parameters([(scaler.scale_value, data["loss_scaler.scale_value"]),
                        (scaler.counter, data["loss_scaler.counter"])])
     state.step, state.epoch, state.step_in_epoch = checkpoint_position(data)
+    rows = data.get("ddpm_ms.metrics_rows")   # absent from checkpoints written before it was recorded
+    state.metrics_rows = None if rows is None else int(rows.asnumpy())
     return state

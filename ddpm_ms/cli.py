@@ -3,6 +3,7 @@
 Imports no MindSpore: the commands import what they need once their arguments are parsed.
 """
 import argparse
+import signal
 import sys
 
 from .errors import UserError, first_line
@@ -39,14 +40,27 @@ def non_negative_float(text):
     return value
 
 
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_main(main):
     """Call ``main()``; a user error (:class:`ddpm_ms.errors.UserError`) becomes one line 'error: ...' on stderr
-    and exit status 2."""
+    and exit status 2. Ctrl-C or SIGTERM outside the training steps (which checkpoint and stop cleanly by
+    themselves) unwinds like Ctrl-C: every file being written is dropped whole, and one line says so (status 130).
+    """
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return main()
     except UserError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"error: interrupted ({e.args[0] if e.args else 'SIGINT'}); nothing was half-written "
+              "(a training run continues with --resume latest)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def unit_float(text):

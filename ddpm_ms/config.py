@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 import yaml
 
 from .errors import ConfigError
+from .paths import save_text
 from .registries import (AMP_LEVELS, BETA_SCHEDULES, BLOCK_TYPES, DATASETS, DEVICES, LOSS_WEIGHTINGS, LOSSES,
                          OBJECTIVES, SAMPLERS)
 
@@ -121,9 +122,8 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
     def dump(self, path):
-        """Write the resolved config as YAML."""
-        with open(path, "w", encoding="utf-8") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+        """Write the resolved config as YAML (atomically)."""
+        save_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _plain(obj):

@@ -7,10 +7,13 @@ msrun runs the script in a scheduler process (MS_ROLE=MS_SCHED) and in each work
 (MS_ROLE=MS_WORKER); :func:`setup` joins the cluster in both, and switches on data
 parallelism in the workers. The scheduler process exits once the cluster is done. Gradients are averaged by
 ``nn.DistributedGradReducer`` inside the compiled step (``set_auto_parallel_context``
-alone does not average the grads of a ``value_and_grad`` step).
+alone does not average the grads of a ``value_and_grad`` step). :class:`PeerWatch` stops the surviving ranks,
+with one line, when one rank dies.
 """
 import os
 import sys
+import threading
+import time
 
 import mindspore as ms
 
@@ -30,3 +33,77 @@ def setup():
         sys.exit(0)
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     return get_rank(), get_group_size()
+
+
+class PeerWatch:
+    """Under msrun, stop this rank within a bounded time when another rank dies, instead of hanging in the next
+    collective: every rank touches ``.rank<N>.alive`` (holding its pid) in ``folder`` every ``interval`` seconds,
+    and a daemon thread watches the others'. When one's process is gone, or its heartbeat is older than
+    ``timeout`` seconds, it prints one line and ends this process with exit status 2 (``--resume latest``
+    continues the job from the last checkpoint)."""
+
+    def __init__(self, folder, rank, world_size, timeout=30.0, interval=0.5):
+        self.folder, self.rank, self.world_size = folder, rank, world_size
+        self.timeout, self.interval = timeout, interval
+        self._seen = {}
+
+    def _path(self, rank):
+        return os.path.join(self.folder, f".rank{rank}.alive")
+
+    def beat(self):
+        """Touch this rank's heartbeat file."""
+        with open(self._path(self.rank), "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+
+    def dead_peer(self):
+        """(rank, why) of a peer that has stopped, or None."""
+        now = time.time()
+        for rank in range(self.world_size):
+            if rank == self.rank:
+                continue
+            try:
+                with open(self._path(rank), encoding="utf-8") as f:
+                    pid = int(f.read().strip() or 0)
+                age = now - os.path.getmtime(self._path(rank))
+            except (OSError, ValueError):
+                if rank in self._seen:
+                    return rank, f"its heartbeat file is gone (pid {self._seen[rank]})"
+                continue   # not started yet
+            self._seen[rank] = pid
+            if not _alive(pid):
+                return rank, f"process {pid} has exited"
+            if age > self.timeout:
+                return rank, f"no heartbeat for {age:.0f} s (pid {pid})"
+        return None
+
+    def _run(self):
+        while True:
+            self.beat()
+            dead = self.dead_peer()
+            if dead is not None:
+                print(f"error: msrun rank {dead[0]} stopped ({dead[1]}); stopping rank {self.rank} too; continue "
+                      "the job with --resume latest", file=sys.stderr, flush=True)
+                os._exit(2)   # pylint: disable=protected-access  # the main thread may be blocked in a collective
+            time.sleep(self.interval)
+
+    def start(self):
+        """Start watching (a daemon thread); returns self."""
+        os.makedirs(self.folder, exist_ok=True)
+        self.beat()
+        threading.Thread(target=self._run, name="ddpm_ms-peer-watch", daemon=True).start()
+        return self
+
+
+def _alive(pid):
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True

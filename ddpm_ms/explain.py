@@ -7,7 +7,8 @@ import numpy as np
 
 from .diffusion import elementwise_loss
 from .samplers import Recorder, generate
-from .viz import plt, to_display
+from .sampling import Denoiser
+from .viz import plt, save_figure, to_display
 
 
 def chain_snapshots(denoiser, image_shape, seed=0, picks=6, labels=None, guidance=1.0, **sampler):
@@ -119,7 +120,7 @@ def write_figures(model, sched, cfg, image_shape, held, out, seed=0, labels=None
     ``sampler`` holds :func:`~ddpm_ms.sampling.generate`'s sampler arguments.
     """
     import os  # pylint: disable=import-outside-toplevel
-    from .sampling import Denoiser  # pylint: disable=import-outside-toplevel
+
     clipped, raw = (Denoiser.from_config(model, sched, cfg, clip_denoised=c) for c in (True, False))
     null_class, loss_type = cfg.model.num_classes, cfg.diffusion.loss_type
     first, batch = (None, None) if labels is None else (labels[:1], labels[:16])
@@ -133,7 +134,5 @@ def write_figures(model, sched, cfg, image_shape, held, out, seed=0, labels=None
                "explain_loss.png": plot_loss_by_timestep(loss, loss_type)}
     paths = []
     for name, fig in figures.items():
-        paths.append(os.path.join(out, name))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, os.path.join(out, name), dpi=110))
     return paths

@@ -14,7 +14,7 @@ from . import kernels
 from .build import build_schedule, load_model
 from .config import load_config
 from .errors import CheckpointError, ConfigError, first_line
-from .paths import make_output_dir
+from .paths import make_output_dir, written
 
 SUFFIX = ".mindir"
 
@@ -34,7 +34,8 @@ def export_network(ckpt_path, out_path=None, use_ema=True):
               Tensor(shape=[None], dtype=ms.int32)]
     if cfg.model.num_classes is not None:
         inputs.append(Tensor(shape=[None], dtype=ms.int32))
-    ms.export(model, *inputs, file_name=base, file_format="MINDIR")
+    with written(base + SUFFIX) as tmp:   # a full disk leaves no half-written .mindir
+        ms.export(model, *inputs, file_name=tmp[:-len(SUFFIX)], file_format="MINDIR")
     cfg.dump(base + ".yaml")
     return base + SUFFIX
 

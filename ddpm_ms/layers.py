@@ -11,9 +11,20 @@ from mindspore.common.initializer import initializer
 
 from . import kernels
 from .kernels import ops as kops
+from .kernels.table import CONV_GEOMETRIES, NORM_EPS
 
-# (stride, padding) pairs with an entry point in onednn_kernels.cc
-CONV_GEOMETRIES = ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1))
+
+def kernel_op(factory, *args, when=True):
+    """The kernel op ``factory(lib, *args)`` (kernels/ops.py) when the kernel library is in use and ``when``
+    holds, else None: what a layer keeps as ``self.fast``, decided once, when it is built."""
+    lib = kernels.library()
+    return factory(lib, *args) if lib and when else None
+
+
+def fast_path(cell, x):
+    """Whether ``cell`` runs its kernel op on ``x``: it has one, and x is float32 (the kernels' dtype). A constant
+    when the graph is compiled."""
+    return cell.fast is not None and x.dtype == ms.float32
 
 
 def _square(pair):
@@ -52,14 +63,13 @@ class Conv2d(nn.Conv2d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        lib = kernels.library()
         geometry = _geometry(self)
-        self.fast = kops.conv2d(lib, *geometry, self.group) if lib and geometry else None
+        self.fast = kernel_op(kops.conv2d, *(geometry or (1, 0)), self.group, when=geometry is not None)
         self.fast_pad = geometry[1] if geometry else 0
 
     def construct(self, x):
         exact = (x.shape[2] + 2 * self.fast_pad - self.kernel_size[0]) % self.stride[0] == 0
-        if self.fast is None or x.dtype != ms.float32 or not exact:
+        if not fast_path(self, x) or not exact:
             return super().construct(x)
         return _fast_conv(self, x)
 
@@ -72,12 +82,11 @@ class Conv2dTranspose(nn.Conv2dTranspose):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        lib = kernels.library()
         geometry = _geometry(self) if self.pad_mode == "pad" and self.output_padding == 0 else None
-        self.fast = kops.conv_transpose2d(lib, *geometry, self.group) if lib and geometry else None
+        self.fast = kernel_op(kops.conv_transpose2d, *(geometry or (1, 0)), self.group, when=geometry is not None)
 
     def construct(self, x):
-        if self.fast is None or x.dtype != ms.float32:
+        if not fast_path(self, x):
             return super().construct(x)
         return _fast_conv(self, x)
 
@@ -120,7 +129,7 @@ class DepthwiseConv2d(Conv2d):
         self.depthwise = _DepthwiseConvFn(kernel_size)
 
     def construct(self, x):
-        if self.fast is None or x.dtype != ms.float32:
+        if not fast_path(self, x):
             # the weight in x's dtype (float16 under mixed precision) through an explicit Cast, whose gradient
             # gives the float32 Parameter a float32 grad (the hand-written bprop cannot know the Parameter's dtype)
             return self.depthwise(x, self.weight.astype(x.dtype))
@@ -137,13 +146,12 @@ class GroupNorm(nn.GroupNorm):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
         super().__init__(num_groups, num_channels, eps=eps, affine=affine)
-        lib = kernels.library()
-        self.fast = kops.group_norm(lib) if lib and eps == 1e-5 else None   # the kernel's eps is nn's default
+        self.fast = kernel_op(kops.group_norm, when=eps == NORM_EPS)
 
     def construct(self, x):
         b, c, h, w = x.shape
         g = self.num_groups
-        if self.fast is not None and x.dtype == ms.float32:
+        if fast_path(self, x):
             y, _, _ = self.fast(x, self.gamma.reshape(g, c // g), self.beta.reshape(g, c // g))
             return y
         if self.training:
@@ -164,11 +172,10 @@ class GroupNormSiLU(GroupNorm):
 
     def __init__(self, num_groups, num_channels):
         super().__init__(num_groups, num_channels)
-        lib = kernels.library()
-        self.fused = kops.group_norm_silu(lib) if lib else None
+        self.fused = kernel_op(kops.group_norm_silu)
 
     def construct(self, x, scale=None, shift=None):
-        if self.fused is not None and x.dtype == ms.float32:
+        if self.fused is not None and x.dtype == ms.float32:   # the fused op (self.fast is the plain GroupNorm)
             b, c, _, _ = x.shape
             g = self.num_groups
             if scale is None:
@@ -190,11 +197,10 @@ class LayerNorm(nn.Cell):
         super().__init__()
         self.g = Parameter(initializer("ones", (1, dim, 1, 1)), name="g")
         self.eps = eps
-        lib = kernels.library()
-        self.fast = kops.channel_norm(lib) if lib and eps == 1e-5 else None   # the kernel's eps
+        self.fast = kernel_op(kops.channel_norm, when=eps == NORM_EPS)
 
     def construct(self, x):
-        if self.fast is not None and x.dtype == ms.float32:
+        if fast_path(self, x):
             y, _, _ = self.fast(x, self.g.reshape(-1))
             return y
         mean = x.mean(1, keep_dims=True)
@@ -215,11 +221,10 @@ class Softmax(nn.Cell):
         if axis not in (-1, -2):
             raise ValueError(f"Softmax axis must be -1 or -2, got {axis}")
         self.axis = axis
-        lib = kernels.library()
-        self.fast = kops.softmax(lib, axis) if lib else None
+        self.fast = kernel_op(kops.softmax, axis)
 
     def construct(self, x):
-        if self.fast is not None and x.dtype == ms.float32:
+        if fast_path(self, x):
             return self.fast(x)
         if self.axis == -2:
             return softmax_axis2(x)
@@ -231,11 +236,10 @@ class _Activation(nn.Cell):
 
     def __init__(self, name):
         super().__init__()
-        lib = kernels.library()
-        self.fast = kops.eltwise(lib, name) if lib else None
+        self.fast = kernel_op(kops.eltwise, name)
 
     def construct(self, x):
-        if self.fast is not None and x.dtype == ms.float32:
+        if fast_path(self, x):
             return self.fast(x)
         return self.fallback(x)
 

@@ -40,3 +40,39 @@ def held_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+TMP_PREFIX = ".tmp-"   # temporaries of atomic writes; a run folder's are removed when a run (re)opens it
+
+
+@contextmanager
+def written(path):
+    """Write ``path`` atomically: ``with written(path) as tmp:`` write ``tmp`` (a name beside ``path`` with the same
+    suffix), which is renamed over ``path`` at the end. A failed write (a full disk, an interrupt) leaves any earlier
+    file at ``path`` whole and no partial file; an OSError becomes one OutputError line naming ``path``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"could not write {path}: {e.strerror or e}; nothing was half-written") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_npy(path, array):
+    """np.save, atomically (:func:`written`)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    with written(path) as tmp:
+        np.save(tmp, array)
+    return path
+
+
+def save_text(path, text):
+    """Write a text file atomically (:func:`written`)."""
+    with written(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path

@@ -4,7 +4,10 @@ Config validation, the command line and ``--help`` read these; the implementatio
 (:meth:`ddpm_ms.registry.Registry.load`). A new choice is its function plus one line here, and its test.
 """
 from .registry import Registry
-from .samplers import SAMPLERS, SPACINGS  # noqa: F401  (numpy only; the samplers register themselves)
+from .samplers import SAMPLERS, SPACINGS  # numpy only; the samplers register themselves
+
+__all__ = ["BETA_SCHEDULES", "LOSSES", "OBJECTIVES", "LOSS_WEIGHTINGS", "SAMPLERS", "SPACINGS", "BLOCK_TYPES",
+           "DEVICES", "AMP_LEVELS", "DATASETS"]
 
 BETA_SCHEDULES = Registry("beta schedule")
 BETA_SCHEDULES.add("linear", "ddpm_ms.betas:linear_beta_schedule", "Ho et al. 2020: beta linear in t",

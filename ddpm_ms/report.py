@@ -14,7 +14,7 @@ def label(run):
 
 def plot_quality(rows, path):
     """FD against network calls, one line per sampler and spacing (log-scaled calls)."""
-    from .viz import plt  # pylint: disable=import-outside-toplevel  # matplotlib on first use
+    from .viz import plt, save_figure  # pylint: disable=import-outside-toplevel  # matplotlib on first use
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     series = {}
     for row in rows:
@@ -29,8 +29,7 @@ def plot_quality(rows, path):
     ax.set_title("sample quality against sampling cost", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return series
 
 

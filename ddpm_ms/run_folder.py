@@ -10,7 +10,7 @@ import os
 
 from . import checkpoint as ckpt
 from .errors import ConfigError, OutputError, RunLocked
-from .paths import make_output_dir
+from .paths import make_output_dir, save_text
 from .viz import plot_fd_curve, plot_loss_curve, read_metrics
 
 LOCK = ".lock"
@@ -61,6 +61,7 @@ class RunFolder:
         self.path, self.keep_last, self.is_main = path, keep_last, is_main
         self.metrics_path = self.file("metrics.jsonl")
         self.checkpoints = []      # this run's checkpoints, oldest first: the only ones pruning deletes
+        self.rows_written = 0      # rows in metrics.jsonl: a checkpoint records how many preceded it
 
     def file(self, name):
         """The path of a file in the run folder."""
@@ -81,13 +82,18 @@ class RunFolder:
         for path in old:
             os.remove(path)
 
-    def open_resumed(self, step):
+    def open_resumed(self, step, rows=None):
         """Continue the run in this folder at ``step``: its checkpoints up to ``step`` may be pruned, and the
-        metrics rows past it (which the resumed run replays) are dropped."""
+        metrics rows written after the checkpoint (which the resumed run replays) are dropped: all but the first
+        ``rows`` (the count the checkpoint recorded), or for an older checkpoint the rows past ``step``."""
         self._prepare()
         self.checkpoints = [c for c in ckpt.list_checkpoints(self.path) if ckpt.checkpoint_step(c) <= step]
         if self.is_main:
-            self._truncate_metrics(step)
+            self._truncate_metrics(step, rows)
+
+    def claim(self):
+        """Create the folder and take its lock for this run (a RunLocked error if another process holds it)."""
+        self._prepare()
 
     def _prepare(self):
         if self.is_main:
@@ -103,6 +109,7 @@ class RunFolder:
     def save_checkpoint(self, state, name=None):
         """Write ``state`` (a :class:`~ddpm_ms.checkpoint.TrainingState`) atomically, as ckpt_step<step>.ckpt
         pruned to the last K, or as ``name`` (e.g. best.ckpt) left alone; returns its path."""
+        state.metrics_rows = self.rows_written
         if name is not None:
             return ckpt.save_state(self.file(name), state)
         path = ckpt.save_state(self.file(ckpt.checkpoint_name(state.step)), state)
@@ -121,6 +128,7 @@ class RunFolder:
         try:
             with open(self.metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            self.rows_written += 1
         except OSError as e:
             raise OutputError(f"could not append to {self.metrics_path}: {e.strerror or e}; "
                               "the rows written before are intact") from None
@@ -130,18 +138,19 @@ class RunFolder:
         """The rows of metrics.jsonl so far ([] before the first)."""
         return read_metrics(self.metrics_path) if os.path.exists(self.metrics_path) else []
 
-    def _truncate_metrics(self, step):
-        """Drop the rows past ``step`` (and any torn by a killed process), rewriting the file atomically."""
+    def _truncate_metrics(self, step, rows=None):
+        """Keep the first ``rows`` complete rows (or, with ``rows`` None, those up to ``step``), dropping any torn
+        by a killed process, rewriting the file atomically."""
         if not os.path.exists(self.metrics_path):
+            self.rows_written = 0
             return
         with open(self.metrics_path, encoding="utf-8") as f:
             lines = [line.rstrip("\n") for line in f if line.strip()]
-        kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+        whole = [line for line in lines if _row_step(line) is not None]
+        kept = whole[:rows] if rows is not None else [line for line in whole if _row_step(line) <= step]
         if len(kept) < len(lines):
-            tmp = self.metrics_path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(line + "\n" for line in kept)
-            os.replace(tmp, self.metrics_path)
+            save_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        self.rows_written = len(kept)
 
     def plot_curves(self):
         """loss_curve.png, and fd_curve.png when the run was evaluated; returns the paths written."""

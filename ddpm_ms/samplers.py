@@ -8,7 +8,8 @@
 - ``timesteps``: the timesteps visited, descending and ending at 0, one network call each (:func:`timesteps`).
 - ``alphas_cumprod``: alpha_bar_t [T] float64, the schedule's.
 - ``rng``: a numpy Generator; samplers that add noise draw one z [B,C,H,W] per step.
-- ``callback(info)``: called after each step with the :func:`step_record` {i, t, x_t, x0, eps, x}.
+- ``callback(info)``: called after each step with the :func:`step_record` {i, t, x_t, x0, eps, x}; it may return
+  an array to continue from instead of ``x`` (inpainting puts the known pixels back this way), else None.
 - ``options``: the sampler's own keyword arguments (e.g. ``eta`` for DDIM), which the registry reads off the
   signature.
 
@@ -65,8 +66,11 @@ def step_record(i, t, x_t, x0, eps, x):
 
 
 def _report(callback, *fields):
-    if callback is not None:
-        callback(step_record(*fields))
+    """Call ``callback`` with the step's record; returns the x to continue from (the callback's, or the step's)."""
+    if callback is None:
+        return fields[-1]
+    out = callback(step_record(*fields))
+    return fields[-1] if out is None else np.asarray(out, np.float32)
 
 
 # ------------------------------------------------------------------------------------------------ samplers
@@ -80,8 +84,7 @@ def _ancestral(denoise, x, ts, alphas_cumprod, rng, callback, eta):
         mean = (np.sqrt(a_prev) * beta * x0 + np.sqrt(1.0 - beta) * (1.0 - a_prev) * x) / (1.0 - a_t)   # eq. 7
         std = eta * np.sqrt(beta * (1.0 - a_prev) / (1.0 - a_t))                     # beta~_t (eq. 7); 0 at t=0
         x_next = (mean + std * _noise(rng, x.shape)).astype(np.float32)
-        _report(callback, i, t, x, x0, eps, x_next)
-        x = x_next
+        x = _report(callback, i, t, x, x0, eps, x_next)
     return x
 
 
@@ -111,8 +114,7 @@ def sample_ddim(denoise, x, ts, alphas_cumprod, rng, callback=None, eta=0.0):
         sigma = eta * np.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
         x_next = (np.sqrt(a_prev) * x0 + np.sqrt(max(1.0 - a_prev - sigma ** 2, 0.0)) * eps
                   + sigma * _noise(rng, x.shape)).astype(np.float32)
-        _report(callback, i, t, x, x0, eps, x_next)
-        x = x_next
+        x = _report(callback, i, t, x, x0, eps, x_next)
     return x
 
 
@@ -144,8 +146,7 @@ def _dpmpp_2m(denoise, x, ts, alphas_cumprod, rng, callback, eta):
             if eta > 0:
                 x_next = x_next + sigma[s] * np.sqrt(-np.expm1(-2.0 * eta * h)) * _noise(rng, x.shape)
             x_next = x_next.astype(np.float32)
-        _report(callback, i, t, x, x0, eps, x_next)
-        x, x0_prev, h_prev = x_next, x0, h
+        x, x0_prev, h_prev = _report(callback, i, t, x, x0, eps, x_next), x0, h
     return x
 
 
@@ -245,8 +246,7 @@ def generate(denoiser, image_shape, num, seed=0, batch_size=64, sampler="ddpm", 
     for i in range(count):
         def on_step(info, batch=i):
             bar.update(1)
-            if callback is not None:
-                callback(dict(info, batch=batch))
+            return None if callback is None else callback(dict(info, batch=batch))
 
         rng = np.random.default_rng(seed + i)
         x_T = _noise(rng, (size, *image_shape))

@@ -1,6 +1,6 @@
 """The network as the samplers see it: :class:`Denoiser`, one compiled graph around a MindSpore model.
 
-The samplers themselves are plain numpy functions in :mod:`ddpm_ms.samplers` (re-exported here); the network,
+The samplers themselves are plain numpy functions in :mod:`ddpm_ms.samplers`; the network,
 the x_0/eps conversion, guidance and clipping run in one compiled graph held by the Denoiser (one per input
 shape, reused across steps, batches and calls).
 """
@@ -12,9 +12,7 @@ from mindspore import Tensor, ops
 
 from .device import ensure_fast_cpu_settings
 from .diffusion import objective_named, predict_noise_from_start
-from .samplers import (SAMPLERS, SPACINGS, Recorder, batch_plan, default_steps, generate,  # noqa: F401
-                       sample_ddim, sample_ddpm, sample_ddpm_no_noise, sample_dpmpp_2m, sample_dpmpp_2m_sde,
-                       step_record, timesteps)
+from .samplers import generate
 
 
 class Denoiser:

@@ -7,6 +7,7 @@ Everything but stepping (logging, checkpoints, previews, evaluations, best.ckpt,
 is a :mod:`ddpm_ms.callbacks` callback; :mod:`ddpm_ms.build` turns a config into the parts.
 """
 import signal
+import sys
 import time
 from contextlib import contextmanager
 
@@ -15,7 +16,9 @@ from tqdm.auto import tqdm
 from . import build
 from . import checkpoint as ckpt
 from .callbacks import BestCheckpoint, CheckpointPolicy, PreviewGrids
-from .errors import TrainingDiverged  # noqa: F401  (re-exported)
+from .errors import TrainingDiverged
+
+__all__ = ["Trainer", "TrainingDiverged", "stop_on_signals"]
 
 
 @contextmanager
@@ -94,10 +97,11 @@ class Trainer:
         return [getattr(c, hook)(self, *args) for c in self.callbacks]
 
     def resume(self, spec):
-        """Continue exactly from a checkpoint (a path, or "latest" in the run folder)."""
-        path = ckpt.resolve_checkpoint(spec, self.folder.path)
-        ckpt.restore_state(self.state, ckpt.read_checkpoint(path), path)
-        self.folder.open_resumed(self.state.step)
+        """Continue exactly from a checkpoint: a path, or "latest", the newest in the run folder that passes its
+        integrity check (:func:`ddpm_ms.checkpoint.read_resumable`)."""
+        path, data = ckpt.read_resumable(spec, self.folder.path, warn=lambda line: tqdm.write(line, file=sys.stderr))
+        ckpt.restore_state(self.state, data, path)
+        self.folder.open_resumed(self.state.step, self.state.metrics_rows)
         rows = self.folder.rows() if self.is_main else []
         self._wall = (self._wall[0], max([row.get("wall_s", 0.0) for row in rows], default=0.0))
         self.emit("on_resume", rows)

@@ -8,6 +8,18 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-posi
 from matplotlib import animation  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
+from .paths import written  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def save_figure(fig, path, **savefig_kwargs):
+    """Save ``fig`` to ``path`` atomically (a full disk: one OutputError line, no half-written file), close it."""
+    try:
+        with written(path) as tmp:
+            fig.savefig(tmp, **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    return path
+
 
 def to_display(images):
     """[N, C, H, W] in [-1, 1] -> [N, H, W, C] in [0, 1] (clipped)."""
@@ -62,7 +74,8 @@ def save_grid(images, path, nrow=8, title=None, row_labels=None):
     """
     grid = make_grid(images, nrow)
     if title is None and row_labels is None:
-        plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0)
+        with written(path) as tmp:
+            plt.imsave(tmp, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0)
         return path
     scale = max(1.0, 8.0 / max(grid.shape[:2]) * 100)
     fig, ax = plt.subplots(figsize=(grid.shape[1] / 100 * scale, grid.shape[0] / 100 * scale), dpi=100)
@@ -73,9 +86,7 @@ def save_grid(images, path, nrow=8, title=None, row_labels=None):
         h = (grid.shape[0] - 2) / len(row_labels)
         for i, label in enumerate(row_labels):
             ax.text(-4, 2 + h * (i + 0.5), label, ha="right", va="center", fontsize=9)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def save_gif(frames, path, index=0, every=1, interval=50):
@@ -89,8 +100,11 @@ def save_gif(frames, path, index=0, every=1, interval=50):
         im = ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1, animated=True)
         artists.append([im])
     anim = animation.ArtistAnimation(fig, artists, interval=interval, blit=True, repeat_delay=1000)
-    anim.save(path, writer=animation.PillowWriter(fps=max(1, 1000 // interval)))
-    plt.close(fig)
+    try:
+        with written(path) as tmp:
+            anim.save(tmp, writer=animation.PillowWriter(fps=max(1, 1000 // interval)))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -121,9 +135,7 @@ def save_log_plot(fig, ax, path, xlabel, ylabel):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_fd_curve(metrics_path, path):
@@ -141,9 +153,7 @@ def plot_fd_curve(metrics_path, path):
     axes[0].set_ylabel(f"FD ({rows[0].get('eval_num', '?')} samples)")
     axes[0].set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def forward_diffusion_figure(sched, image, path, timesteps=(0, 50, 100, 150, 199), seed=0):
@@ -160,6 +170,36 @@ def forward_diffusion_figure(sched, image, path, timesteps=(0, 50, 100, 150, 199
         _show(ax, to_display(x_t)[0])
         ax.set_title(f"t = {t}")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def _figure_of_rows(columns, titles, path, title=None, rows=6):
+    """A labelled figure: ``columns`` is a list of [N, C, H, W] arrays in [-1, 1], one per column (the first
+    ``rows`` images each), with ``titles`` over the columns."""
+    n = min(rows, len(columns[0]))
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.35 * n + 0.4), dpi=100, squeeze=False)
+    for c, (images, name) in enumerate(zip(columns, titles)):
+        shown = to_display(images[:n])
+        for r in range(n):
+            _show(axes[r, c], shown[r])
+        axes[0, c].set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def inpaint_figure(images, mask, recorder, done, path, title=None, picks=4):
+    """Rows of: the original, the masked input (hidden pixels grey), the predicted x_0 at ``picks`` steps of the
+    reverse process (``recorder``: a Recorder of "x0"), and the result."""
+    mask = np.broadcast_to(mask, images.shape)
+    frames = recorder.stack("x0")
+    idx = np.unique(np.linspace(0, len(frames) - 1, picks + 1).round().astype(int))[:-1]
+    columns = [images, np.where(mask > 0, images, 0.0)] + [frames[i] for i in idx] + [done]
+    titles = ["original", "masked input"] + [f"x0 at t={recorder.t[i]}" for i in idx] + ["result"]
+    return _figure_of_rows(columns, titles, path, title)
+
+
+def strength_figure(images, edited, strengths, path, title=None):
+    """Rows: one image, then SDEdit at each strength (``edited`` [S, N, C, H, W])."""
+    return _figure_of_rows([images] + list(edited), ["input"] + [f"strength {s:g}" for s in strengths], path, title)

@@ -6,8 +6,6 @@ error (exactly so for l2).
 """
 import numpy as np
 
-from .registries import LOSS_WEIGHTINGS
-
 
 def _ones(snr):
     return np.ones_like(np.asarray(snr, np.float64))

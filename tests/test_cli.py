@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+from conftest import ROOT, TINY_YAML as TINY
 
 
 def _run(script, *args, env=None):

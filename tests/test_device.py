@@ -15,9 +15,8 @@ from ddpm_ms.config import ConfigError, load_config
 from ddpm_ms.batches import step_noise
 from ddpm_ms.train_step import TrainStep, mixed_precision
 
-from conftest import TINY, batch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, TINY, TINY_YAML, batch
 
 
 class _Stop(Exception):
@@ -149,7 +148,7 @@ def test_loss_scaler_skips_and_halves_on_float16_overflow(ms_ops):
 
 
 def test_float16_run_checkpoint_round_trips(ms_ops, data_dir, tmp_path):
-    cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"),
+    cfg = load_config(TINY_YAML,
                       [f"train.out_dir={tmp_path}", "train.amp=O2", "train.max_steps=3", "train.gif=false",
                        "train.sample_num=2"])
     trainer = ddpm_ms.Trainer.from_config(cfg)
@@ -158,7 +157,7 @@ def test_float16_run_checkpoint_round_trips(ms_ops, data_dir, tmp_path):
     for p in trainer.run.model.trainable_params():
         assert data[p.name].dtype == ms.float32
         np.testing.assert_array_equal(data[p.name].asnumpy(), p.asnumpy(), err_msg=p.name)
-    resumed = ddpm_ms.Trainer.from_config(load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [
+    resumed = ddpm_ms.Trainer.from_config(load_config(TINY_YAML, [
         f"train.out_dir={tmp_path}", "train.amp=O0", "train.max_steps=4", "train.gif=false", "train.sample_num=2"]),
         resume="latest")                                                            # on another precision
     assert resumed.fit(progress=False)["step"] == 4

@@ -1,14 +1,10 @@
 """ddpm_ms's fast formulation is the tutorial's model: same parameters, same outputs, same gradients."""
-import os
-import sys
-
 import numpy as np
 import mindspore as ms
 
 import ddpm_ms
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-import tutorial_reference as ref  # noqa: E402  pylint: disable=wrong-import-position
+import tutorial_reference as ref   # tests/tutorial_reference.py: the tutorial's network as it writes it
 
 
 def _pair():

@@ -9,15 +9,16 @@ from ddpm_ms.build import load_model
 from ddpm_ms.errors import CheckpointError
 from ddpm_ms.commands import run
 from ddpm_ms.config import load_config
-from ddpm_ms.sampling import Denoiser, generate
+from ddpm_ms.samplers import generate
+from ddpm_ms.sampling import Denoiser
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import TINY_YAML
 
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_exported_graph_samples_like_the_network(data_dir, tmp_path, conditional):
     extra = ["model.num_classes=10"] if conditional else []
-    cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"),
+    cfg = load_config(TINY_YAML,
                       [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=3", "train.gif=false",
                        "train.sample_num=2", *extra])
     ckpt = ddpm_ms.Trainer.from_config(cfg).fit(progress=False)["checkpoint"]

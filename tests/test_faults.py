@@ -1,15 +1,11 @@
-"""Fault injection (bench/faults.py with 5 kills): SIGKILLs at random moments and mid-write, resumed each time,
-end bit-identical to an uninterrupted run; a checkpoint write that hits ENOSPC loses nothing and says one line."""
+"""Fault injection (tests/fault_harness.py): SIGKILLs at random moments and mid-write, and SIGKILL, SIGTERM and
+SIGINT in every phase (evaluation, best.ckpt write, preview grid, final samples, resume), resumed each time, end
+bit-identical to an uninterrupted run; a checkpoint write that hits ENOSPC loses nothing and says one line."""
 import glob
-import importlib.util
 import os
 
+import fault_harness as faults
 from ddpm_ms import checkpoint as ckpt
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("faults", os.path.join(ROOT, "bench", "faults.py"))
-faults = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(faults)
 
 
 def test_killed_and_resumed_run_is_bit_identical(data_dir, tmp_path):
@@ -19,9 +15,27 @@ def test_killed_and_resumed_run_is_bit_identical(data_dir, tmp_path):
     assert stats["kills"] == 5 and stats["during_write"] >= 1, stats
     assert stats["checkpoints_verified"] >= 5, stats            # every checkpoint on disk read back after each kill
     diff, compared = faults.differences(ref, killed)
-    assert diff == [] and compared > 100, diff                   # weights, Adam, EMA, loss scaler, losses
+    assert diff == [] and compared > 100, diff                   # weights, Adam, EMA, loss scaler, metrics rows
     assert ckpt.checkpoint_position(ckpt.read_checkpoint(ckpt.list_checkpoints(killed)[-1]))[0] == 40
     assert not glob.glob(os.path.join(killed, ".tmp-*"))
+    with open(os.path.join(killed, "metrics.jsonl"), "a", encoding="utf-8") as f:    # the comparison can fail
+        f.write('{"step": 41, "loss": 1.0}\n')
+    assert faults.differences(ref, killed)[0] == ["metrics.jsonl rows (40 vs 41)"]
+
+
+def test_a_fault_in_every_phase_changes_nothing(data_dir, tmp_path):
+    """Each phase hit once, with SIGKILL, SIGTERM and SIGINT in turn; the evaluated run (FD and best.ckpt after
+    every epoch) ends equal to the uninterrupted one: weights, EMA, Adam, loss scale, best.ckpt, every row."""
+    ref, hit = str(tmp_path / "reference"), str(tmp_path / "phases")
+    faults.reference_run(ref, evaluate=True)
+    stats = faults.kill_in_phases(hit)
+    assert [p for p, _ in stats["sent"]] == list(faults.PHASES), stats
+    assert {s for _, s in stats["sent"]} == {"SIGKILL", "SIGTERM", "SIGINT"}
+    diff, compared = faults.differences(ref, hit)
+    assert diff == [] and compared > 100, diff
+    rows = faults.metrics_rows(hit)
+    assert [r["step"] for r in rows if "fd" in r] == [8, 16, 24, 32, 40]      # FD rows neither lost nor doubled
+    assert os.path.exists(os.path.join(hit, "best.ckpt")) and not glob.glob(os.path.join(hit, ".tmp-*"))
 
 
 def test_full_disk_during_a_checkpoint_write(data_dir, tmp_path):

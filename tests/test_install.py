@@ -1,11 +1,12 @@
 """The wheel, installed outside the repository: the ddpm-ms command trains a bundled config by name."""
 import glob
+import json
 import os
 import subprocess
 import sys
 import sysconfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 def test_wheel_installs_and_trains_a_bundled_config(data_dir, tmp_path):
@@ -36,7 +37,8 @@ def test_wheel_installs_and_trains_a_bundled_config(data_dir, tmp_path):
                           env=dict(os.environ, DDPM_MS_DATA_DIR=data_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.isfile(away / "run" / "ckpt_step00000002.ckpt")
-    fashion = subprocess.run([str(py), "-c", "from ddpm_ms.config import load_config; "
-                              "print(load_config('fashion_cpu').train.epochs)"], cwd=away, capture_output=True,
+    fashion = subprocess.run([str(py), "-c", "import json; from ddpm_ms.config import load_config; "
+                              "print(json.dumps(load_config('fashion_cpu').to_dict()))"], cwd=away, capture_output=True,
                              text=True, check=True)
-    assert fashion.stdout.strip() == "30"
+    from ddpm_ms.config import load_config   # the installed package's bundled config is the repository's file
+    assert json.loads(fashion.stdout) == load_config(os.path.join(ROOT, "configs", "fashion_cpu.yaml")).to_dict()

@@ -12,9 +12,8 @@ import ddpm_ms
 from ddpm_ms import kernels, layers
 from ddpm_ms.kernels import builder as kbuild
 
-from conftest import TINY
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, TINY
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +323,23 @@ def test_isa_cap_only_on_the_fallback_path(kernel_env, expected, lib):
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == str(expected)
+
+
+def test_library_exports_exactly_the_kernel_table(lib):
+    """The .so reports its ABI and entry points; they are the table's, in order (one place for each fact)."""
+    from ddpm_ms.kernels import table
+    abi, names = kbuild.exported_names(lib)
+    assert abi == table.ABI and names == table.entry_points()
+    assert len(names) == 4 * len(table.CONV_GEOMETRIES) + 14
+    assert layers.CONV_GEOMETRIES is table.CONV_GEOMETRIES
+
+
+def test_loader_refuses_a_library_that_disagrees_with_the_table(lib, monkeypatch):
+    from ddpm_ms.kernels import table
+    monkeypatch.setattr(table, "entry_points", lambda: ("ConvFwd_s3p3",) + kbuild.exported_names(lib)[1])
+    with pytest.raises(kbuild.KernelBuildError, match="disagree on the entry points .e.g. ConvFwd_s3p3"):
+        kbuild.check_library(lib)
+    monkeypatch.undo()
+    monkeypatch.setattr(table, "ABI", table.ABI + 1)
+    with pytest.raises(kbuild.KernelBuildError, match="kernel ABI"):
+        kbuild.check_library(lib)

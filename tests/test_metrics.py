@@ -5,6 +5,7 @@ import pytest
 from ddpm_ms import metrics
 from ddpm_ms.metrics import real_images
 from ddpm_ms.viz import read_grid, save_grid
+from conftest import TINY_YAML, assert_figure
 
 
 def test_frechet_distance_closed_forms():
@@ -122,11 +123,11 @@ def _evaluate_script(*args):
 
 def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
     """scripts/evaluate.py on saved images and on a checkpoint gives the library's numbers, and says how it sampled."""
-    import os
     from ddpm_ms.build import load_model
     from ddpm_ms.config import load_config
     from ddpm_ms.trainer import Trainer
-    from ddpm_ms.sampling import Denoiser, generate
+    from ddpm_ms.samplers import generate
+    from ddpm_ms.sampling import Denoiser
     ev, root = evaluator
     held = real_images(root, metrics.HELDOUT_RANGE)[0]
     np.save(tmp_path / "held.npy", held)
@@ -134,7 +135,7 @@ def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
     assert scored["fd"] == pytest.approx(ev.evaluate(held)["fd"], rel=1e-5) and scored["fd"] < 10
     assert "sampler" not in scored
 
-    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
+    tiny = TINY_YAML
     cfg = load_config(tiny, [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.gif=false",
                              "train.sample_num=2"])
     path = Trainer.from_config(cfg).fit(progress=False)["checkpoint"]
@@ -158,7 +159,7 @@ def test_compare_samplers_script(evaluator, tmp_path):
     from ddpm_ms.config import load_config
     from ddpm_ms.trainer import Trainer
     root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = load_config(os.path.join(root_dir, "configs", "tiny.yaml"),
+    cfg = load_config(TINY_YAML,
                       [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.gif=false",
                        "train.sample_num=2"])
     path = Trainer.from_config(cfg).fit(progress=False)["checkpoint"]
@@ -172,7 +173,7 @@ def test_compare_samplers_script(evaluator, tmp_path):
     assert all(r["cached_s"] > 0 and r["first_s"] > 0 and sum(r["class_histogram"]) == 1000 for r in rows)
     table = (tmp_path / "cmp" / "compare_samplers.md").read_text()
     assert "| ddim-3 eta=0.5 | 3 |" in table and "| dpm++2m-4 logsnr | 4 |" in table
-    assert (tmp_path / "cmp" / "quality_vs_calls.png").stat().st_size > 1000
+    assert_figure(tmp_path / "cmp" / "quality_vs_calls.png")
     same = _evaluate_script("--ckpt", path, "--sampler", "ddim", "--steps", "3", "--eta", "0.5")
     assert rows[0]["fd"] == pytest.approx(same["fd"], rel=1e-6)
     bad = subprocess.run([sys.executable, os.path.join(root_dir, "scripts", "compare_samplers.py"), "--ckpt", path,

@@ -64,8 +64,44 @@ def test_softmax_axis2_matches_softmax():
     np.testing.assert_allclose(softmax_axis2(x).asnumpy(), ms.ops.softmax(x, -2).asnumpy(), atol=1e-6)
 
 
+def _softmax(a, axis):
+    e = np.exp(a - a.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def _attention_oracle(cell, x, linear):
+    """The tutorial's Attention / LinearAttention written out in numpy from the cell's weights (einsum form)."""
+    b, c, hh, ww = x.shape
+    heads = cell.heads
+    w_qkv = cell.to_qkv.weight.asnumpy()[:, :, 0, 0]                    # [3 * heads * d, c]
+    qkv = np.einsum("oc,bcn->bon", w_qkv, x.reshape(b, c, -1))
+    q, k, v = (a.reshape(b, heads, -1, hh * ww) for a in np.split(qkv, 3, axis=1))
+    d = q.shape[2]
+    if linear:
+        q, k = _softmax(q, 2) * d ** -0.5, _softmax(k, 3)
+        v = v / (hh * ww)
+        context = np.einsum("bhdn,bhen->bhde", k, v)
+        out = np.einsum("bhde,bhdn->bhen", context, q)
+        conv = cell.to_out[0]
+    else:
+        attn = _softmax(np.einsum("bhdi,bhdj->bhij", q * d ** -0.5, k), 3)
+        out = np.einsum("bhij,bhdj->bhdi", attn, v)
+        conv = cell.to_out
+    out = out.reshape(b, -1, hh * ww)
+    y = np.einsum("oc,bcn->bon", conv.weight.asnumpy()[:, :, 0, 0], out) + conv.bias.asnumpy()[None, :, None]
+    y = y.reshape(b, -1, hh, ww)
+    if linear:   # the channel LayerNorm with gain g
+        g = cell.to_out[1].g.asnumpy()
+        y = (y - y.mean(1, keepdims=True)) / np.sqrt(y.var(1, keepdims=True) + 1e-5) * g
+    return y
+
+
 @pytest.mark.parametrize("cls", [Attention, LinearAttention])
-def test_attention_keeps_shape(cls):
+def test_attention_matches_the_tutorial_formula(cls):
     ms.set_seed(0)
-    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 16, 7, 7)).astype(np.float32))
-    assert cls(16)(x).shape == (2, 16, 7, 7)
+    x = np.random.default_rng(0).standard_normal((2, 16, 7, 7)).astype(np.float32)
+    cell = cls(16, heads=2, dim_head=8)
+    out = cell(ms.Tensor(x)).asnumpy()
+    assert out.shape == (2, 16, 7, 7)
+    np.testing.assert_allclose(out, _attention_oracle(cell, x.astype(np.float64), cls is LinearAttention),
+                               rtol=1e-4, atol=1e-4)

@@ -10,10 +10,9 @@ from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import load_config
 from ddpm_ms.batches import BatchSource
 from ddpm_ms.trainer import Trainer
-from ddpm_ms.sampling import Recorder
+from ddpm_ms.samplers import Recorder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+from conftest import TINY_YAML as TINY
 
 
 def _cfg(out, *overrides):

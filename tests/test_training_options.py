@@ -7,11 +7,11 @@ import pytest
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import load_config
 from ddpm_ms.trainer import Trainer
-from ddpm_ms.sampling import Denoiser, generate
+from ddpm_ms.samplers import generate
+from ddpm_ms.sampling import Denoiser
 from ddpm_ms.build import build_run, load_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+from conftest import TINY_YAML as TINY
 
 
 def _cfg(out, *overrides):

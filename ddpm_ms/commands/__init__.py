@@ -2,6 +2,7 @@
 
     ddpm-ms train --config fashion_cpu.yaml       ddpm-ms sample --ckpt PATH        ddpm-ms evaluate --ckpt PATH
     ddpm-ms export --ckpt PATH                    ddpm-ms compare-samplers --ckpt PATH
+    ddpm-ms inpaint --ckpt PATH --image data:5000:5064 --mask left
 
 Each command is a module here with ``main(argv, prog)``; ``ddpm-ms <command> --help`` lists its options.
 """
@@ -16,6 +17,7 @@ COMMANDS = {   # command -> (module, one line)
     "evaluate": ("evaluate", "score samples or a checkpoint: FD, KID, IS-style, classes"),
     "export": ("export", "write a checkpoint's network as MindIR for any MindSpore runtime"),
     "compare-samplers": ("compare_samplers", "time and score every sampler at several step counts"),
+    "inpaint": ("inpaint", "fill in the masked part of images (plain or RePaint), no retraining"),
 }
 
 

@@ -72,7 +72,7 @@ def main(argv=None, prog=None):
     from ..data import resolve_fashion_dir
     from ..device import use_device
     from ..metrics import NUM_EVAL, Evaluator
-    from ..paths import make_output_dir
+    from ..paths import make_output_dir, save_text
     from ..pipeline import Pipeline
     from ..report import label, plot_quality, table
 
@@ -100,11 +100,9 @@ def main(argv=None, prog=None):
         tqdm.write(f"{label(run)}: FD {score['fd']:.1f}, {cached:.1f} s / 64 images")
     md = table(rows)
     print(md)
-    with open(os.path.join(out, "compare_samplers.md"), "w", encoding="utf-8") as f:
-        f.write(f"Checkpoint: {args.ckpt}; {NUM_EVAL} images per row, seed {args.seed}"
-                f"{f', guidance {args.guidance}' if k else ''}.\n\n{md}\n")
-    with open(os.path.join(out, "compare_samplers.json"), "w", encoding="utf-8") as f:
-        json.dump({"ckpt": args.ckpt, "rows": rows}, f, indent=1)
+    save_text(os.path.join(out, "compare_samplers.md"), f"Checkpoint: {args.ckpt}; {NUM_EVAL} images per row, seed "
+              f"{args.seed}{f', guidance {args.guidance}' if k else ''}.\n\n{md}\n")
+    save_text(os.path.join(out, "compare_samplers.json"), json.dumps({"ckpt": args.ckpt, "rows": rows}, indent=1))
     plot_quality(rows, os.path.join(out, "quality_vs_calls.png"))
     print(f"wrote compare_samplers.md, compare_samplers.json and quality_vs_calls.png to {out}")
     return 0

@@ -5,6 +5,7 @@ denoising.gif; --forward-figure adds the tutorial's forward-diffusion figure. A 
 checkpoint takes --class NAME|INDEX and --guidance W, or --per-class for a labelled 10-row grid.
 --ablation adds ablation.png: DDPM and DDPM with no noise added back, from the same starting noise.
 --explain adds three figures of the reverse process: explain_steps.png, explain_std.png, explain_loss.png.
+--init-image IMAGES --strength S edits images (SDEdit); --interpolate K writes interpolation.png.
 EMA weights are used when the checkpoint has them (--no-ema for the raw weights).
 """
 import os
@@ -12,7 +13,7 @@ from argparse import RawDescriptionHelpFormatter
 
 # pylint: disable=import-outside-toplevel
 from ..cli import (ArgumentParser, add_device_arg, add_sampler_args, check_sampler_args, non_negative_float,
-                         positive_int, sampler_options)
+                   positive_int, sampler_options, unit_float)
 
 
 def parse_class(text, num_classes, class_names):
@@ -63,6 +64,51 @@ def write_explain(pipe, labels, args, out):
                   guidance=args.guidance, clip_denoised=not args.no_clip, **sampler_options(args))
 
 
+def _editing_options(args):
+    return {k: v for k, v in sampler_options(args).items() if k not in ("sampler", "steps", "spacing")}
+
+
+def write_sdedit(parser, pipe, labels, args, out, recorder=None):
+    """SDEdit of --init-image at --strength (returned), and sdedit_strengths.png: its first images at 0.2 .. 1."""
+    import numpy as np
+    from ..editing import sdedit
+    from ..viz import strength_figure
+    from .inpaint import read_images
+    images, _ = read_images(parser, args.init_image, pipe.config)
+    k = pipe.num_classes
+    wanted = None if k is None else (labels[:len(images)] if labels is not None and len(labels) >= len(images)
+                                     else np.arange(len(images)) % k)
+
+    def edit(x, strength, callback=None):
+        denoise = pipe.denoiser.bind(None if wanted is None else wanted[:len(x)], args.guidance)
+        return sdedit(denoise, x, strength, pipe.denoiser.alphas_cumprod, np.random.default_rng(args.seed),
+                      sampler=args.sampler, steps=args.steps, spacing=args.spacing, callback=callback,
+                      **_editing_options(args))
+
+    edited = edit(images, args.strength, recorder)
+    few, strengths = images[:6], (0.2, 0.4, 0.6, 0.8, 1.0)
+    strength_figure(few, np.stack([edit(few, s) for s in strengths]), os.path.join(out, "sdedit_strengths.png"),
+                    title=f"SDEdit ({args.sampler}): the input noised to t = s T and denoised")
+    return edited
+
+
+def write_interpolation(pipe, args, out, strips=4):
+    """interpolation.png: ``strips`` rows of --interpolate K images between two starting noises each."""
+    import numpy as np
+    from ..editing import interpolate, mix_labels
+    from ..viz import save_grid
+    rows, k = [], pipe.num_classes
+    for j in range(strips):
+        z0, z1 = (np.random.default_rng(args.seed + 2 * j + e).standard_normal((1, *pipe.image_shape),
+                                                                               dtype=np.float32) for e in (0, 1))
+        at = None if k is None else mix_labels(pipe.denoiser, j % k, (j + 1) % k, args.guidance)
+        rows.append(interpolate(pipe.denoiser, z0, z1, args.interpolate, pipe.denoiser.alphas_cumprod,
+                                sampler=args.sampler, steps=args.steps, spacing=args.spacing, denoise_at=at))
+    save_grid(np.concatenate(rows), os.path.join(out, "interpolation.png"), nrow=args.interpolate,
+              title=f"slerp between two noises per row ({args.sampler}"
+                    f"{', labels mixed' if k else ''})")
+
+
 def main(argv=None, prog=None):
     parser = ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by scripts/train.py")
@@ -87,13 +133,27 @@ def main(argv=None, prog=None):
                         help="also write explain_steps.png (x_t, predicted noise, predicted x_0 at a few steps), "
                              "explain_std.png (std of x_t along the chain, clipped or not) and explain_loss.png "
                              "(the loss by timestep on a batch of training images)")
+    parser.add_argument("--init-image", metavar="IMAGES",
+                        help="image-to-image (SDEdit): start from these images (.npy, PNG or data:START:STOP) noised "
+                             "to --strength; also writes sdedit_strengths.png")
+    parser.add_argument("--strength", type=unit_float, default=0.5,
+                        help="with --init-image: the noise level s in [0, 1] (t = s T; 0 returns the input, 1 is "
+                             "unconditional sampling)")
+    parser.add_argument("--interpolate", type=int, metavar="K",
+                        help="write interpolation.png: K images between pairs of starting noises (slerp), decoded "
+                             "with --sampler ddim or dpm++2m; a conditional model's labels are mixed too")
     add_device_arg(parser)
     args = parser.parse_args(argv)
     check_sampler_args(parser, args)
+    if args.interpolate is not None:
+        if args.interpolate < 2:
+            parser.error(f"--interpolate K needs K >= 2, got {args.interpolate}")
+        if args.sampler not in ("ddim", "dpm++2m"):
+            parser.error("--interpolate needs a deterministic sampler: --sampler ddim or dpm++2m")
 
     import numpy as np
     from ..device import use_device
-    from ..paths import make_output_dir
+    from ..paths import make_output_dir, save_npy
     from ..pipeline import Pipeline
     from ..samplers import Recorder, batch_plan
     from ..viz import save_gif, save_grid
@@ -108,10 +168,17 @@ def main(argv=None, prog=None):
         parser.error(f"--gif-index must be in [0, {batch_plan(num, args.batch_size)[1]}) (the first batch)")
     out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples"), "--out")
 
+    if args.interpolate is not None:
+        write_interpolation(pipe, args, out)
+        print(f"wrote interpolation.png to {out}")
+        return 0
     recorder = Recorder(("x",)) if args.gif else None
-    samples = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, classes=labels, guidance=args.guidance,
-                            callback=recorder, **sampler_options(args))
-    np.save(os.path.join(out, "samples.npy"), samples.astype(np.float32))
+    if args.init_image:
+        samples = write_sdedit(parser, pipe, labels, args, out, recorder)
+    else:
+        samples = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, classes=labels,
+                                guidance=args.guidance, callback=recorder, **sampler_options(args))
+    save_npy(os.path.join(out, "samples.npy"), samples.astype(np.float32))
     nrow = len(samples) // k if rows else int(np.ceil(np.sqrt(len(samples))))
     save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, row_labels=rows)
     if recorder is not None:

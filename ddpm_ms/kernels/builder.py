@@ -23,11 +23,11 @@ import zipfile
 
 from .. import paths
 from ..errors import KernelBuildError
+from . import table
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_kernels.cc")
 ONEDNN_DEVEL = "onednn-devel==2025.3.0"   # headers of oneDNN 3.9; its C API matches the wheel's 3.10
-ABI = 1                                    # DdpmMsKernelAbi() in the source
-CXXFLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+CXXFLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", *table.cxx_defines()]
 _THREADPOOL_CONFIG = (("DNNL_CPU_THREADING_RUNTIME", "DNNL_RUNTIME_THREADPOOL"),
                       ("DNNL_CPU_RUNTIME", "DNNL_RUNTIME_THREADPOOL"),
                       ("DNNL_GPU_RUNTIME", "DNNL_RUNTIME_NONE"),
@@ -169,10 +169,25 @@ def build():
         with _FileLock(target + ".lock"):
             if not os.path.exists(target):   # another process may have built it while we waited
                 _compile(compiler, target, cache)
+    check_library(target)
+    return target
+
+
+def exported_names(target):
+    """(ABI, entry points) that the built library ``target`` reports."""
     try:
-        abi = ctypes.CDLL(target).DdpmMsKernelAbi()
+        lib = ctypes.CDLL(target)
+        lib.DdpmMsKernelNames.restype = ctypes.c_char_p
+        return lib.DdpmMsKernelAbi(), tuple(lib.DdpmMsKernelNames().decode().split(","))
     except (OSError, AttributeError) as e:
         raise KernelBuildError(f"cannot load {target}: {e}") from None
-    if abi != ABI:
-        raise KernelBuildError(f"{target} has kernel ABI {abi}, expected {ABI}")
-    return target
+
+
+def check_library(target):
+    """KernelBuildError unless ``target`` has the table's ABI and exports exactly the table's entry points."""
+    abi, names = exported_names(target)
+    if abi != table.ABI:
+        raise KernelBuildError(f"{target} has kernel ABI {abi}, expected {table.ABI}")
+    if sorted(names) != sorted(table.entry_points()):
+        missing = sorted(set(table.entry_points()) - set(names)) or sorted(set(names) - set(table.entry_points()))
+        raise KernelBuildError(f"{target} and kernels/table.py disagree on the entry points (e.g. {missing[0]})")

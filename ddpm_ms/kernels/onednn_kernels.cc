@@ -51,7 +51,31 @@ using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
+#ifndef DDPM_MS_ABI
+#error "built by ddpm_ms.kernels.builder, which passes -DDDPM_MS_ABI and -DDDPM_MS_CONV_GEOMETRIES (kernels/table.py)"
+#endif
+
 namespace {
+
+// One thread-safe cache of built primitives, keyed by what they were built for: Get(key, make) returns the cached
+// value, or make()'s result, stored.
+template <class Key, class Value>
+class Cache {
+ public:
+  template <class Make>
+  std::shared_ptr<Value> Get(const Key &key, Make make) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = map_.find(key);
+    if (it != map_.end()) return it->second;
+    auto value = make();
+    map_[key] = value;
+    return value;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<Key, std::shared_ptr<Value>> map_;
+};
 
 int NumThreads() {
   static const int n = [] {
@@ -220,15 +244,7 @@ struct ConvPrimitive {
   memory::desc x, w, y;  // the layouts the primitive runs on (x: src or diff_src, y: dst or diff_dst)
 };
 
-std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g) {
-  static std::mutex mu;
-  static std::map<std::string, std::shared_ptr<ConvPrimitive>> cache;
-  std::string key = std::to_string(static_cast<int>(kind));
-  for (const auto *v : {&g.x, &g.w, &g.y, &g.stride, &g.pad_l, &g.pad_r})
-    for (auto d : *v) key += "," + std::to_string(d);
-  std::lock_guard<std::mutex> lk(mu);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
+std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, const std::string &key) {
   SetConcurrency();
   // NHWC lets oneDNN pick its brgemm / depthwise JIT kernels. A 1x1 convolution runs as a matmul on MindSpore's NCHW
   // buffers as they are, which saves its reorders (measured: 9% more training img/s on the fashion_cpu U-Net).
@@ -266,8 +282,15 @@ std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g) {
     fprintf(stderr, "ddpm_ms kernel conv%d %s -> %s\n", static_cast<int>(kind), key.c_str(),
             dnnl::primitive_desc_base(const_cast<dnnl_primitive_desc_t>(e->prim.get_primitive_desc()), true)
                 .impl_info_str());
-  cache[key] = e;
   return e;
+}
+
+std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g) {
+  static Cache<std::string, ConvPrimitive> cache;
+  std::string key = std::to_string(static_cast<int>(kind));
+  for (const auto *v : {&g.x, &g.w, &g.y, &g.stride, &g.pad_l, &g.pad_r})
+    for (auto d : *v) key += "," + std::to_string(d);
+  return cache.Get(key, [&] { return MakeConv(kind, g, key); });
 }
 
 // A plain MindSpore buffer as the primitive's layout `md`: the buffer itself, or a reordered copy in scratch `slot`.
@@ -375,7 +398,7 @@ int Guard(const char *who, int nparam, const char **dtypes, F body) {
 // x [N, C, H, W] in G groups of C/G channels: for sample n and group g, mu and sigma^2 over its (C/G)*H*W values,
 // y = (x - mu) / sqrt(sigma^2 + eps) * gamma[c] + beta[c]. Sums in double, so that the result matches a
 // two-pass float reference to ~1e-7 whatever the group size.
-constexpr double kEps = 1e-5;  // nn.GroupNorm's default eps
+constexpr double kEps = DDPM_MS_NORM_EPS;  // kernels/table.py NORM_EPS (nn.GroupNorm's default)
 
 struct GnShape {
   int64_t N, C, G, CG, HW;
@@ -584,21 +607,18 @@ struct SoftmaxPrimitives {
 };
 
 std::shared_ptr<SoftmaxPrimitives> GetSoftmax(const memory::dims &d) {
-  static std::mutex mu;
-  static std::map<memory::dims, std::shared_ptr<SoftmaxPrimitives>> cache;
-  std::lock_guard<std::mutex> lk(mu);
-  auto it = cache.find(d);
-  if (it != cache.end()) return it->second;
-  SetConcurrency();
-  memory::desc md(d, dt::f32, tag::abc);
-  auto e = std::make_shared<SoftmaxPrimitives>();
-  e->fwd_pd = dnnl::softmax_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
-                                                    dnnl::algorithm::softmax_accurate, md, md, 1);
-  e->fwd = dnnl::softmax_forward(e->fwd_pd);
-  e->bwd = dnnl::softmax_backward(dnnl::softmax_backward::primitive_desc(
-      Engine(), dnnl::algorithm::softmax_accurate, md, md, md, 1, e->fwd_pd));
-  cache[d] = e;
-  return e;
+  static Cache<memory::dims, SoftmaxPrimitives> cache;
+  return cache.Get(d, [&] {
+    SetConcurrency();
+    memory::desc md(d, dt::f32, tag::abc);
+    auto e = std::make_shared<SoftmaxPrimitives>();
+    e->fwd_pd = dnnl::softmax_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
+                                                      dnnl::algorithm::softmax_accurate, md, md, 1);
+    e->fwd = dnnl::softmax_forward(e->fwd_pd);
+    e->bwd = dnnl::softmax_backward(dnnl::softmax_backward::primitive_desc(
+        Engine(), dnnl::algorithm::softmax_accurate, md, md, md, 1, e->fwd_pd));
+    return e;
+  });
 }
 
 int SoftmaxFwd(bool last, void **params, int *ndims, int64_t **shapes) {  // x -> y
@@ -646,22 +666,18 @@ struct EltwisePrimitives {
 };
 
 std::shared_ptr<EltwisePrimitives> GetEltwise(dnnl::algorithm alg, float alpha, int64_t n) {
-  static std::mutex mu;
-  static std::map<std::pair<int, int64_t>, std::shared_ptr<EltwisePrimitives>> cache;
-  std::lock_guard<std::mutex> lk(mu);
-  auto key = std::make_pair(static_cast<int>(alg), n);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  SetConcurrency();
-  memory::desc md({n}, dt::f32, tag::a);
-  auto fwd_pd = dnnl::eltwise_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training, alg, md, md,
-                                                      alpha);
-  auto e = std::make_shared<EltwisePrimitives>();
-  e->fwd = dnnl::eltwise_forward(fwd_pd);
-  e->bwd = dnnl::eltwise_backward(
-      dnnl::eltwise_backward::primitive_desc(Engine(), alg, md, md, md, alpha, 0.f, fwd_pd));
-  cache[key] = e;
-  return e;
+  static Cache<std::pair<int, int64_t>, EltwisePrimitives> cache;
+  return cache.Get(std::make_pair(static_cast<int>(alg), n), [&] {
+    SetConcurrency();
+    memory::desc md({n}, dt::f32, tag::a);
+    auto fwd_pd = dnnl::eltwise_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training, alg, md, md,
+                                                        alpha);
+    auto e = std::make_shared<EltwisePrimitives>();
+    e->fwd = dnnl::eltwise_forward(fwd_pd);
+    e->bwd = dnnl::eltwise_backward(
+        dnnl::eltwise_backward::primitive_desc(Engine(), alg, md, md, md, alpha, 0.f, fwd_pd));
+    return e;
+  });
 }
 
 int64_t NumElements(int ndim, const int64_t *shape) {
@@ -733,73 +749,59 @@ int GroupNormSiluBwd(void **params, int64_t **shapes) {
 
 }  // namespace
 
-#define DDPM_MS_AOT(name)                                                                                   \
+// Every exported entry point is one DDPM_MS_EXPORT line: it defines the AOT function (its body run through Guard)
+// and records its name, which DdpmMsKernelNames() reports so that the loader can check it against kernels/table.py.
+std::vector<std::string> &ExportedNames() {
+  static std::vector<std::string> names;
+  return names;
+}
+struct NameRecord {
+  explicit NameRecord(const char *name) { ExportedNames().push_back(name); }
+};
+
+#define DDPM_MS_EXPORT(name, call)                                                                          \
+  static NameRecord record_##name(#name);                                                                   \
   extern "C" int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, \
-                      void *)
-
-#define DDPM_MS_CONV(S, P)                                                                             \
-  DDPM_MS_AOT(ConvFwd_s##S##p##P) {                                                                    \
-    return Guard("ConvFwd_s" #S "p" #P, nparam, dtypes, [&] { return ConvFwd(S, P, params, shapes); }); \
-  }                                                                                                    \
-  DDPM_MS_AOT(ConvBwdData_s##S##p##P) {                                                                \
-    return Guard("ConvBwdData_s" #S "p" #P, nparam, dtypes,                                            \
-                 [&] { return ConvBwdData(S, P, params, shapes); });                                    \
-  }                                                                                                    \
-  DDPM_MS_AOT(ConvBwd_s##S##p##P) {                                                                    \
-    return Guard("ConvBwd_s" #S "p" #P, nparam, dtypes, [&] { return ConvBwd(S, P, params, shapes); });  \
-  }                                                                                                    \
-  DDPM_MS_AOT(ConvBwdWeights_s##S##p##P) {                                                             \
-    return Guard("ConvBwdWeights_s" #S "p" #P, nparam, dtypes,                                         \
-                 [&] { return ConvBwdWeights(S, P, params, shapes); });                                 \
+                      void *) {                                                                             \
+    (void)ndims;                                                                                            \
+    return Guard(#name, nparam, dtypes, [&] { return call; });                                             \
   }
 
-// The geometries ddpm_ms routes here (python side: ddpm_ms.kernels.CONV_GEOMETRIES): "same" convolutions with odd
-// kernels up to 7x7, and the 4x4 stride-2 down- and upsampling.
-DDPM_MS_CONV(1, 0)
-DDPM_MS_CONV(1, 1)
-DDPM_MS_CONV(1, 2)
-DDPM_MS_CONV(1, 3)
-DDPM_MS_CONV(2, 1)
+// The geometries (stride S, padding P) come from kernels/table.py (CONV_GEOMETRIES) through the build's
+// -DDDPM_MS_CONV_GEOMETRIES="X(1,0) X(1,1) ...".
+#define DDPM_MS_CONV(S, P)                                                           \
+  DDPM_MS_EXPORT(ConvFwd_s##S##p##P, ConvFwd(S, P, params, shapes))                  \
+  DDPM_MS_EXPORT(ConvBwdData_s##S##p##P, ConvBwdData(S, P, params, shapes))          \
+  DDPM_MS_EXPORT(ConvBwdWeights_s##S##p##P, ConvBwdWeights(S, P, params, shapes))    \
+  DDPM_MS_EXPORT(ConvBwd_s##S##p##P, ConvBwd(S, P, params, shapes))
+#define X(S, P) DDPM_MS_CONV(S, P)
+DDPM_MS_CONV_GEOMETRIES
+#undef X
 
-DDPM_MS_AOT(GroupNormFwd) {
-  return Guard("GroupNormFwd", nparam, dtypes, [&] { return GroupNormFwd(params, shapes); });
-}
-DDPM_MS_AOT(GroupNormBwd) {
-  return Guard("GroupNormBwd", nparam, dtypes, [&] { return GroupNormBwd(params, shapes); });
-}
-
-DDPM_MS_AOT(GroupNormSiluFwd) {
-  return Guard("GroupNormSiluFwd", nparam, dtypes, [&] { return GroupNormSiluFwd(params, shapes); });
-}
-DDPM_MS_AOT(GroupNormSiluBwd) {
-  return Guard("GroupNormSiluBwd", nparam, dtypes, [&] { return GroupNormSiluBwd(params, shapes); });
-}
-DDPM_MS_AOT(ChannelNormFwd) {
-  return Guard("ChannelNormFwd", nparam, dtypes, [&] { return ChannelNormFwd(params, shapes); });
-}
-DDPM_MS_AOT(ChannelNormBwd) {
-  return Guard("ChannelNormBwd", nparam, dtypes, [&] { return ChannelNormBwd(params, shapes); });
-}
-
-#define DDPM_MS_SOFTMAX(AXIS, LAST)                                                                         \
-  DDPM_MS_AOT(SoftmaxFwd_##AXIS) {                                                                         \
-    return Guard("SoftmaxFwd_" #AXIS, nparam, dtypes, [&] { return SoftmaxFwd(LAST, params, ndims, shapes); }); \
-  }                                                                                                        \
-  DDPM_MS_AOT(SoftmaxBwd_##AXIS) {                                                                         \
-    return Guard("SoftmaxBwd_" #AXIS, nparam, dtypes, [&] { return SoftmaxBwd(LAST, params, ndims, shapes); }); \
-  }
-DDPM_MS_SOFTMAX(last, true)
-DDPM_MS_SOFTMAX(penult, false)
-
-#define DDPM_MS_ELTWISE(NAME, ALG, ALPHA)                                                                 \
-  DDPM_MS_AOT(EltwiseFwd_##NAME) {                                                                       \
-    return Guard("EltwiseFwd_" #NAME, nparam, dtypes, [&] { return EltwiseFwd(ALG, ALPHA, params, ndims, shapes); }); \
-  }                                                                                                      \
-  DDPM_MS_AOT(EltwiseBwd_##NAME) {                                                                       \
-    return Guard("EltwiseBwd_" #NAME, nparam, dtypes, [&] { return EltwiseBwd(ALG, ALPHA, params, ndims, shapes); }); \
-  }
-DDPM_MS_ELTWISE(gelu, dnnl::algorithm::eltwise_gelu_tanh, 0.f)
-DDPM_MS_ELTWISE(silu, dnnl::algorithm::eltwise_swish, 1.f)
+DDPM_MS_EXPORT(GroupNormFwd, GroupNormFwd(params, shapes))
+DDPM_MS_EXPORT(GroupNormBwd, GroupNormBwd(params, shapes))
+DDPM_MS_EXPORT(GroupNormSiluFwd, GroupNormSiluFwd(params, shapes))
+DDPM_MS_EXPORT(GroupNormSiluBwd, GroupNormSiluBwd(params, shapes))
+DDPM_MS_EXPORT(ChannelNormFwd, ChannelNormFwd(params, shapes))
+DDPM_MS_EXPORT(ChannelNormBwd, ChannelNormBwd(params, shapes))
+DDPM_MS_EXPORT(SoftmaxFwd_last, SoftmaxFwd(true, params, ndims, shapes))
+DDPM_MS_EXPORT(SoftmaxBwd_last, SoftmaxBwd(true, params, ndims, shapes))
+DDPM_MS_EXPORT(SoftmaxFwd_penult, SoftmaxFwd(false, params, ndims, shapes))
+DDPM_MS_EXPORT(SoftmaxBwd_penult, SoftmaxBwd(false, params, ndims, shapes))
+DDPM_MS_EXPORT(EltwiseFwd_gelu, EltwiseFwd(dnnl::algorithm::eltwise_gelu_tanh, 0.f, params, ndims, shapes))
+DDPM_MS_EXPORT(EltwiseBwd_gelu, EltwiseBwd(dnnl::algorithm::eltwise_gelu_tanh, 0.f, params, ndims, shapes))
+DDPM_MS_EXPORT(EltwiseFwd_silu, EltwiseFwd(dnnl::algorithm::eltwise_swish, 1.f, params, ndims, shapes))
+DDPM_MS_EXPORT(EltwiseBwd_silu, EltwiseBwd(dnnl::algorithm::eltwise_swish, 1.f, params, ndims, shapes))
 
 // A version stamp the loader checks after dlopen, so a stale cached build is never used.
-extern "C" int DdpmMsKernelAbi() { return 1; }
+extern "C" int DdpmMsKernelAbi() { return DDPM_MS_ABI; }
+
+// The exported entry points, comma-separated, in the order above.
+extern "C" const char *DdpmMsKernelNames() {
+  static const std::string joined = [] {
+    std::string s;
+    for (const auto &n : ExportedNames()) s += (s.empty() ? "" : ",") + n;
+    return s;
+  }();
+  return joined.c_str();
+}

@@ -11,6 +11,8 @@ import functools
 
 from mindspore import ops
 
+from .table import SOFTMAX_AXES
+
 
 def _same_dtype(*dtypes):
     return dtypes[0]
@@ -203,7 +205,7 @@ def _unary(lib, fwd, bwd, grad_from_output):
 @functools.lru_cache(maxsize=None)
 def softmax(lib, axis):
     """Softmax over ``axis`` -1 or -2 of a float32 tensor, differentiable: ``op(x) -> y``, same shape."""
-    name = {-1: "last", -2: "penult"}[axis]
+    name = SOFTMAX_AXES[axis]
     return _unary(lib, f"SoftmaxFwd_{name}", f"SoftmaxBwd_{name}", grad_from_output=True)
 
 

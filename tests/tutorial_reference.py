@@ -1,7 +1,6 @@
 """MindSpore's "Diffusion Model" tutorial network and train step, as the tutorial writes them.
 
-Kept only as the baseline for bench/bench.py and for the equivalence test of
-ddpm_ms's fast formulation (tests/test_equivalence.py). Differences from the
+Kept only as the reference for the equivalence test of ddpm_ms's fast formulation (tests/test_equivalence.py). Differences from the
 page: ``Block`` no longer references the undefined ``c``, and parameter names
 are made unique by building lists before ``nn.CellList`` rather than a rename
 loop. Do not use it for work: use ``ddpm_ms.Unet``.

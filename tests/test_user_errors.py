@@ -1,0 +1,93 @@
+"""Every error a user can cause is one line and exit status 2, for every command: a table of bad inputs."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_YAML
+
+
+def _run(command, *args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-c", "import sys; from ddpm_ms.commands import main; "
+                           "sys.exit(main(sys.argv[1:]))", command, *args], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=600, cwd=cwd or ROOT)
+
+
+def assert_one_line_error(proc, *needles):
+    """Exit 2, no traceback, and stderr one 'error: ...' line naming each needle (MindSpore's own [WARNING]
+    log lines aside)."""
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("[WARNING")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Bad files of several kinds."""
+    d = tmp_path_factory.mktemp("bad")
+    np.save(d / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.save(d / "wrong_shape.npy", np.zeros((3, 2), np.float32))
+    (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "bad.yaml").write_text("model: [unclosed\n")
+    (d / "section.yaml").write_text("train: 3\n")
+    (d / "a_folder").mkdir()
+    (d / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    return d
+
+
+CASES = [   # (id, command, args (with {d} for the bad-files folder), needles)
+    ("config is a folder", "train", ["--config", "{d}/a_folder"], ["is a folder"]),
+    ("config missing", "train", ["--config", "{d}/nope.yaml"], ["config file not found"]),
+    ("config not yaml", "train", ["--config", "{d}/bad.yaml"], ["not valid YAML"]),
+    ("config a list", "train", ["--config", "{d}/list.yaml"], ["mapping of sections"]),
+    ("section not a mapping", "train", ["--config", "{d}/section.yaml"], ["'train' must be a mapping"]),
+    ("unknown key", "train", ["--config", TINY_YAML, "--set", "train.lrr=1"], ["train.lrr"]),
+    ("bad --set form", "train", ["--config", TINY_YAML, "--set", "train.lr"], ["section.key=value"]),
+    ("bad --set type", "train", ["--config", TINY_YAML, "--set", "train.batch_size=big"], ["train.batch_size"]),
+    ("classes without a time embedding", "train",
+     ["--config", TINY_YAML, "--set", "model.with_time_emb=false", "--set", "model.num_classes=10"],
+     ["model.num_classes", "with_time_emb"]),
+    ("resume and overwrite", "train", ["--config", TINY_YAML, "--resume", "latest", "--overwrite"], ["exclude"]),
+    ("bad device", "train", ["--config", TINY_YAML, "--device", "TPU"], ["--device"]),
+    ("checkpoint missing", "sample", ["--ckpt", "{d}/none.ckpt"], ["checkpoint not found"]),
+    ("checkpoint is a folder", "sample", ["--ckpt", "{d}/a_folder"], ["checkpoint not found"]),
+    ("checkpoint garbage", "sample", ["--ckpt", "{d}/garbage.ckpt"], ["corrupt or unreadable checkpoint"]),
+    ("steps zero", "sample", ["--ckpt", "x.ckpt", "--steps", "0"], ["--steps"]),
+    ("num negative", "sample", ["--ckpt", "x.ckpt", "--num", "-3"], ["--num"]),
+    ("eta above one", "sample", ["--ckpt", "x.ckpt", "--sampler", "ddim", "--eta", "2"], ["--eta"]),
+    ("eta for ddpm", "sample", ["--ckpt", "x.ckpt", "--eta", "0.5"], ["--eta applies to"]),
+    ("unknown sampler", "evaluate", ["--ckpt", "x.ckpt", "--sampler", "plms"], ["--sampler"]),
+    ("samples of objects", "evaluate", ["--samples", "{d}/objects.npy"], ["not a numeric .npy"]),
+    ("samples missing", "evaluate", ["--samples", "{d}/nope.npy"], ["not found"]),
+    ("samples wrong shape", "evaluate", ["--samples", "{d}/wrong_shape.npy"], []),
+    ("export suffix", "export", ["--ckpt", "x.ckpt", "--out", "net.onnx"], [".mindir"]),
+    ("compare bad run", "compare-samplers", ["--ckpt", "{d}/garbage.ckpt"], ["corrupt or unreadable checkpoint"]),
+    ("unknown command", "paint", [], ["unknown command"]),
+]
+
+
+@pytest.mark.parametrize("command,args,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(files, data_dir, command, args, needles):
+    assert_one_line_error(_run(command, *[a.replace("{d}", str(files)) for a in args]), *needles)
+
+
+def test_forced_kernels_without_a_compiler_is_one_line(tmp_path, data_dir):
+    """DDPM_MS_KERNELS=onednn on a machine with no C++ compiler: one line saying so, not a traceback."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(sys.executable, bindir / "python")
+    proc = _run("train", "--config", TINY_YAML, "--set", f"train.out_dir={tmp_path / 'run'}",
+                env={"DDPM_MS_KERNELS": "onednn", "PATH": str(bindir), "CXX": "", "DDPM_MS_KERNEL_CACHE":
+                     str(tmp_path / "cache")})
+    assert_one_line_error(proc, "DDPM_MS_KERNELS=onednn", "no C++ compiler")
+
+
+def test_the_one_line_check_can_fail():
+    ok = _run("train", "--help")
+    with pytest.raises(AssertionError):
+        assert_one_line_error(ok)
