@@ -46,6 +46,7 @@ class PeerWatch:
         self.folder, self.rank, self.world_size = folder, rank, world_size
         self.timeout, self.interval = timeout, interval
         self._seen = {}
+        self._started = time.time()
 
     def _path(self, rank):
         return os.path.join(self.folder, f".rank{rank}.alive")
@@ -64,11 +65,14 @@ class PeerWatch:
             try:
                 with open(self._path(rank), encoding="utf-8") as f:
                     pid = int(f.read().strip() or 0)
-                age = now - os.path.getmtime(self._path(rank))
+                mtime = os.path.getmtime(self._path(rank))
             except (OSError, ValueError):
                 if rank in self._seen:
                     return rank, f"its heartbeat file is gone (pid {self._seen[rank]})"
                 continue   # not started yet
+            if rank not in self._seen and mtime < self._started - 1.0:
+                continue   # left by an earlier launch of the job: this launch's rank has not started yet
+            age = now - mtime
             self._seen[rank] = pid
             if not _alive(pid):
                 return rank, f"process {pid} has exited"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_YAML as TINY
+from conftest import ROOT, TINY_YAML as TINY, assert_figure
 
 
 def _run(script, *args, env=None):
@@ -205,3 +205,30 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
     assert sorted(f for f in os.listdir(run) if f.endswith(".ckpt")) == ["ckpt_step00000003.ckpt"]
     from ddpm_ms.build import load_model
     load_model(str(run / "ckpt_step00000003.ckpt"))                    # still readable
+
+
+def test_inpaint_sdedit_and_interpolation_commands(trained, tmp_path):
+    """ddpm-ms inpaint on real images by index, and sample --init-image / --interpolate, end to end."""
+    ckpt_path = str(trained / "ckpt_step00000003.ckpt")
+    for method, extra in (("plain", ["--sampler", "ddim", "--steps", "5"]), ("repaint", ["--jump-length", "2",
+                                                                                          "--jump-n-sample", "2"])):
+        out = tmp_path / method
+        proc = subprocess.run([sys.executable, "-m", "ddpm_ms", "inpaint", "--ckpt", ckpt_path, "--image",
+                               "data:5000:5004", "--mask", "left", "--method", method, "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        done = np.load(out / "inpainted.npy")
+        from ddpm_ms.data import load_fashion_arrays
+        real = load_fashion_arrays(os.environ["DDPM_MS_DATA_DIR"], count=5004)[0][5000:, None] / 127.5 - 1.0
+        np.testing.assert_allclose(done[..., :14], real[..., :14], atol=1e-6)      # the left half is kept
+        assert done.shape == (4, 1, 28, 28) and np.abs(done[..., 14:] - real[..., 14:]).max() > 0.1
+        assert_figure(out / "inpaint_figure.png")
+    proc = _run("sample.py", "--ckpt", ckpt_path, "--init-image", "data:5000:5003", "--strength", "0.3",
+                "--sampler", "ddim", "--steps", "5", "--out", str(tmp_path / "sdedit"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.load(tmp_path / "sdedit" / "samples.npy").shape == (3, 1, 28, 28)
+    assert_figure(tmp_path / "sdedit" / "sdedit_strengths.png")
+    proc = _run("sample.py", "--ckpt", ckpt_path, "--interpolate", "5", "--sampler", "ddim", "--steps", "4",
+                "--out", str(tmp_path / "interp"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_figure(tmp_path / "interp" / "interpolation.png")

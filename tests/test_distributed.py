@@ -71,7 +71,7 @@ def test_a_dead_rank_stops_the_others_and_the_job_resumes(data_dir, tmp_path):
     out, logs = tmp_path / "job", tmp_path / "logs"
     env = dict(os.environ, PYTHONPATH=ROOT,
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    sets = [a for s in ("train.max_steps=24", "train.ckpt_every=4", "train.gif=false", "train.sample_num=2",
+    sets = [a for s in ("train.max_steps=12", "train.ckpt_every=4", "train.gif=false", "train.sample_num=2",
                         "train.log_every=1", "data.num_samples=64", "train.batch_size=4", f"train.out_dir={out}")
             for a in ("--set", s)]
 
@@ -99,4 +99,4 @@ def test_a_dead_rank_stops_the_others_and_the_job_resumes(data_dir, tmp_path):
                              cwd=str(tmp_path))
     assert resumed.returncode == 0, (logs / "worker_0.log").read_text()[-3000:]
     from ddpm_ms import checkpoint as ckpt
-    assert ckpt.checkpoint_position(ckpt.read_checkpoint(ckpt.list_checkpoints(str(out))[-1]))[0] == 24
+    assert ckpt.checkpoint_position(ckpt.read_checkpoint(ckpt.list_checkpoints(str(out))[-1]))[0] == 12

@@ -11,8 +11,8 @@ from ddpm_ms import checkpoint as ckpt
 def test_killed_and_resumed_run_is_bit_identical(data_dir, tmp_path):
     ref, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
     faults.reference_run(ref)
-    stats = faults.kill_and_resume(killed, kills=5, seed=1)
-    assert stats["kills"] == 5 and stats["during_write"] >= 1, stats
+    stats = faults.kill_and_resume(killed, kills=4, seed=1)
+    assert stats["kills"] == 4 and stats["during_write"] >= 1, stats
     assert stats["checkpoints_verified"] >= 5, stats            # every checkpoint on disk read back after each kill
     diff, compared = faults.differences(ref, killed)
     assert diff == [] and compared > 100, diff                   # weights, Adam, EMA, loss scaler, metrics rows
@@ -28,7 +28,7 @@ def test_a_fault_in_every_phase_changes_nothing(data_dir, tmp_path):
     every epoch) ends equal to the uninterrupted one: weights, EMA, Adam, loss scale, best.ckpt, every row."""
     ref, hit = str(tmp_path / "reference"), str(tmp_path / "phases")
     faults.reference_run(ref, evaluate=True)
-    stats = faults.kill_in_phases(hit)
+    stats = faults.kill_in_phases(hit, hold=0.6)
     assert [p for p, _ in stats["sent"]] == list(faults.PHASES), stats
     assert {s for _, s in stats["sent"]} == {"SIGKILL", "SIGTERM", "SIGINT"}
     diff, compared = faults.differences(ref, hit)

@@ -68,12 +68,37 @@ CASES = [   # (id, command, args (with {d} for the bad-files folder), needles)
     ("export suffix", "export", ["--ckpt", "x.ckpt", "--out", "net.onnx"], [".mindir"]),
     ("compare bad run", "compare-samplers", ["--ckpt", "{d}/garbage.ckpt"], ["corrupt or unreadable checkpoint"]),
     ("unknown command", "paint", [], ["unknown command"]),
+    ("strength above one", "sample", ["--ckpt", "x.ckpt", "--init-image", "a.npy", "--strength", "1.5"],
+     ["--strength"]),
+    ("interpolate one", "sample", ["--ckpt", "x.ckpt", "--interpolate", "1", "--sampler", "ddim"], ["K >= 2"]),
+    ("interpolate stochastic", "sample", ["--ckpt", "x.ckpt", "--interpolate", "4"], ["deterministic sampler"]),
+    ("repaint off ddpm", "inpaint", ["--ckpt", "x.ckpt", "--image", "a.npy", "--mask", "left", "--method",
+                                      "repaint", "--sampler", "ddim"], ["--sampler ddpm"]),
+]
+
+CKPT_CASES = [   # the same, past loading a checkpoint ({ckpt}: the tiny run's)
+    ("image missing", "inpaint", ["--image", "{d}/nope.npy", "--mask", "left"], ["--image file not found"]),
+    ("image wrong size", "inpaint", ["--image", "{d}/wrong_shape.npy", "--mask", "left"], ["[N, 1, 28, 28]"]),
+    ("image of objects", "inpaint", ["--image", "{d}/objects.npy", "--mask", "left"], ["not a numeric .npy"]),
+    ("bad data range", "inpaint", ["--image", "data:9:3", "--mask", "left"], ["START < STOP"]),
+    ("unknown mask", "inpaint", ["--image", "data:0:2", "--mask", "diagonal"], ["neither a mask name"]),
+    ("mask wrong size", "inpaint", ["--image", "data:0:2", "--mask", "{d}/wrong_shape.npy"], ["28x28"]),
+    ("class of an unconditional model", "inpaint", ["--image", "data:0:2", "--mask", "left", "--class", "3"],
+     ["--class"]),
+    ("init image missing", "sample", ["--init-image", "{d}/nope.npy"], ["not found"]),
+    ("steps above T", "sample", ["--steps", "500"], ["exceeds"]),
 ]
 
 
 @pytest.mark.parametrize("command,args,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line(files, data_dir, command, args, needles):
     assert_one_line_error(_run(command, *[a.replace("{d}", str(files)) for a in args]), *needles)
+
+
+@pytest.mark.parametrize("command,args,needles", [c[1:] for c in CKPT_CASES], ids=[c[0] for c in CKPT_CASES])
+def test_bad_input_past_the_checkpoint_is_one_line(files, tiny_run, tmp_path, command, args, needles):
+    args = ["--ckpt", tiny_run["checkpoint"], "--out", str(tmp_path), *[a.replace("{d}", str(files)) for a in args]]
+    assert_one_line_error(_run(command, *args), *needles)
 
 
 def test_forced_kernels_without_a_compiler_is_one_line(tmp_path, data_dir):

@@ -19,8 +19,8 @@ from ..cli import (ArgumentParser, add_device_arg, add_sampler_args, check_sampl
                    positive_int, sampler_options)
 
 
-def read_images(parser, spec, cfg):
-    """(images [N, C, H, W] float32 in [-1, 1], labels [N] or None) of --image / --init-image."""
+def read_images(parser, spec, cfg, flag="--image"):
+    """(images [N, C, H, W] float32 in [-1, 1], labels [N] or None) of --image (or ``flag``, e.g. --init-image)."""
     import numpy as np
     size, channels = cfg.data.image_size, cfg.model.channels
     if spec.startswith("data:"):
@@ -28,23 +28,23 @@ def read_images(parser, spec, cfg):
         try:
             start, stop = (int(v) for v in spec[5:].split(":"))
         except ValueError:
-            parser.error(f"--image {spec!r}: expected data:START:STOP, e.g. data:5000:5064")
+            parser.error(f"{flag} {spec!r}: expected data:START:STOP, e.g. data:5000:5064")
         if not 0 <= start < stop:
-            parser.error(f"--image {spec!r}: needs 0 <= START < STOP")
+            parser.error(f"{flag} {spec!r}: needs 0 <= START < STOP")
         if cfg.data.dataset != "fashion_mnist":
-            parser.error("--image data:START:STOP reads Fashion-MNIST; this checkpoint was trained on "
+            parser.error(f"{flag} data:START:STOP reads Fashion-MNIST; this checkpoint was trained on "
                          f"{cfg.data.dataset}")
         x, y = load_fashion_arrays(resolve_fashion_dir(cfg.data.root), count=stop)
         if len(x) < stop:
-            parser.error(f"--image {spec!r}: the data has only {len(x)} images")
+            parser.error(f"{flag} {spec!r}: the data has only {len(x)} images")
         return x[start:stop, None].astype(np.float32) / 127.5 - 1.0, y[start:stop].astype(np.int64)
     if not os.path.isfile(spec):
-        parser.error(f"--image file not found: {spec}")
+        parser.error(f"{flag} file not found: {spec}")
     if spec.endswith(".npy"):
         try:
             x = np.load(spec, allow_pickle=False)
         except (ValueError, OSError) as e:
-            parser.error(f"--image {spec} is not a numeric .npy array: {str(e).splitlines()[0]}")
+            parser.error(f"{flag} {spec} is not a numeric .npy array: {str(e).splitlines()[0]}")
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 127.5 - 1.0
         x = x[:, None] if x.ndim == 3 else x
@@ -53,13 +53,13 @@ def read_images(parser, spec, cfg):
         try:
             img = plt.imread(spec)
         except (ValueError, OSError, SyntaxError) as e:
-            parser.error(f"--image {spec} is not a readable image: {e}")
+            parser.error(f"{flag} {spec} is not a readable image: {e}")
         img = img[..., :3] if img.ndim == 3 else img[..., None]
         img = img.mean(-1, keepdims=True) if channels == 1 else img
         x = (img.transpose(2, 0, 1)[None].astype(np.float32) * 2.0 - 1.0)
     x = np.asarray(x, np.float32)
     if x.ndim != 4 or x.shape[1:] != (channels, size, size):
-        parser.error(f"--image {spec}: images of shape [N, {channels}, {size}, {size}] needed for this checkpoint, "
+        parser.error(f"{flag} {spec}: images of shape [N, {channels}, {size}, {size}] needed for this checkpoint, "
                      f"got {list(x.shape)}")
     return np.clip(x, -1.0, 1.0), None
 
@@ -87,6 +87,43 @@ def read_mask(parser, spec, shape, seed):
     return (m > 0.5).astype(np.float32)
 
 
+def fill_in(parser, pipe, known, mask, labels, args):
+    """(inpainted images, the Recorder of their predicted x0) with the --method, sampler and class flags."""
+    import numpy as np
+    from ..editing import inpaint, repaint
+    from ..samplers import Recorder, default_steps, timesteps
+    k = pipe.num_classes
+    if args.cls is not None and (k is None or not 0 <= args.cls < k):
+        parser.error(f"--class needs a class-conditional checkpoint and an index 0..{(k or 1) - 1}")
+    wanted = None if k is None else (np.full(len(known), args.cls) if args.cls is not None
+                                     else labels if labels is not None else np.arange(len(known)) % k)
+    denoise = pipe.denoiser.bind(wanted, args.guidance)
+    ab = pipe.denoiser.alphas_cumprod
+    ts = timesteps(ab, args.steps or default_steps(args.sampler, len(ab)), args.spacing)
+    recorder, rng = Recorder(("x0",)), np.random.default_rng(args.seed)
+    if args.method == "repaint":
+        done = repaint(denoise, known, mask, ts, ab, rng, jump_length=args.jump_length,
+                       jump_n_sample=args.jump_n_sample, callback=recorder)
+    else:
+        options = {key: v for key, v in sampler_options(args).items() if key not in ("sampler", "steps", "spacing")}
+        done = inpaint(denoise, known, mask, ts, ab, rng, sampler=args.sampler, callback=recorder, **options)
+    return done, recorder
+
+
+def scores(parser, pipe, done, images, labels):
+    """--evaluate: the FD of the inpainted images and their class agreement with the originals (and the same for
+    the originals themselves, at the same count)."""
+    if labels is None or pipe.config.data.dataset != "fashion_mnist":
+        parser.error("--evaluate scores Fashion-MNIST images given as data:START:STOP")
+    from ..data import resolve_fashion_dir
+    from ..metrics import Evaluator
+    ev = Evaluator(resolve_fashion_dir(pipe.config.data.root))
+    scored, original = (ev.evaluate(x, num=len(x), labels=labels) for x in (done, images))
+    return {"fd": scored["fd"], "label_agreement": scored["label_agreement"], "fd_of_the_originals": original["fd"],
+            "originals_label_agreement": original["label_agreement"],
+            "note": f"FD of {len(done)} images (the metric's own figures use 1000)"}
+
+
 def main(argv=None, prog=None):
     parser = ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by ddpm-ms train")
@@ -111,10 +148,8 @@ def main(argv=None, prog=None):
 
     import numpy as np
     from ..device import use_device
-    from ..editing import inpaint, repaint
     from ..paths import make_output_dir, save_npy
     from ..pipeline import Pipeline
-    from ..samplers import Recorder, default_steps, timesteps
     from ..viz import inpaint_figure, save_grid
 
     use_device(args.device)
@@ -123,38 +158,13 @@ def main(argv=None, prog=None):
     images, labels = read_images(parser, args.image, pipe.config)
     mask = read_mask(parser, args.mask, images.shape, args.seed)
     out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "inpaint"), "--out")
-    k = pipe.num_classes
-    if args.cls is not None and (k is None or not 0 <= args.cls < k):
-        parser.error("--class needs a class-conditional checkpoint and an index 0.."
-                     f"{(k or 1) - 1}" if k else "--class needs a class-conditional checkpoint (model.num_classes)")
-    wanted = None if k is None else (np.full(len(images), args.cls) if args.cls is not None
-                                     else labels if labels is not None else np.arange(len(images)) % k)
-    denoise = pipe.denoiser.bind(wanted, args.guidance)
-    ab = pipe.denoiser.alphas_cumprod
-    ts = timesteps(ab, args.steps or default_steps(args.sampler, len(ab)), args.spacing)
-    recorder = Recorder(("x0",))
-    rng = np.random.default_rng(args.seed)
-    known = images * mask
-    if args.method == "repaint":
-        done = repaint(denoise, known, mask, ts, ab, rng, jump_length=args.jump_length,
-                       jump_n_sample=args.jump_n_sample, callback=recorder)
-    else:
-        options = {key: v for key, v in sampler_options(args).items() if key not in ("sampler", "steps", "spacing")}
-        done = inpaint(denoise, known, mask, ts, ab, rng, sampler=args.sampler, callback=recorder, **options)
+    done, recorder = fill_in(parser, pipe, images * mask, mask, labels, args)
     save_npy(os.path.join(out, "inpainted.npy"), done.astype(np.float32))
     save_grid(done, os.path.join(out, "inpainted.png"), nrow=int(np.ceil(np.sqrt(len(done)))))
     inpaint_figure(images, mask, recorder, done, os.path.join(out, "inpaint_figure.png"),
                    title=f"{args.method} inpainting, mask {os.path.basename(args.mask)}")
     result = {"images": len(done), "method": args.method, "mask": args.mask, "out": out}
     if args.evaluate:
-        if labels is None or pipe.config.data.dataset != "fashion_mnist":
-            parser.error("--evaluate scores Fashion-MNIST images given as data:START:STOP")
-        from ..data import resolve_fashion_dir
-        from ..metrics import Evaluator
-        ev = Evaluator(resolve_fashion_dir(pipe.config.data.root))
-        scored, original = (ev.evaluate(x, num=len(x), labels=labels) for x in (done, images))
-        result.update(fd=scored["fd"], label_agreement=scored["label_agreement"], fd_of_the_originals=original["fd"],
-                      originals_label_agreement=original["label_agreement"],
-                      note=f"FD of {len(done)} images (the metric's own figures use 1000)")
+        result.update(scores(parser, pipe, done, images, labels))
     print(json.dumps(result))
     return 0

@@ -74,7 +74,7 @@ def write_sdedit(parser, pipe, labels, args, out, recorder=None):
     from ..editing import sdedit
     from ..viz import strength_figure
     from .inpaint import read_images
-    images, _ = read_images(parser, args.init_image, pipe.config)
+    images, _ = read_images(parser, args.init_image, pipe.config, flag="--init-image")
     k = pipe.num_classes
     wanted = None if k is None else (labels[:len(images)] if labels is not None and len(labels) >= len(images)
                                      else np.arange(len(images)) % k)
@@ -87,7 +87,8 @@ def write_sdedit(parser, pipe, labels, args, out, recorder=None):
 
     edited = edit(images, args.strength, recorder)
     few, strengths = images[:6], (0.2, 0.4, 0.6, 0.8, 1.0)
-    strength_figure(few, np.stack([edit(few, s) for s in strengths]), os.path.join(out, "sdedit_strengths.png"),
+    strength_figure(few, np.stack([edit(few, s) for s in strengths]), strengths,
+                    os.path.join(out, "sdedit_strengths.png"),
                     title=f"SDEdit ({args.sampler}): the input noised to t = s T and denoised")
     return edited
 
@@ -109,7 +110,8 @@ def write_interpolation(pipe, args, out, strips=4):
                     f"{', labels mixed' if k else ''})")
 
 
-def main(argv=None, prog=None):
+def build_parser(prog=None):
+    """The sample command's arguments."""
     parser = ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by scripts/train.py")
     parser.add_argument("--num", type=positive_int, default=64, help="number of images (default 64)")
@@ -143,13 +145,38 @@ def main(argv=None, prog=None):
                         help="write interpolation.png: K images between pairs of starting noises (slerp), decoded "
                              "with --sampler ddim or dpm++2m; a conditional model's labels are mixed too")
     add_device_arg(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_modes(parser, args):
+    """One-line errors for flags that do not fit together (before any model is loaded)."""
     check_sampler_args(parser, args)
     if args.interpolate is not None:
         if args.interpolate < 2:
             parser.error(f"--interpolate K needs K >= 2, got {args.interpolate}")
         if args.sampler not in ("ddim", "dpm++2m"):
             parser.error("--interpolate needs a deterministic sampler: --sampler ddim or dpm++2m")
+
+
+def write_figures(pipe, labels, args, out):
+    """The optional figures: ablation.png, the --explain figures, forward_diffusion.png."""
+    import numpy as np
+    if args.ablation:
+        write_ablation(pipe, labels, args, out)
+    if args.explain:
+        write_explain(pipe, labels, args, out)
+    if args.forward_figure:
+        from ..data import load_fashion_arrays, resolve_fashion_dir
+        from ..viz import forward_diffusion_figure
+        images, _ = load_fashion_arrays(resolve_fashion_dir(pipe.config.data.root), count=1)
+        forward_diffusion_figure(pipe.sched, images[:1].astype(np.float32) / 127.5 - 1.0,
+                                 os.path.join(out, "forward_diffusion.png"))
+
+
+def main(argv=None, prog=None):
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    check_modes(parser, args)
 
     import numpy as np
     from ..device import use_device
@@ -161,13 +188,11 @@ def main(argv=None, prog=None):
     use_device(args.device)
     pipe = Pipeline.from_checkpoint(args.ckpt, use_ema=not args.no_ema, clip_denoised=not args.no_clip)
     check_sampler_args(parser, args, pipe.num_timesteps)
-    cfg, k = pipe.config, pipe.num_classes
-    labels, rows = choose_labels(parser, args, k)
+    labels, rows = choose_labels(parser, args, pipe.num_classes)
     num = args.num if labels is None else len(labels)
     if not 0 <= args.gif_index < batch_plan(num, args.batch_size)[1]:
         parser.error(f"--gif-index must be in [0, {batch_plan(num, args.batch_size)[1]}) (the first batch)")
     out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples"), "--out")
-
     if args.interpolate is not None:
         write_interpolation(pipe, args, out)
         print(f"wrote interpolation.png to {out}")
@@ -179,20 +204,11 @@ def main(argv=None, prog=None):
         samples = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, classes=labels,
                                 guidance=args.guidance, callback=recorder, **sampler_options(args))
     save_npy(os.path.join(out, "samples.npy"), samples.astype(np.float32))
-    nrow = len(samples) // k if rows else int(np.ceil(np.sqrt(len(samples))))
+    nrow = len(samples) // pipe.num_classes if rows else int(np.ceil(np.sqrt(len(samples))))
     save_grid(samples, os.path.join(out, "samples.png"), nrow=nrow, row_labels=rows)
     if recorder is not None:
         frames = recorder.stack("x")
         save_gif(frames, os.path.join(out, "denoising.gif"), index=args.gif_index, every=max(1, len(frames) // 100))
-    if args.ablation:
-        write_ablation(pipe, labels, args, out)
-    if args.explain:
-        write_explain(pipe, labels, args, out)
-    if args.forward_figure:
-        from ..data import load_fashion_arrays, resolve_fashion_dir
-        from ..viz import forward_diffusion_figure
-        images, _ = load_fashion_arrays(resolve_fashion_dir(cfg.data.root), count=1)
-        forward_diffusion_figure(pipe.sched, images[:1].astype(np.float32) / 127.5 - 1.0,
-                                 os.path.join(out, "forward_diffusion.png"))
+    write_figures(pipe, labels, args, out)
     print(f"wrote {len(samples)} samples to {out}")
     return 0
