@@ -55,7 +55,7 @@ class DiffusionConfig:
 @dataclass
 class DataConfig:
     """Where the images come from and how they are fed."""
-    dataset: str = "fashion_mnist"      # or "image_folder"
+    dataset: str = "fashion_mnist"      # mnist, cifar10 or image_folder (registries.DATASETS)
     root: Optional[str] = None
     image_size: int = 28
     num_samples: Optional[int] = None   # a random subset of this many images (of index_range if given)

@@ -1,4 +1,10 @@
-"""Fashion-MNIST and image-folder pipelines, with a verified, atomic downloader.
+"""Fashion-MNIST, MNIST, CIFAR-10 and image-folder pipelines, with a verified, atomic downloader.
+
+MNIST and CIFAR-10 (:data:`SOURCES`) are found the same way as Fashion-MNIST, in ``data.root``, then a folder
+``<name>`` beside ``$DDPM_MS_DATA_DIR`` (which names the Fashion-MNIST folder), then
+``$XDG_CACHE_HOME/ddpm_ms/<name>``, and are otherwise downloaded there from
+their official mirrors with their published MD5s; they load through MindSpore's ``MnistDataset`` and
+``Cifar10Dataset``.
 
 Lookup order for Fashion-MNIST: ``data.root`` from the config, then the
 ``DDPM_MS_DATA_DIR`` environment variable, then a cache folder
@@ -11,8 +17,11 @@ import gzip
 import hashlib
 import os
 import shutil
+import tarfile
 import tempfile
 import zipfile
+from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 
@@ -286,6 +295,153 @@ def class_folders(root):
         os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in os.listdir(d.path)))
 
 
+@dataclass(frozen=True)
+class Source:
+    """A downloadable dataset: its training ``files`` in one folder, where to fetch them (``urls``: each a full
+    archive URL or a mirror base for ``<file>.gz``), the archives' published MD5s, and its image geometry."""
+    name: str
+    title: str
+    files: Tuple[str, ...]
+    urls: Tuple[str, ...]
+    md5: Tuple[Tuple[str, str], ...]
+    channels: int
+    image_size: int
+    classes: Tuple[str, ...]
+
+
+SOURCES = {
+    "mnist": Source("mnist", "MNIST", TRAIN_FILES,
+                    ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+                    (("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+                     ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432")),
+                    1, 28, tuple(str(i) for i in range(10))),
+    "cifar10": Source("cifar10", "CIFAR-10", tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+                      ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+                      (("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"),),
+                      3, 32, ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                              "truck")),
+}
+CIFAR_RECORD = 1 + 32 * 32 * 3   # a label byte, then 1024 red, 1024 green and 1024 blue bytes
+CIFAR_PER_FILE = 10000           # records in each data_batch_N.bin (MindSpore's reader needs exactly this)
+
+
+def validate_source_dir(source, root):
+    """Check the training files of ``source`` in ``root`` (IDX headers, or CIFAR-10 record sizes and labels);
+    returns the number of images; DataError naming the bad file."""
+    for name in source.files:
+        if not os.path.isfile(os.path.join(root, name)):
+            raise DataError(f"{source.title} file missing: {os.path.join(root, name)}")
+    if source.name == "mnist":
+        images, labels = (os.path.join(root, name) for name in source.files)
+        n, rows, cols = _read_header(images, IMAGE_MAGIC, 3)
+        (n_labels,) = _read_header(labels, LABEL_MAGIC, 1)
+        if (rows, cols) != (28, 28) or n != n_labels:
+            raise DataError(f"corrupt MNIST files in {root}: {n} images of {rows}x{cols}, {n_labels} labels")
+        return n
+    total = 0
+    for name in source.files:
+        path = os.path.join(root, name)
+        size = os.path.getsize(path)
+        if size != CIFAR_PER_FILE * CIFAR_RECORD:
+            raise DataError(f"corrupt CIFAR-10 file {path}: {size} bytes, expected {CIFAR_PER_FILE} records of "
+                            f"{CIFAR_RECORD} bytes")
+        with open(path, "rb") as f:
+            labels = np.frombuffer(f.read(), np.uint8)[::CIFAR_RECORD]
+        if labels.max(initial=0) > 9:
+            raise DataError(f"corrupt CIFAR-10 file {path}: a label is outside 0..9")
+        total += size // CIFAR_RECORD
+    return total
+
+
+def download_source(source, root, fetch=download_file):
+    """Download ``source``'s training files into ``root`` from its mirrors, checking each archive's MD5; only
+    verified files are moved in, and nothing is left behind on failure. Returns ``root``."""
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    md5, errors = dict(source.md5), []
+    for url in source.urls:
+        work = tempfile.mkdtemp(prefix=f".{source.name}-download-", dir=parent)
+        try:
+            out = os.path.join(work, "files")
+            os.makedirs(out)
+            if url.endswith(".tar.gz"):
+                archive = os.path.join(work, os.path.basename(url))
+                fetch(url, archive)
+                _check_md5(archive, md5[os.path.basename(url)], url)
+                with tarfile.open(archive, "r:gz") as tar:
+                    for member in tar.getmembers():
+                        if member.isfile() and os.path.basename(member.name) in source.files:
+                            with tar.extractfile(member) as src, open(os.path.join(out, os.path.basename(
+                                    member.name)), "wb") as dst:
+                                shutil.copyfileobj(src, dst)
+            else:
+                for name in source.files:
+                    gz = os.path.join(work, name + ".gz")
+                    fetch(url + name + ".gz", gz)
+                    _check_md5(gz, md5[name + ".gz"], url + name + ".gz")
+                    with gzip.open(gz, "rb") as src, open(os.path.join(out, name), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            validate_source_dir(source, out)
+            os.makedirs(root, exist_ok=True)
+            for name in source.files:
+                os.replace(os.path.join(out, name), os.path.join(root, name))
+            return root
+        except Exception as e:  # pylint: disable=broad-except  # try the next mirror
+            errors.append(f"{url}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    raise DataError(f"could not download {source.title} (" + "; ".join(errors) + ")")
+
+
+def _check_md5(path, expected, url):
+    digest = md5sum(path)
+    if digest != expected:
+        raise DataError(f"checksum mismatch for {url}: md5 {digest}, expected {expected}")
+
+
+def resolve_source_dir(source, root=None, download=None, fetch=download_file):
+    """Folder holding valid training files of ``source``: root, $DDPM_MS_DATA_DIR/<name>, the cache; else
+    downloaded into the cache (unless DDPM_MS_OFFLINE=1). DataError in one line saying where to put them."""
+    if isinstance(source, str):
+        source = SOURCES[source]
+    if download is None:
+        download = os.environ.get("DDPM_MS_OFFLINE", "") not in ("1", "true", "yes")
+    env = os.environ.get("DDPM_MS_DATA_DIR")
+    candidates = [p for p in (root, env and os.path.join(os.path.dirname(env.rstrip(os.sep)), source.name),
+                              paths.cache_dir(source.name)) if p]
+    for path in candidates:
+        if all(os.path.isfile(os.path.join(path, f)) for f in source.files):
+            validate_source_dir(source, path)
+            return path
+    if root and os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"data.root {root} is not a folder")
+    if root and os.path.isdir(root) and os.listdir(root):
+        missing = [f for f in source.files if not os.path.isfile(os.path.join(root, f))]
+        raise DataError(f"data.root {root} does not hold {source.title}: {missing[0]} is missing")
+    reason = "downloads are off (DDPM_MS_OFFLINE)"
+    if download:
+        try:
+            return download_source(source, paths.cache_dir(source.name), fetch=fetch)
+        except DataError as e:
+            reason = str(e)
+    raise DataError(f"{source.title} not found in {' or '.join(candidates)} and {reason}; put "
+                    f"{', '.join(source.files)} in one of them")
+
+
+def source_dataset(source, root, batch_size=16, num_samples=None, shuffle_buffer=64, random_flip=True, labels=False,
+                   num_shards=None, shard_id=None, num_workers=1, index_range=None):
+    """MNIST or CIFAR-10 through MindSpore's own loader: image [B, C, S, S] float32 in [-1, 1] (and label [B]
+    int32 if ``labels``); the same pipeline as :func:`fashion_mnist`."""
+    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    check_index_range(index_range, validate_source_dir(source, root), root)
+    loader = ds.MnistDataset if source.name == "mnist" else ds.Cifar10Dataset
+    dataset = loader(root, usage="train", num_parallel_workers=num_workers,
+                     **_reading(num_samples, index_range, num_shards, shard_id))
+    columns = ["image", "label"] if labels else ["image"]
+    return _finish(dataset, columns, batch_size, shuffle_buffer, _image_ops(random_flip=random_flip),
+                   num_workers, labels)
+
+
 def check_data_fits_model(data_cfg, model_cfg):
     """ConfigError naming both keys when the dataset's channels, image size or classes differ from the model's.
 
@@ -297,6 +453,10 @@ def check_data_fits_model(data_cfg, model_cfg):
             raise DataError("data.root must name the image folder when data.dataset is image_folder")
         channels, size, classes = 3, None, len(class_folders(data_cfg.root))
         what = f"the image folder {data_cfg.root} ({classes} class sub-folders, RGB)"
+    elif data_cfg.dataset in SOURCES:
+        src = SOURCES[data_cfg.dataset]
+        channels, size, classes = src.channels, src.image_size, len(src.classes)
+        what = f"data.dataset={src.name} ({channels}-channel {size}x{size} images, {classes} classes)"
     else:
         channels, size, classes = 1, 28, len(FASHION_CLASSES)
         what = "data.dataset=fashion_mnist (1-channel 28x28 images, 10 classes)"
@@ -317,6 +477,9 @@ def build_dataset(data_cfg, batch_size, labels=False, num_shards=None, shard_id=
         if not data_cfg.root:
             raise DataError("data.root must name the image folder when data.dataset is image_folder")
         return image_folder(data_cfg.root, data_cfg.image_size, **common)
+    if data_cfg.dataset in SOURCES:
+        src = SOURCES[data_cfg.dataset]
+        return source_dataset(src, resolve_source_dir(src, data_cfg.root, download=download), **common)
     return fashion_mnist(resolve_fashion_dir(data_cfg.root, download=download), **common)
 
 

@@ -37,5 +37,5 @@ LOSS_WEIGHTINGS.add("min_snr", "ddpm_ms.weighting:min_snr_weighting", "Min-SNR-g
 BLOCK_TYPES = ("convnext", "resnet")
 DEVICES = ("auto", "CPU", "GPU", "Ascend")
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
-DATASETS = ("fashion_mnist", "image_folder")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "image_folder")
 

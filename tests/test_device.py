@@ -161,3 +161,19 @@ def test_float16_run_checkpoint_round_trips(ms_ops, data_dir, tmp_path):
         f"train.out_dir={tmp_path}", "train.amp=O0", "train.max_steps=4", "train.gif=false", "train.sample_num=2"]),
         resume="latest")                                                            # on another precision
     assert resumed.fit(progress=False)["step"] == 4
+
+
+@pytest.mark.parametrize("what", ["TrainStep", "Denoiser"])
+def test_fast_cpu_settings_without_use_device(what):
+    """A notebook that never calls use_device: building a TrainStep or a Denoiser applies the CPU settings;
+    importing ddpm_ms alone does not."""
+    code = ("import os, ddpm_ms\nassert 'MS_DEV_HOST_BLOCKING_RUN' not in os.environ\n"
+            "net = ddpm_ms.Unet(dim=8, dim_mults=(1, 2), channels=1)\n"
+            "sched = ddpm_ms.NoiseSchedule.from_name('linear', 10)\n"
+            "assert 'MS_DEV_HOST_BLOCKING_RUN' not in os.environ\n" +
+            ("from mindspore import nn, amp\nddpm_ms.TrainStep(net, sched, nn.Adam(net.trainable_params()), "
+             "amp.DynamicLossScaler(1024, 2, 100))\n" if what == "TrainStep" else "ddpm_ms.Denoiser(net, sched)\n") +
+            "assert os.environ['MS_DEV_HOST_BLOCKING_RUN'] == '1'\nprint('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "MS_DEV_HOST_BLOCKING_RUN"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

@@ -75,9 +75,11 @@ def main(argv=None, prog=None):
     from ..paths import make_output_dir, save_text
     from ..pipeline import Pipeline
     from ..report import label, plot_quality, table
+    from .evaluate import require_fashion
 
     use_device(args.device)
     pipe = Pipeline.from_checkpoint(args.ckpt)
+    require_fashion(parser, pipe.config)
     try:
         runs = [parse_run(text, pipe.num_timesteps) for text in args.runs]
     except ValueError as e:

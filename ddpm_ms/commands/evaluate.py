@@ -15,6 +15,13 @@ from ..cli import (ArgumentParser, add_device_arg, add_sampler_args, check_sampl
                          positive_int, sampler_options, sampler_settings)
 
 
+def require_fashion(parser, cfg):
+    """One line when a checkpoint was not trained on Fashion-MNIST: the metric's classifier is a Fashion-MNIST one."""
+    if cfg.data.dataset != "fashion_mnist":
+        parser.error(f"the metric scores Fashion-MNIST samples (its classifier is a Fashion-MNIST CNN); this "
+                     f"checkpoint was trained on {cfg.data.dataset}")
+
+
 def main(argv=None, prog=None):
     parser = ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)
@@ -62,6 +69,7 @@ def main(argv=None, prog=None):
     else:
         from ..pipeline import Pipeline
         pipe = Pipeline.from_checkpoint(args.ckpt, use_ema=not args.no_ema, clip_denoised=not args.no_clip)
+        require_fashion(parser, pipe.config)
         check_sampler_args(parser, args, pipe.num_timesteps)
         labels = pipe.labels(NUM_EVAL)
         images = pipe.generate(NUM_EVAL, seed=args.seed, batch_size=args.batch_size, guidance=args.guidance,
