@@ -160,6 +160,53 @@ def sample_dpmpp_2m_sde(denoise, x, ts, alphas_cumprod, rng, callback=None):
     return _dpmpp_2m(denoise, x, ts, alphas_cumprod, rng, callback, eta=1.0)
 
 
+def _dpmpp_3m(denoise, x, ts, alphas_cumprod, rng, callback, eta):
+    """DPM-Solver++(3M) (Lu et al. 2022's multistep data-prediction solver to third order, as k-diffusion's
+    sample_dpmpp_3m_sde writes it): with h = lambda_s - lambda_t and h_eta = (1 + eta) h, one step from t to s is
+      x_s = (alpha_s / alpha_t) e^{-h_eta} x_t + alpha_s [(1 - e^{-h_eta}) x0 + phi_2 D1 - phi_3 D2]
+            + sigma_s sqrt(1 - e^{-2 eta h}) z,
+    D1, D2 the first and second divided differences of the last three x0 predictions (r0 = h_1/h, r1 = h_2/h):
+      d1_0 = (x0 - x0_1) / r0,  d1_1 = (x0_1 - x0_2) / r1,  D1 = d1_0 + (d1_0 - d1_1) r0 / (r0 + r1),
+      D2 = (d1_0 - d1_1) / (r0 + r1),  phi_2 = (e^{-h_eta} - 1) / h_eta + 1,  phi_3 = phi_2 / h_eta - 1/2.
+    The first step is first order, the second second order (phi_2 D1 with D1 = d1_0); the last returns x0.
+    """
+    ab = np.asarray(alphas_cumprod, np.float64)
+    alpha, sigma = np.sqrt(ab), np.sqrt(1.0 - ab)
+    lam = np.log(alpha) - np.log(sigma)
+    hist, hs = [], []          # the last x0 predictions and step sizes, newest first
+    for i, t in enumerate(ts):
+        x0, eps = denoise(x, t)
+        if i + 1 == len(ts):
+            x_next = x0
+        else:
+            s = ts[i + 1]
+            h = lam[s] - lam[t]
+            h_eta = (1.0 + eta) * h
+            ve = np.exp(-h_eta) * x / alpha[t] - np.expm1(-h_eta) * x0     # in x / alpha (the VE variable)
+            phi_2 = np.expm1(-h_eta) / h_eta + 1.0
+            if len(hist) >= 2:
+                r0, r1 = hs[0] / h, hs[1] / h
+                d1_0, d1_1 = (x0 - hist[0]) / r0, (hist[0] - hist[1]) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                ve = ve + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+            elif hist:
+                ve = ve + phi_2 * (x0 - hist[0]) / (hs[0] / h)
+            x_next = alpha[s] * ve
+            if eta > 0:
+                x_next = x_next + sigma[s] * np.sqrt(-np.expm1(-2.0 * eta * h)) * _noise(rng, x.shape)
+            x_next = x_next.astype(np.float32)
+            hs = [h] + hs[:1]
+        hist = [x0] + hist[:1]
+        x = _report(callback, i, t, x, x0, eps, x_next)
+    return x
+
+
+def sample_dpmpp_3m_sde(denoise, x, ts, alphas_cumprod, rng, callback=None):
+    """DPM-Solver++(3M) SDE: third-order multistep data prediction with noise added back (see :func:`_dpmpp_3m`)."""
+    return _dpmpp_3m(denoise, x, ts, alphas_cumprod, rng, callback, eta=1.0)
+
+
 SAMPLERS = Registry("sampler")   # default_steps: network calls when none are given (None: every timestep)
 
 
@@ -177,6 +224,8 @@ register_sampler("dpm++2m", sample_dpmpp_2m, "DPM-Solver++(2M) (Lu et al. 2022):
                  "multistep", 20)
 register_sampler("dpm++2m-sde", sample_dpmpp_2m_sde, "DPM-Solver++(2M) SDE: the same steps with noise added "
                  "back, like DDPM", 20)
+register_sampler("dpm++3m-sde", sample_dpmpp_3m_sde, "DPM-Solver++(3M) SDE: third order, multistep, noise added "
+                 "back", 20)
 
 
 def default_steps(name, num_timesteps):

@@ -147,7 +147,8 @@ def test_ddpm_step_is_eq11_and_the_posterior_mean_of_clipped_x0():
                                (last_in - b0 / np.sqrt(b0) * eps) / np.sqrt(1 - b0), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,steps", [("ddim", 20), ("dpm++2m", 10), ("dpm++2m", 20), ("dpm++2m-sde", 10)])
+@pytest.mark.parametrize("name,steps", [("ddim", 20), ("dpm++2m", 10), ("dpm++2m", 20), ("dpm++2m-sde", 10),
+                                        ("dpm++3m-sde", 10)])
 @pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
 def test_oracle_recovers_x0(name, steps, spacing):
     s = _schedule("linear", 200)
@@ -294,3 +295,38 @@ def test_generate_uses_one_batch_shape_and_the_batch_seeds():
     with pytest.raises(ValueError, match="label for each"):      # padding must not hide missing labels
         generate(_Denoiser(eps, s, conditional=True), (1, 8, 8), 5, batch_size=2, labels=np.arange(3),
                  progress=False)
+
+
+def test_dpmpp_3m_sde_third_step_by_hand():
+    """Three steps of DPM-Solver++(3M) SDE with the _const_eps network, written as k-diffusion's sample_dpmpp_3m_sde
+    (the variance-exploding variable x / alpha, sigma_VE = sigma / alpha, t = -log sigma_VE) and compared frame by
+    frame: the first step is first order, the second second order, the third third order."""
+    s = _schedule("cosine", 100)
+    ab = s.np["alphas_cumprod"]
+    ts = timesteps(ab, 6)
+    alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)
+    frames = _run(SAMPLERS["dpm++3m-sde"].fn, s, ts, seed=4, x=_x_T(1))[1]
+    rng, x = np.random.default_rng(4), _x_T(1).astype(np.float64)
+    xv = x / alpha[ts[0]]
+    d_1 = d_2 = h_1 = h_2 = None
+    for i in range(3):
+        t, u = ts[i], ts[i + 1]
+        x_vp = xv * alpha[t]
+        eps = x_vp * 0.3 + 0.1
+        denoised = (x_vp - sigma[t] * eps) / alpha[t]
+        h = -np.log(sigma[u] / alpha[u]) + np.log(sigma[t] / alpha[t])
+        h_eta = 2 * h
+        xv = np.exp(-h_eta) * xv + -np.expm1(-h_eta) * denoised
+        if h_2 is not None:
+            r0, r1 = h_1 / h, h_2 / h
+            d1_0, d1_1 = (denoised - d_1) / r0, (d_1 - d_2) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_2 = np.expm1(-h_eta) / h_eta + 1
+            xv = xv + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+        elif h_1 is not None:
+            xv = xv + (np.expm1(-h_eta) / h_eta + 1) * (denoised - d_1) / (h_1 / h)
+        z = rng.standard_normal(SHAPE, dtype=np.float32)
+        xv = xv + z * (sigma[u] / alpha[u]) * np.sqrt(-np.expm1(-2 * h))
+        d_1, d_2, h_1, h_2 = denoised, d_1, h, h_1
+        np.testing.assert_allclose(frames[i], xv * alpha[u], rtol=1e-4, atol=1e-4, err_msg=f"step {i}")
