@@ -177,8 +177,10 @@ def kill_and_resume(out, kills, seed=0, slow_write=0.3, max_delay=2.0, epochs=EP
     return stats
 
 
-def kill_in_phases(out, phases=PHASES, signals=(signal.SIGKILL, signal.SIGTERM, signal.SIGINT), epochs=EPOCHS,
-                   hold=1.0):
+SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+
+
+def kill_in_phases(out, phases=PHASES, signals=SIGNALS, epochs=EPOCHS, hold=1.0):
     """For each phase in turn: launch (or resume) the evaluated run, send the next of ``signals`` while the phase
     runs, read every checkpoint back; then let the run finish. Returns counts per phase and totals."""
     stats = {"kills": 0, "sent": [], "checkpoints_verified": 0, "launches": 0}
