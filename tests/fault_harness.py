@@ -168,7 +168,12 @@ def kill_and_resume(out, kills, seed=0, slow_write=0.3, max_delay=2.0, epochs=EP
         stats["checkpoints_verified"] += verify_checkpoints(out)
         if proc.returncode == 0:
             raise RuntimeError("the run finished before all kills: give it more epochs")
-    proc = launch(out, epochs=epochs)
+    return _finish_run(out, stats, epochs)
+
+
+def _finish_run(out, stats, epochs, evaluate=False):
+    """Resume the faulted run to its end, unfaulted; read every checkpoint back; returns ``stats`` updated."""
+    proc = launch(out, epochs=epochs, evaluate=evaluate)
     stats["launches"] += 1
     _, err = proc.communicate()
     if proc.returncode != 0:
@@ -202,13 +207,7 @@ def kill_in_phases(out, phases=PHASES, signals=SIGNALS, epochs=EPOCHS, hold=1.0)
         if "Traceback" in err:
             raise RuntimeError(f"{signal.Signals(sig).name} during {phase} gave a traceback: {err[-2000:]}")
         stats["checkpoints_verified"] += verify_checkpoints(out)
-    proc = launch(out, epochs=epochs, evaluate=True)
-    stats["launches"] += 1
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"the final resume failed: {err[-2000:]}")
-    stats["checkpoints_verified"] += verify_checkpoints(out)
-    return stats
+    return _finish_run(out, stats, epochs, evaluate=True)
 
 
 def reference_run(out, epochs=EPOCHS, evaluate=False):

@@ -21,10 +21,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_msrun_workers(data_dir, tmp_path):
+def _msrun():
+    """The msrun launcher of this MindSpore, or skip."""
     msrun = shutil.which("msrun") or os.path.join(os.path.dirname(sys.executable), "msrun")
     if not os.path.exists(msrun):
         pytest.skip("msrun is not installed with this MindSpore")
+    return msrun
+
+
+def test_two_msrun_workers(data_dir, tmp_path):
+    msrun = _msrun()
     dist, single = tmp_path / "dist", tmp_path / "single"
     # msrun starts workers with the `python` on PATH: make that this interpreter (the venv's)
     env = dict(os.environ, PYTHONPATH=ROOT,
@@ -65,9 +71,7 @@ def test_a_dead_rank_stops_the_others_and_the_job_resumes(data_dir, tmp_path):
     and `--resume latest` under msrun continues the job to its end."""
     import signal
     import time
-    msrun = shutil.which("msrun") or os.path.join(os.path.dirname(sys.executable), "msrun")
-    if not os.path.exists(msrun):
-        pytest.skip("msrun is not installed with this MindSpore")
+    msrun = _msrun()
     out, logs = tmp_path / "job", tmp_path / "logs"
     env = dict(os.environ, PYTHONPATH=ROOT,
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
