@@ -207,6 +207,54 @@ def sample_dpmpp_3m_sde(denoise, x, ts, alphas_cumprod, rng, callback=None):
     return _dpmpp_3m(denoise, x, ts, alphas_cumprod, rng, callback, eta=1.0)
 
 
+def sample_unipc(denoise, x, ts, alphas_cumprod, rng, callback=None):
+    """UniPC-2 (Zhao et al. 2023, B(h) = e^h - 1, data prediction): a second-order multistep predictor (UniP, which
+    with this B(h) is DPM-Solver++(2M)) and, after every network call, a corrector (UniC) that reuses that call.
+
+    With lambda, h = lambda_s - lambda_t as in :func:`_dpmpp_2m`, x0_i the prediction at t_i and, for the step
+    t_{i-1} -> t_i, r = (lambda_{t_{i-2}} - lambda_{t_{i-1}}) / h, D1 = (x0_{i-2} - x0_{i-1}) / r,
+      UniP:  x_i = (sigma_i / sigma_{i-1}) x^c_{i-1} - alpha_i (e^{-h} - 1) x0_{i-1} - alpha_i B D1 / 2,  B = e^{-h} - 1
+      UniC:  x^c_i = x_i - alpha_i B [(rho_1 - 1/2) D1 + rho_2 (x0_i - x0_{i-1})],
+    rho = R^{-1} b with R = [[1, 1], [r, 1]], b_k = k! phi_{k+1}(-h) / B (eq. 8 and Thm. 3.1; phi_1 = (e^{-h} - 1),
+    phi_{k+1} = phi_k / (-h) - 1/k!); at first order (no D1) UniC is x_i - alpha_i B (x0_i - x0_{i-1}) / 2.
+    The first step is first order; the corrector is written as a change to x_i, so an x a callback returned is
+    corrected too; the last step returns x0 (no corrector: it would need one more call).
+    """
+    ab = np.asarray(alphas_cumprod, np.float64)
+    alpha, sigma = np.sqrt(ab), np.sqrt(1.0 - ab)
+    lam = np.log(alpha) - np.log(sigma)
+    x0_prev, last = None, None      # last: (h, r, D1, alpha_i B) of the predictor step that made x
+    for i, t in enumerate(ts):
+        x0, eps = denoise(x, t)
+        if last is not None:                                            # UniC, with the call just made
+            h, r, d1, alpha_b = last
+            if d1 is None:
+                corr = 0.5 * (x0 - x0_prev)
+            else:
+                hh = -h
+                phi_2 = np.expm1(hh) / hh - 1.0
+                b1, b2 = phi_2 / np.expm1(hh), 2.0 * (phi_2 / hh - 0.5) / np.expm1(hh)
+                rho_1 = (b1 - b2) / (1.0 - r)
+                corr = (rho_1 - 0.5) * d1 + (b1 - rho_1) * (x0 - x0_prev)
+            x = (x - alpha_b * corr).astype(np.float32)
+        if i + 1 == len(ts):
+            x_next = x0
+        else:                                                           # UniP to the next timestep
+            s = ts[i + 1]
+            h = lam[s] - lam[t]
+            alpha_b = alpha[s] * np.expm1(-h)
+            x_next = sigma[s] / sigma[t] * x - alpha_b * x0
+            r = d1 = None
+            if x0_prev is not None:
+                r = (lam[ts[i - 1]] - lam[t]) / h
+                d1 = (x0_prev - x0) / r
+                x_next = x_next - alpha_b * 0.5 * d1
+            x_next = x_next.astype(np.float32)
+            last = (h, r, d1, alpha_b)
+        x, x0_prev = _report(callback, i, t, x, x0, eps, x_next), x0
+    return x
+
+
 SAMPLERS = Registry("sampler")   # default_steps: network calls when none are given (None: every timestep)
 
 
@@ -226,6 +274,8 @@ register_sampler("dpm++2m-sde", sample_dpmpp_2m_sde, "DPM-Solver++(2M) SDE: the 
                  "back, like DDPM", 20)
 register_sampler("dpm++3m-sde", sample_dpmpp_3m_sde, "DPM-Solver++(3M) SDE: third order, multistep, noise added "
                  "back", 20)
+register_sampler("unipc", sample_unipc, "UniPC-2 (Zhao et al. 2023): DPM-Solver++(2M) steps with a corrector "
+                 "that reuses each network call; deterministic", 10)
 
 
 def default_steps(name, num_timesteps):

@@ -148,7 +148,7 @@ def test_ddpm_step_is_eq11_and_the_posterior_mean_of_clipped_x0():
 
 
 @pytest.mark.parametrize("name,steps", [("ddim", 20), ("dpm++2m", 10), ("dpm++2m", 20), ("dpm++2m-sde", 10),
-                                        ("dpm++3m-sde", 10)])
+                                        ("dpm++3m-sde", 10), ("unipc", 10), ("unipc", 5)])
 @pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
 def test_oracle_recovers_x0(name, steps, spacing):
     s = _schedule("linear", 200)
@@ -330,3 +330,73 @@ def test_dpmpp_3m_sde_third_step_by_hand():
         xv = xv + z * (sigma[u] / alpha[u]) * np.sqrt(-np.expm1(-2 * h))
         d_1, d_2, h_1, h_2 = denoised, d_1, h, h_1
         np.testing.assert_allclose(frames[i], xv * alpha[u], rtol=1e-4, atol=1e-4, err_msg=f"step {i}")
+
+
+def _unipc_by_hand(s, ts, x, steps_checked):
+    """UniPC-bh2 as diffusers' UniPCMultistepScheduler writes it (predict_x0, solver_order 2, the generic R / b
+    system solved with numpy), with the _const_eps network: the list of predictor outputs, one per step."""
+    ab = s.np["alphas_cumprod"]
+    alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)
+    lam = np.log(alpha / sigma)
+    ms, tl, outs, last_sample, this_order = [], [], [], None, 1
+
+    def coeffs(t, s0, order):
+        h = lam[t] - lam[s0]
+        hh = -h
+        h_phi_1 = np.expm1(hh)
+        h_phi_k, fact, R, b = h_phi_1 / hh - 1, 1, [], []
+        rks = [(lam[tl[-(k + 1)]] - lam[s0]) / h for k in range(1, order)] + [1.0]
+        for k in range(1, order + 1):
+            R.append(np.power(rks, k - 1))
+            b.append(h_phi_k * fact / h_phi_1)
+            fact *= k + 1
+            h_phi_k = h_phi_k / hh - 1 / fact
+        return h_phi_1, np.array(R), np.array(b), rks
+
+    for i in range(steps_checked):
+        t = ts[i]
+        m = (x - sigma[t] * (x * 0.3 + 0.1)) / alpha[t]
+        if i > 0:                                              # multistep_uni_c_bh_update
+            s0, m0 = tl[-1], ms[-1]
+            h_phi_1, R, b, rks = coeffs(t, s0, this_order)
+            rhos_c = np.array([0.5]) if this_order == 1 else np.linalg.solve(R, b)
+            d1s = [(ms[-(k + 1)] - m0) / rks[k - 1] for k in range(1, this_order)]
+            corr = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0
+            x = sigma[t] / sigma[s0] * last_sample - alpha[t] * h_phi_1 * m0 \
+                - alpha[t] * h_phi_1 * (corr + rhos_c[-1] * (m - m0))
+        ms.append(m)
+        tl.append(t)
+        this_order = min(2, len(ms))
+        last_sample = x
+        u = ts[i + 1]                                          # multistep_uni_p_bh_update
+        h_phi_1, R, b, rks = coeffs(u, t, this_order)
+        x_new = sigma[u] / sigma[t] * x - alpha[u] * h_phi_1 * m
+        if this_order == 2:
+            x_new = x_new - alpha[u] * h_phi_1 * 0.5 * (ms[-2] - m) / rks[0]
+        x = x_new
+        outs.append(x)
+    return outs
+
+
+def test_unipc_three_steps_by_hand():
+    """UniPC's first three steps (first-order predictor, then second-order predictor with first- and second-order
+    correctors) against diffusers' generic formulation, frame by frame."""
+    s = _schedule("cosine", 100)
+    ts = timesteps(s.np["alphas_cumprod"], 6, "logsnr")
+    frames = _run(SAMPLERS["unipc"].fn, s, ts, x=_x_T(3))[1]
+    for i, want in enumerate(_unipc_by_hand(s, ts, _x_T(3).astype(np.float64), 4)):
+        np.testing.assert_allclose(frames[i], want, rtol=1e-4, atol=1e-4, err_msg=f"step {i}")
+
+
+def test_unipc_is_dpmpp_2m_plus_its_corrector():
+    """The first step (no corrector yet) equals DPM-Solver++(2M)'s; after that the two differ by the corrector,
+    which vanishes as the steps shrink (at steps = T it is below 1e-4) and matters at 10 steps."""
+    s = _schedule("linear", 200)
+    ab = s.np["alphas_cumprod"]
+    gaps = []
+    for steps in (200, 10):
+        ts = timesteps(ab, steps)
+        uni, dpm = _run(SAMPLERS["unipc"].fn, s, ts)[1], _run(sample_dpmpp_2m, s, ts)[1]
+        np.testing.assert_allclose(uni[0], dpm[0], rtol=1e-6, atol=1e-6)
+        gaps.append(np.abs(uni[-1] - dpm[-1]).max())
+    assert 0 < gaps[0] < 1e-4 and gaps[1] > 2e-3, gaps

@@ -20,7 +20,7 @@ from ..cli import ArgumentParser, add_device_arg, non_negative_float, positive_i
 
 DEFAULT_RUNS = ("ddpm", "ddim:10", "ddim:20", "ddim:50", "ddim:50:eta=1", "dpm++2m:10", "dpm++2m:20",
                 "dpm++2m:20:spacing=logsnr", "dpm++2m-sde:10", "dpm++2m-sde:20", "dpm++2m-sde:20:spacing=logsnr",
-                "dpm++3m-sde:10", "dpm++3m-sde:20")
+                "dpm++3m-sde:10", "dpm++3m-sde:20", "unipc:10", "unipc:20")
 
 
 def parse_run(text, num_timesteps):
