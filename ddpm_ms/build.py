@@ -15,11 +15,13 @@ from mindspore import amp, nn
 
 from . import callbacks as cb
 from . import checkpoint as ckpt
+from . import lr as lr_mod
 from .batches import BatchSource
 from .data import check_data_fits_model, resolve_fashion_dir
 from .diffusion import loss_weights
 from .distributed import PeerWatch
 from .ema import EMA
+from .errors import ConfigError
 from .model import Unet
 from .monitor import Previewer, QualityProbe
 from .run_folder import RunFolder
@@ -46,15 +48,21 @@ def build_loss_weights(sched, diffusion_cfg):
                         min_snr_gamma=d.min_snr_gamma)
 
 
-def lr_schedule(train_cfg, steps_per_epoch):
-    """The tutorial's per-step LR list: nn.cosine_decay_lr(min_lr, lr, epochs*steps, steps, epochs)."""
+def lr_schedule(train_cfg, steps_per_epoch, scale=1):
+    """The LR Adam steps with: the tutorial's per-epoch cosine list, or for a budgeted run (train.minutes) the
+    in-graph warm-up + cosine of :mod:`ddpm_ms.lr` over train.max_steps (the plan; set later when not yet made).
+    ``scale`` multiplies both LRs (train.lr_scaling)."""
     t = train_cfg
-    return nn.cosine_decay_lr(min_lr=t.min_lr, max_lr=t.lr, total_step=t.epochs * steps_per_epoch,
-                              step_per_epoch=steps_per_epoch, decay_epoch=t.epochs)
+    if t.minutes is None:
+        return [v * scale for v in lr_mod.tutorial_cosine(t.lr, t.min_lr, t.epochs, steps_per_epoch)]
+    return lr_mod.WarmupCosineLR(t.lr * scale, t.min_lr * scale, t.warmup_steps, t.max_steps or t.warmup_steps + 1)
 
 
 def total_steps(train_cfg, steps_per_epoch):
-    """Optimizer steps of a run: train.epochs epochs, capped by train.max_steps."""
+    """Optimizer steps of a run: train.epochs epochs, capped by train.max_steps; a budgeted run: train.max_steps,
+    or None until its plan is made."""
+    if train_cfg.minutes is not None:
+        return train_cfg.max_steps
     total = train_cfg.epochs * steps_per_epoch
     return min(total, train_cfg.max_steps) if train_cfg.max_steps else total
 
@@ -67,8 +75,14 @@ class Run:
     optimizer: nn.Optimizer
     loss_scaler: amp.DynamicLossScaler
     train_step: TrainStep
-    lrs: list
+    lr: object          # a per-step list, or a WarmupCosineLR
     ema: Optional[EMA]
+
+    def lr_at(self, step):
+        """The LR of 0-based ``step``."""
+        if isinstance(self.lr, list):
+            return float(self.lr[min(step, len(self.lr) - 1)])
+        return self.lr.numpy(step)
 
 
 def build_run(cfg, steps_per_epoch, world_size=1):
@@ -81,8 +95,8 @@ def build_run(cfg, steps_per_epoch, world_size=1):
     model = build_model(cfg.model)
     sched = build_schedule(cfg.diffusion)
     scale = world_size if cfg.train.lr_scaling == "linear" else 1
-    lrs = [lr * scale for lr in lr_schedule(cfg.train, steps_per_epoch)]
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=lrs)
+    lr = lr_schedule(cfg.train, steps_per_epoch, scale)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=lr)
     t = cfg.train
     scaler = amp.DynamicLossScaler(t.loss_scale, t.scale_factor, t.scale_window)
     model.set_train(True)   # training kernels (see model.GroupNorm); the Previewer switches it off and back
@@ -90,7 +104,7 @@ def build_run(cfg, steps_per_epoch, world_size=1):
                      world_size=world_size, objective=cfg.diffusion.objective,
                      weights=build_loss_weights(sched, cfg.diffusion))
     ema = EMA(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
-    return Run(model, sched, optimizer, scaler, step, lrs, ema)
+    return Run(model, sched, optimizer, scaler, step, lr, ema)
 
 
 def build_previewer(run, cfg):
@@ -98,7 +112,8 @@ def build_previewer(run, cfg):
     size, t = cfg.data.image_size, cfg.train
     denoiser = Denoiser.from_config(run.model, run.sched, cfg, jit=t.jit)
     return Previewer(run.model, denoiser, image_shape=(cfg.model.channels, size, size), sampler=t.sample_sampler,
-                     steps=t.sample_steps, guidance=t.guidance, num_classes=cfg.model.num_classes, ema=run.ema)
+                     steps=t.sample_steps, spacing=t.sample_spacing, guidance=t.guidance,
+                     num_classes=cfg.model.num_classes, ema=run.ema)
 
 
 def build_probe(previewer, cfg):
@@ -116,27 +131,34 @@ def build_callbacks(cfg, run, folder, is_main=True):
     count of metrics rows includes it; a resume drops exactly the rows logged after its checkpoint.
     """
     t = cfg.train
-    out = [cb.EMAUpdate(run.ema, every=cfg.ema.update_every)] if run.ema is not None else []
+    out = []
+    if t.minutes is not None and t.max_steps is None:    # plans first, so the others see the planned total
+        out.append(cb.Budget(t.minutes * 60.0, t.warmup_steps, run.lr, monitor_share=t.monitor_share))
+    out += [cb.EMAUpdate(run.ema, every=cfg.ema.update_every)] if run.ema is not None else []
     if is_main:
-        out.append(cb.MetricsLog(folder, every=t.log_every, lrs=run.lrs, loss_scaler=run.loss_scaler))
+        out.append(cb.MetricsLog(folder, every=t.log_every, lr_at=run.lr_at, loss_scaler=run.loss_scaler))
     out.append(cb.DivergenceStop(limit=t.max_nonfinite_steps, folder=folder))
     if not is_main:
         return out
     previewer = build_previewer(run, cfg)
     probe = build_probe(previewer, cfg)
     if probe is not None:
-        out += [cb.Evaluation(probe, folder, every=t.eval_every), cb.BestCheckpoint(folder)]
+        out += [cb.Evaluation(probe, folder, every=t.eval_every), cb.BestCheckpoint(folder, margin=t.best_margin)]
     out += [cb.CheckpointPolicy(folder, every=t.ckpt_every),
-            cb.PreviewGrids(previewer, folder, num=t.sample_num, gif=t.gif)]
-    return out + [cb.Curves(folder), cb.ProgressBar()]
+            cb.PreviewGrids(previewer, folder, num=t.sample_num, gif=t.gif, every=t.preview_every)]
+    return out + [cb.Curves(folder), cb.ProgressBar(None if t.minutes is None else t.minutes * 60.0)]
 
 
-def trainer_parts(cfg, fresh=True, rank=0, world_size=1, overwrite=False):
+def trainer_parts(cfg, fresh=True, rank=0, world_size=1, overwrite=False, start_time=None):
     """The keyword arguments of :class:`ddpm_ms.trainer.Trainer` for a Config; ``fresh`` claims the run folder
-    (``overwrite``: deleting another run's files), else the caller resumes into it."""
-    start = time.time()
+    (``overwrite``: deleting another run's files), else the caller resumes into it. ``start_time``: when the
+    run's wall clock starts (default now; the train command passes the process start)."""
+    start = time.time() if start_time is None else start_time
     check_data_fits_model(cfg.data, cfg.model)
     t = cfg.train
+    if t.minutes is not None and t.max_steps is None and world_size > 1:
+        raise ConfigError("train.minutes plans a run on one process; under msrun replay a plan with "
+                          "train.max_steps (from a single-process run's config.yaml)")
     folder = RunFolder(t.out_dir, t.keep_last, is_main=rank == 0)
     folder.claim()   # the lock first: nothing is read or deleted while another run may be writing
     if fresh:

@@ -7,6 +7,7 @@
 - ``on_step(trainer, loss, finite)`` after each optimizer step (``loss`` a Tensor, ``finite`` a bool);
 - ``on_log(trainer, row)`` when a metrics row is written, ``on_eval(trainer, row)`` when an evaluation is;
 - ``on_epoch_end(trainer)`` after the last batch of an epoch;
+- ``on_plan(trainer, plan)`` when a budgeted run fixes its :class:`~ddpm_ms.budget.Plan` (or a resume restores it);
 - ``on_end(trainer, interrupted)`` once at the end (``interrupted``: the signal number, or None);
 - ``on_close(trainer)`` always last, after ``on_end`` or an error.
 
@@ -19,6 +20,7 @@ import time
 
 from tqdm.auto import tqdm
 
+from . import budget
 from .errors import TrainingDiverged
 from .paths import save_npy
 from .run_folder import BEST
@@ -47,6 +49,9 @@ class Callback:
     def on_epoch_end(self, trainer):
         """After the last batch of an epoch (the epoch counter is already advanced)."""
 
+    def on_plan(self, trainer, plan):
+        """When a budgeted run's plan is fixed: ``plan`` a :class:`~ddpm_ms.budget.Plan`."""
+
     def on_end(self, trainer, interrupted):
         """Once, at the end of ``fit``."""
 
@@ -66,25 +71,39 @@ class EMAUpdate(Callback):
 
 
 class ProgressBar(Callback):
-    """The tqdm bar: steps done of the run's total, loss, img/s and the FDs."""
+    """The tqdm bar: steps done of the run's total, loss, img/s and the FDs; with a budget (``budget_s``) the
+    minutes it has and the time left."""
 
-    def __init__(self):
-        self.bar, self.best_fd = None, math.inf
+    def __init__(self, budget_s=None):
+        self.bar, self.best_fd, self.budget_s = None, math.inf, budget_s
 
     def on_fit_start(self, trainer):
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.state.step, desc="train", unit="step",
+        desc = "train" if self.budget_s is None else f"train ({self.budget_s / 60:g} min budget)"
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.state.step, desc=desc, unit="step",
                         disable=not trainer.progress)
 
     def on_step(self, trainer, loss, finite):
         self.bar.update(1)
 
+    def _left(self, trainer):
+        if self.budget_s is None:
+            return {}
+        left = max(0.0, self.budget_s - trainer.wall_s)
+        return {"left": f"{int(left // 60)}:{int(left % 60):02d}"}
+
+    def on_plan(self, trainer, plan):
+        if self.bar is not None:         # (a resume restores the plan before the bar exists)
+            self.bar.total = plan.total_steps
+            self.bar.refresh()
+
     def on_log(self, trainer, row):
         best = {"best_fd": f"{self.best_fd:.1f}"} if math.isfinite(self.best_fd) else {}
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}", **best)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}", **best, **self._left(trainer))
 
     def on_eval(self, trainer, row):
         self.best_fd = min(self.best_fd, row["fd"])
-        self.bar.set_postfix(fd=f"{row['fd']:.1f}", best=f"{self.best_fd:.1f}", eval_s=f"{row['eval_s']:.0f}")
+        self.bar.set_postfix(fd=f"{row['fd']:.1f}", best=f"{self.best_fd:.1f}", eval_s=f"{row['eval_s']:.0f}",
+                             **self._left(trainer))
 
     def on_resume(self, trainer, rows):
         self.best_fd = min([r["fd"] for r in rows if "fd" in r], default=math.inf)
@@ -96,10 +115,11 @@ class ProgressBar(Callback):
 
 class MetricsLog(Callback):
     """Every ``every`` steps (train.log_every) and at the last, a row {step, epoch, loss, lr, loss_scale,
-    img_per_s, wall_s} in metrics.jsonl; then ``on_log`` for every callback."""
+    img_per_s, wall_s} in metrics.jsonl; then ``on_log`` for every callback. ``lr_at(s)``: the LR of 0-based
+    step s."""
 
-    def __init__(self, folder, every, lrs, loss_scaler):
-        self.folder, self.every, self.lrs, self.loss_scaler = folder, every, lrs, loss_scaler
+    def __init__(self, folder, every, lr_at, loss_scaler):
+        self.folder, self.every, self.lr_at, self.loss_scaler = folder, every, lr_at, loss_scaler
         self._tick = None   # (time, step) of the last row, for img/s
 
     def on_fit_start(self, trainer):
@@ -112,7 +132,7 @@ class MetricsLog(Callback):
         now = time.time()
         rate = (step - self._tick[1]) * trainer.global_batch / max(now - self._tick[0], 1e-9)
         row = self.folder.log({"step": step, "epoch": trainer.state.epoch, "loss": float(loss.asnumpy()),
-                               "lr": float(self.lrs[min(step, len(self.lrs)) - 1]),
+                               "lr": self.lr_at(step - 1),
                                "loss_scale": float(self.loss_scaler.scale_value.asnumpy()),
                                "img_per_s": rate, "wall_s": trainer.wall_s})
         self._tick = (now, step)
@@ -171,6 +191,9 @@ class Evaluation(Callback):
         if trainer.state.epoch % self.every == 0:
             self.evaluate(trainer)
 
+    def on_plan(self, trainer, plan):
+        self.every = plan.eval_every
+
     def on_end(self, trainer, interrupted):
         step = trainer.state.step
         if interrupted is None and not any("fd" in r and r["step"] == step for r in self.folder.rows()):
@@ -180,8 +203,9 @@ class Evaluation(Callback):
 class BestCheckpoint(Callback):
     """best.ckpt: the full checkpoint of the evaluation with the lowest FD so far, never pruned.
 
-    A new FD replaces the kept one only when it is lower by more than ``margin`` (the metric's noise; 0: any
-    lower FD). ``best_fd`` survives resumes (read back from the metrics rows).
+    A new FD replaces the kept one only when it is lower by more than the fraction ``margin`` of it
+    (train.best_margin, the metric's relative noise, BENCHMARKS.md; 0: any lower FD), so that the noise of one
+    evaluation cannot pick the checkpoint. ``best_fd`` survives resumes (read back from the metrics rows).
     """
 
     def __init__(self, folder, margin=0.0):
@@ -191,7 +215,7 @@ class BestCheckpoint(Callback):
         self.best_fd = min([r["fd"] for r in rows if "fd" in r], default=math.inf)
 
     def on_eval(self, trainer, row):
-        if row["fd"] < self.best_fd - self.margin:
+        if row["fd"] < self.best_fd * (1.0 - self.margin):
             self.best_fd = row["fd"]
             self.folder.save_checkpoint(trainer.state, name=BEST)
         tqdm.write(f"eval at step {row['step']}: FD {row['fd']:.2f}, KID {row['kid']:.4f} on {row['eval_num']} "
@@ -199,16 +223,20 @@ class BestCheckpoint(Callback):
 
 
 class PreviewGrids(Callback):
-    """samples_epochNNN.png after each epoch; at the end samples_final.png/.npy and denoising.gif.
-
-    ``previewer``: a :class:`~ddpm_ms.monitor.Previewer`; ``num`` images per grid (train.sample_num).
+    """samples_epochNNN.png every ``every`` epochs (train.preview_every); at the end samples_final.png/.npy and
+    denoising.gif. ``previewer``: a :class:`~ddpm_ms.monitor.Previewer`; ``num`` images per grid (train.sample_num).
     """
 
-    def __init__(self, previewer, folder, num, gif=True):
-        self.previewer, self.folder, self.num, self.gif = previewer, folder, num, gif
+    def __init__(self, previewer, folder, num, gif=True, every=1):
+        self.previewer, self.folder, self.num, self.gif, self.every = previewer, folder, num, gif, every
+
+    def on_plan(self, trainer, plan):
+        self.every = plan.preview_every
 
     def on_epoch_end(self, trainer):
         s = trainer.state
+        if s.epoch % self.every:
+            return
         grid = self.previewer(self.num, seed=s.epoch, progress=trainer.progress)
         save_grid(grid, self.folder.file(f"samples_epoch{s.epoch:03d}.png"), nrow=self.previewer.columns,
                   title=f"epoch {s.epoch}, step {s.step}")
@@ -234,3 +262,80 @@ class Curves(Callback):
 
     def on_end(self, trainer, interrupted):
         self.folder.plot_curves()
+
+
+class Budget(Callback):
+    """Sizes a run by wall time (train.minutes): times the warm-up steps, then a grid, the evaluation's sampling
+    and a checkpoint, and fixes the :class:`~ddpm_ms.budget.Plan` that fits ``budget_s`` (see
+    :mod:`ddpm_ms.budget`). The plan goes into the config (train.max_steps, eval_every, preview_every),
+    config.yaml, a metrics row, the LR schedule (``lr_schedule.set_total``) and every later checkpoint; each
+    callback hears it through ``on_plan``. A resume from a checkpoint written after the plan takes it from there.
+    It runs first among the callbacks, so the others see the planned total at the same step.
+    """
+
+    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05, clock=time.perf_counter):
+        self.budget_s, self.warmup, self.lr_schedule = budget_s, warmup_steps, lr_schedule
+        self.monitor_share, self.clock = monitor_share, clock
+        self.stamps, self.plan = [], None
+
+    def on_resume(self, trainer, rows):
+        saved = trainer.resumed_config.train
+        if saved.max_steps is not None and saved.minutes is not None:
+            self._fix(trainer, budget.Plan(saved.max_steps, saved.eval_every, saved.preview_every, None), log=False)
+
+    def on_step(self, trainer, loss, finite):
+        if self.plan is not None:
+            return
+        self.stamps.append(self.clock())
+        if trainer.state.step >= self.warmup:
+            self._fix(trainer, self._measure_and_plan(trainer))
+
+    def step_seconds(self):
+        """Seconds per step: the mean over the last three quarters of the warm-up (the compile and first steps
+        left out), without its slowest 5% (an epoch end's grid or shuffle, which the plan counts apart)."""
+        gaps = sorted(b - a for a, b in zip(self.stamps[len(self.stamps) // 4:], self.stamps[len(self.stamps) // 4 + 1:]))
+        gaps = gaps[:len(gaps) - math.ceil(0.05 * len(gaps))] or gaps
+        return sum(gaps) / len(gaps)
+
+    def _measure_and_plan(self, trainer):
+        step_s = self.step_seconds()
+        grids, evaluation = trainer.callback(PreviewGrids), trainer.callback(Evaluation)
+        preview_s = _timed_twice(lambda: grids.previewer(grids.num, seed=0, progress=False)) if grids else 0.0
+        eval_s = evaluation.probe.estimate_seconds() if evaluation else 0.0
+        start = time.perf_counter()
+        trainer.save()
+        costs = budget.Costs(step_s, preview_s, eval_s, time.perf_counter() - start)
+        t = trainer.config.train
+        plan = budget.plan(self.budget_s, trainer.wall_s, trainer.state.step, trainer.batches.steps_per_epoch,
+                           costs, t.ckpt_every, evaluate=evaluation is not None, monitor_share=self.monitor_share)
+        self.costs = costs
+        return plan
+
+    def _fix(self, trainer, plan, log=True):
+        self.plan = plan
+        t = trainer.config.train
+        t.max_steps, t.eval_every, t.preview_every = plan.total_steps, plan.eval_every, plan.preview_every
+        trainer.total_steps = plan.total_steps
+        self.lr_schedule.set_total(plan.total_steps)
+        trainer.emit("on_plan", plan)
+        if log:
+            trainer.folder.log({"step": trainer.state.step, "epoch": trainer.state.epoch, "plan": plan.to_dict(),
+                                "costs": vars(self.costs), "budget_s": self.budget_s, "wall_s": trainer.wall_s})
+            trainer.config.dump(trainer.folder.file("config.yaml"))
+            trainer.save()          # the plan is durable: a resume from here on continues it
+            tqdm.write(f"plan: {plan.total_steps} steps in {self.budget_s / 60:g} min (predicted {plan.predicted_s:.0f} s;"
+                       f" {self.costs.step_s * 1000:.1f} ms/step, grid {self.costs.preview_s:.1f} s, evaluation "
+                       f"{self.costs.eval_s:.1f} s); {_cadence('evaluations', plan.eval_every)}, "
+                       f"{_cadence('grids', plan.preview_every)}")
+
+
+def _cadence(what, every):
+    return f"{what} every {every} epochs" if every else f"no {what}"
+
+
+def _timed_twice(fn):
+    """Seconds of the second of two calls of ``fn`` (the first compiles)."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

@@ -29,6 +29,14 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    """argparse type: a finite float > 0."""
+    value = non_negative_float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
 def non_negative_float(text):
     """argparse type: a float >= 0."""
     try:

@@ -14,7 +14,7 @@ import yaml
 from .errors import ConfigError
 from .paths import save_text
 from .registries import (AMP_LEVELS, BETA_SCHEDULES, BLOCK_TYPES, DATASETS, DEVICES, LOSS_WEIGHTINGS, LOSSES,
-                         OBJECTIVES, SAMPLERS)
+                         OBJECTIVES, SAMPLERS, SPACINGS)
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "EMAConfig",
            "from_dict", "load_config", "parse_override", "validate"]
@@ -88,6 +88,7 @@ class TrainConfig:
     sample_num: int = 64
     sample_sampler: str = "ddpm"        # sampler of the per-epoch and final grids ("ddim", "dpm++2m": cheaper)
     sample_steps: Optional[int] = None  # its network calls (None: the sampler's default)
+    sample_spacing: str = "uniform"     # its timesteps: uniform or logsnr
     gif: bool = True
     cond_drop_prob: float = 0.1
     guidance: float = 3.0
@@ -97,6 +98,11 @@ class TrainConfig:
     amp: str = "O0"                     # mixed precision (mindspore.amp): O0 fp32, O1, O2, O3 (float16)
     eval_every: int = 0                 # epochs between FD/KID evaluations during training (0: none)
     eval_num: int = 1000                # samples per evaluation (drawn with sample_sampler/sample_steps)
+    preview_every: int = 1              # epochs between sample grids
+    best_margin: float = 0.0            # best.ckpt is replaced only by an FD lower by more than this fraction
+    minutes: Optional[float] = None     # wall-time budget: the run plans its own max_steps (ddpm_ms.budget)
+    warmup_steps: int = 200             # budgeted runs: LR warm-up steps, while the speed is measured
+    monitor_share: float = 0.05         # budgeted runs: at most this share of the budget on evaluations and grids
 
 
 @dataclass
@@ -259,12 +265,19 @@ def _check_train(t, d):
     _one_of(t.sample_sampler, SAMPLERS, "train.sample_sampler")
     _check(t.sample_steps is None or 1 <= t.sample_steps <= d.timesteps, "train.sample_steps",
            f"must be in [1, diffusion.timesteps={d.timesteps}], got {t.sample_steps}")
+    _one_of(t.sample_spacing, SPACINGS, "train.sample_spacing")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
     _one_of(t.device, DEVICES, "train.device")
     _one_of(t.amp, AMP_LEVELS, "train.amp")
     _check(t.eval_every >= 0, "train.eval_every", f"must be >= 0 (0: no evaluation), got {t.eval_every}")
     _check(t.eval_num >= 2, "train.eval_num", f"must be >= 2, got {t.eval_num}")
-    for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps"):
+    _check(0 <= t.best_margin < 1, "train.best_margin", f"must be in [0, 1) (a fraction of the FD), got {t.best_margin}")
+    _check(t.minutes is None or t.minutes > 0, "train.minutes", f"must be > 0, got {t.minutes}")
+    _check(0 < t.monitor_share < 1, "train.monitor_share", f"must be in (0, 1), got {t.monitor_share}")
+    _check(t.minutes is None or t.max_steps is None or t.max_steps > t.warmup_steps, "train.max_steps",
+           f"must exceed train.warmup_steps={t.warmup_steps} in a budgeted run, got {t.max_steps}")
+    for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps", "preview_every",
+                "warmup_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
 
 

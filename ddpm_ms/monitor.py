@@ -12,13 +12,15 @@ class Previewer:
 
     ``denoiser``: the :class:`~ddpm_ms.sampling.Denoiser` over ``model`` (its compiled graph is reused by every
     call); ``image_shape`` (C, H, W); ``sampler``/``steps``: a name in ``SAMPLERS`` and its network calls. A
-    class-conditional model (``num_classes``) draws labels 0, 1, ... in turn with classifier-free ``guidance``.
+    class-conditional model (``num_classes``) draws labels 0, 1, ... in turn with classifier-free ``guidance``;
+    ``spacing`` of the timesteps; ``batch_size`` images per network call.
     """
 
     def __init__(self, model, denoiser, image_shape, sampler="ddpm", steps=None, guidance=1.0, num_classes=None,
-                 ema=None):
+                 ema=None, spacing="uniform", batch_size=64):
         self.model, self.denoiser, self.image_shape = model, denoiser, tuple(image_shape)
-        self.sampler, self.steps, self.guidance = sampler, steps, guidance
+        self.sampler, self.steps, self.guidance, self.spacing = sampler, steps, guidance, spacing
+        self.batch_size = batch_size
         self.num_classes, self.ema = num_classes, ema
 
     @property
@@ -38,9 +40,10 @@ class Previewer:
         self.model.set_train(False)
         try:
             with self.ema.swapped() if self.ema is not None else nullcontext():
-                return generate(self.denoiser, self.image_shape, num, seed=seed, sampler=self.sampler,
-                                steps=self.steps, labels=self.labels(num), guidance=self.guidance,
-                                callback=callback, progress=progress)
+                return generate(self.denoiser, self.image_shape, num, seed=seed, batch_size=self.batch_size,
+                                sampler=self.sampler, steps=self.steps, spacing=self.spacing,
+                                labels=self.labels(num), guidance=self.guidance, callback=callback,
+                                progress=progress)
         finally:
             self.model.set_train(True)
 
@@ -63,3 +66,17 @@ class QualityProbe:
         scores = self.evaluator.evaluate(images, num=self.num, labels=self.previewer.labels(self.num))
         return {"fd": scores["fd"], "kid": scores["kid"], "classes_present": scores["classes_present"],
                 "eval_num": self.num, "eval_s": round(time.time() - start, 2)}
+
+    def estimate_seconds(self):
+        """Seconds one call would take, from one batch of its sampling (timed after a first, compiling batch) and
+        the scoring of those images, scaled to ``num``."""
+        from .metrics import features  # pylint: disable=import-outside-toplevel  # (MindSpore)
+        batch = min(self.num, self.previewer.batch_size)
+        self.previewer(batch, seed=self.seed, progress=False)
+        start = time.perf_counter()
+        images = self.previewer(batch, seed=self.seed, progress=False)
+        sample_s = time.perf_counter() - start
+        start = time.perf_counter()
+        features(self.evaluator.net, images)
+        score_s = time.perf_counter() - start
+        return (sample_s + score_s) * -(-self.num // batch)

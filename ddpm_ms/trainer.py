@@ -42,7 +42,8 @@ class Trainer:
 
     ``run``: a :class:`~ddpm_ms.build.Run` (model, schedule, optimizer, loss scaler, compiled ``train_step``, LRs,
     EMA); ``state``: its :class:`~ddpm_ms.checkpoint.TrainingState` (what checkpoints hold, position included);
-    ``batches``: a :class:`~ddpm_ms.batches.BatchSource`; ``folder``: the :class:`~ddpm_ms.run_folder.RunFolder`.
+    ``batches``: a :class:`~ddpm_ms.batches.BatchSource`; ``folder``: the :class:`~ddpm_ms.run_folder.RunFolder`;
+    ``total_steps``: None in a budgeted run until its :class:`~ddpm_ms.callbacks.Budget` callback plans it.
     Under msrun (``world_size`` > 1) every rank trains on its shard; only rank 0 gets the callbacks that write.
     """
 
@@ -51,15 +52,17 @@ class Trainer:
         self.total_steps, self.callbacks = total_steps, list(callbacks)
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
         self.progress = True            # progress bars (fit(progress=False) turns them off, sampling's too)
+        self.resumed_config = None      # the Config stored in the checkpoint a resume started from
         self._wall = (time.time() if start_time is None else start_time, 0.0)   # (start, seconds before it)
 
     @classmethod
-    def from_config(cls, cfg, resume=None, rank=0, world_size=1, overwrite=False):
+    def from_config(cls, cfg, resume=None, rank=0, world_size=1, overwrite=False, start_time=None):
         """The Trainer of a Config (:func:`ddpm_ms.build.trainer_parts`), fresh or continued from ``resume``
         (a checkpoint path or "latest"). A fresh run refuses a train.out_dir holding another run unless
-        ``overwrite`` (which deletes its files); a folder another process is training into is refused always."""
+        ``overwrite`` (which deletes its files); a folder another process is training into is refused always.
+        ``start_time``: where the wall clock (and a train.minutes budget) starts; default: now."""
         trainer = cls(**build.trainer_parts(cfg, fresh=resume is None, rank=rank, world_size=world_size,
-                                            overwrite=overwrite))
+                                            overwrite=overwrite, start_time=start_time))
         if resume is not None:
             trainer.resume(resume)
         if rank == 0:
@@ -101,6 +104,7 @@ class Trainer:
         integrity check (:func:`ddpm_ms.checkpoint.read_resumable`)."""
         path, data = ckpt.read_resumable(spec, self.folder.path, warn=lambda line: tqdm.write(line, file=sys.stderr))
         ckpt.restore_state(self.state, data, path)
+        self.resumed_config = ckpt.checkpoint_config(data, path)
         self.folder.open_resumed(self.state.step, self.state.metrics_rows)
         rows = self.folder.rows() if self.is_main else []
         self._wall = (self._wall[0], max([row.get("wall_s", 0.0) for row in rows], default=0.0))
@@ -126,7 +130,7 @@ class Trainer:
     def _steps(self, stop):
         """Run steps until ``total_steps`` or a signal; returns the signal number or None."""
         s = self.state
-        while s.step < self.total_steps:
+        while self.total_steps is None or s.step < self.total_steps:   # None: a budget not yet planned
             for x0, t, noise, y in self.batches.epoch(s.epoch, s.step, skip=s.step_in_epoch):
                 loss, finite = self.run.train_step(x0, t, noise, y)
                 s.step += 1
@@ -134,7 +138,7 @@ class Trainer:
                 self.emit("on_step", loss, bool(finite.asnumpy()))   # a scalar read: the step has finished
                 if stop["signal"] is not None:
                     return stop["signal"]
-                if s.step >= self.total_steps:
+                if self.total_steps is not None and s.step >= self.total_steps:
                     break
             if s.step_in_epoch >= self.batches.steps_per_epoch:
                 s.epoch += 1

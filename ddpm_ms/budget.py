@@ -1,0 +1,107 @@
+"""Runs sized by wall time: how many steps fit a budget on this machine, from the run's own measured costs.
+
+A budgeted run (``train.minutes``) trains ``train.warmup_steps`` steps with the LR warming up, timing them, then
+times one sample grid, one batch of the evaluation's sampling and one checkpoint (:class:`Costs`). :func:`plan`
+turns those into the step count and the cadence of evaluations and grids that fill the budget, counting what
+is already spent (from the process start: imports, data, compiles) and what is still to come (the final
+evaluation, grid, GIF and checkpoint). The plan is then fixed: written into the config (``train.max_steps``,
+``eval_every``, ``preview_every``), config.yaml and every checkpoint, so a resume continues it and another machine
+replays it. Nothing here imports MindSpore.
+"""
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+FINAL_EXTRA_S = 4.0     # after the last step, beyond the measured costs: GIF frames, curves, process exit
+
+
+def process_start_time():
+    """Unix time this process started (Linux: /proc), so a budget counts interpreter start-up and imports; else
+    the time this module was imported."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])          # field 22: starttime, in clock ticks
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+@dataclass
+class Costs:
+    """Seconds measured on this machine: a training step (loop included), a sample grid, one evaluation (its
+    sampling and scoring), one checkpoint write."""
+    step_s: float
+    preview_s: float
+    eval_s: float
+    ckpt_s: float
+
+
+@dataclass
+class Plan:
+    """A budgeted run's fixed plan: ``total_steps``; evaluations every ``eval_every`` epochs (past the run's
+    epochs: only the last one; 0: none) and grids every ``preview_every`` epochs; ``predicted_s``, the run's predicted wall time."""
+    total_steps: int
+    eval_every: int
+    preview_every: int
+    predicted_s: float
+
+    def to_dict(self):
+        """JSON-ready."""
+        return asdict(self)
+
+
+def _count(done, total, every):
+    """Multiples of ``every`` in (done, total]."""
+    return total // every - done // every
+
+
+def predicted_seconds(total, elapsed_s, done, steps_per_epoch, costs, ckpt_every, eval_every, preview_every,
+                      evaluate=True):
+    """Wall seconds of a run to ``total`` steps, ``elapsed_s`` of it spent at step ``done``: the steps left, the
+    grids and evaluations at the epoch ends they fall on, the checkpoints, and the end (a last evaluation, the
+    final grid, a checkpoint and :data:`FINAL_EXTRA_S`)."""
+    epoch_ends = lambda every: _count(done // steps_per_epoch, total // steps_per_epoch, every)  # noqa: E731
+    evals = (epoch_ends(eval_every) if eval_every else 0) + 1 if evaluate else 0
+    return (elapsed_s + (total - done) * costs.step_s + epoch_ends(preview_every) * costs.preview_s
+            + evals * costs.eval_s + (_count(done, total, ckpt_every) + 1) * costs.ckpt_s
+            + costs.preview_s + FINAL_EXTRA_S)
+
+
+def plan(budget_s, elapsed_s, done, steps_per_epoch, costs, ckpt_every, evaluate=True, monitor_share=0.05,
+         max_previews=10, max_evals=4):
+    """The :class:`Plan` that fits ``budget_s`` seconds, ``elapsed_s`` of them spent at step ``done``.
+
+    Grids (at most ``max_previews``) and evaluations (``evaluate``: a last one always, then up to ``max_evals``
+    in all, evenly spaced) share ``monitor_share`` of the budget; the steps get the rest. The total is the
+    largest step count whose :func:`predicted_seconds` fits the budget, and at least ``done``.
+    """
+    train_s = budget_s - elapsed_s - costs.preview_s - FINAL_EXTRA_S - costs.ckpt_s - (costs.eval_s if evaluate else 0)
+    rough_epochs = max(1.0, (done + max(train_s, 0.0) / costs.step_s) / steps_per_epoch)
+    share = monitor_share * budget_s - (costs.eval_s if evaluate else 0.0)
+    previews = int(min(max_previews, rough_epochs, max(share, 0.0) / max(costs.preview_s, 1e-9)))
+    preview_every = max(1, math.ceil(rough_epochs / max(previews, 1)))
+    share -= (rough_epochs // preview_every) * costs.preview_s
+    mid_evals = int(min(max_evals - 1, max(share, 0.0) / max(costs.eval_s, 1e-9))) if evaluate else 0
+    eval_every = math.ceil(rough_epochs / (mid_evals + 1)) if mid_evals else 0
+    if evaluate and (not eval_every or eval_every >= rough_epochs):
+        eval_every = math.ceil(rough_epochs) + 1          # past the last epoch: only the last evaluation
+
+    def fits(total):
+        return predicted_seconds(total, elapsed_s, done, steps_per_epoch, costs, ckpt_every, eval_every,
+                                 preview_every, evaluate) <= budget_s
+
+    lo, hi = done, max(done + 1, int(done + max(train_s, 0.0) / costs.step_s) + 2)
+    while fits(hi):
+        hi *= 2
+    while hi - lo > 1:              # the largest total that fits: predicted_seconds grows with total
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return Plan(lo, eval_every, preview_every,
+                round(predicted_seconds(lo, elapsed_s, done, steps_per_epoch, costs, ckpt_every, eval_every,
+                                        preview_every, evaluate), 1))
