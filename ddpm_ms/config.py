@@ -102,7 +102,7 @@ class TrainConfig:
     best_margin: float = 0.0            # best.ckpt is replaced only by an FD lower by more than this fraction
     minutes: Optional[float] = None     # wall-time budget: the run plans its own max_steps (ddpm_ms.budget)
     warmup_steps: int = 200             # budgeted runs: LR warm-up steps, while the speed is measured
-    monitor_share: float = 0.05         # budgeted runs: at most this share of the budget on evaluations and grids
+    monitor_share: float = 0.045        # budgeted runs: this share of the budget on evaluations and grids (5% with room)
 
 
 @dataclass

@@ -307,6 +307,12 @@ class Recorder:
         return np.stack(self.values[key])
 
 
+def batch_rng(seed, i):
+    """The generator of batch ``i`` of a ``seed``: one SeedSequence stream per (seed, i), so that the batches of
+    two seeds never coincide (with ``seed + i``, seeds 0 and 1 shared all batches but one)."""
+    return np.random.default_rng((seed, i))
+
+
 def batch_plan(num, batch_size):
     """(count, size): ``num`` images in ``count`` batches of one ``size`` <= ``batch_size``.
 
@@ -323,7 +329,7 @@ def generate(denoiser, image_shape, num, seed=0, batch_size=64, sampler="ddpm", 
     """Sample ``num`` images [num, C, H, W] float32 with a denoiser in equal batches (:func:`batch_plan`).
 
     ``denoiser(x_t, t, labels=None, guidance=1.0) -> (x0, eps)`` with ``denoiser.alphas_cumprod`` [T] (a
-    :class:`ddpm_ms.sampling.Denoiser`). Batch i draws x_T and its noise from ``seed + i``. ``steps`` (default:
+    :class:`ddpm_ms.sampling.Denoiser`). Batch i draws x_T and its noise from :func:`batch_rng` (seed, i). ``steps`` (default:
     the sampler's) network calls at ``spacing`` timesteps; ``options`` are the sampler's (e.g. ``eta`` for
     ddim). ``labels`` [num] int with ``guidance`` w sample a class-conditional model. ``callback(info)`` sees
     every step, with ``info["batch"]``.
@@ -347,7 +353,7 @@ def generate(denoiser, image_shape, num, seed=0, batch_size=64, sampler="ddpm", 
             bar.update(1)
             return None if callback is None else callback(dict(info, batch=batch))
 
-        rng = np.random.default_rng(seed + i)
+        rng = batch_rng(seed, i)
         x_T = _noise(rng, (size, *image_shape))
         batch_labels = None if labels is None else labels[i * size:(i + 1) * size]
 

@@ -287,11 +287,14 @@ def test_generate_uses_one_batch_shape_and_the_batch_seeds():
     assert set(shapes) == {(2, 1, 8, 8)}                  # the remainder batch is padded, not a new shape
     ts = timesteps(s.np["alphas_cumprod"], 2)
     batches = []
-    for i in range(3):                                    # batch i: x_T and then its noise from seed 3 + i
-        rng = np.random.default_rng(3 + i)
+    for i in range(3):                                    # batch i: x_T and then its noise from (3, i)
+        rng = np.random.default_rng((3, i))
         x_T = rng.standard_normal((2, 1, 8, 8), dtype=np.float32)
         batches.append(sample_ddim(d, x_T, ts, s.np["alphas_cumprod"], rng, eta=1.0))
     np.testing.assert_allclose(out, np.concatenate(batches)[:5], atol=1e-6)
+    other = generate(d, (1, 8, 8), 6, seed=4, batch_size=2, sampler="ddim", steps=2, eta=1.0, progress=False)
+    pairs = [(a, b) for a in range(5) for b in range(6)]   # no image of seed 3 is an image of seed 4
+    assert min(np.abs(out[a] - other[b]).max() for a, b in pairs) > 0.1
     with pytest.raises(ValueError, match="label for each"):      # padding must not hide missing labels
         generate(_Denoiser(eps, s, conditional=True), (1, 8, 8), 5, batch_size=2, labels=np.arange(3),
                  progress=False)

@@ -97,11 +97,12 @@ def write_interpolation(pipe, args, out, strips=4):
     """interpolation.png: ``strips`` rows of --interpolate K images between two starting noises each."""
     import numpy as np
     from ..editing import interpolate, mix_labels
+    from ..samplers import batch_rng
     from ..viz import save_grid
     rows, k = [], pipe.num_classes
     for j in range(strips):
-        z0, z1 = (np.random.default_rng(args.seed + 2 * j + e).standard_normal((1, *pipe.image_shape),
-                                                                               dtype=np.float32) for e in (0, 1))
+        z0, z1 = (batch_rng(args.seed, 2 * j + e).standard_normal((1, *pipe.image_shape), dtype=np.float32)
+                  for e in (0, 1))
         at = None if k is None else mix_labels(pipe.denoiser, j % k, (j + 1) % k, args.guidance)
         rows.append(interpolate(pipe.denoiser, z0, z1, args.interpolate, pipe.denoiser.alphas_cumprod,
                                 sampler=args.sampler, steps=args.steps, spacing=args.spacing, denoise_at=at))
