@@ -7,6 +7,7 @@ reference set every sample set is compared with; the classifier never trains on
 either, nor do the unconditional CPU recipes (``data.index_range: [0, 5000]``). Its accuracy is measured on
 [5000, 7000).
 """
+import fcntl
 import hashlib
 import os
 
@@ -94,18 +95,20 @@ def train_classifier(root, epochs=4, batch_size=100, seed=0):
 def load_classifier(root, retrain=False):
     """The cached classifier for this dataset (trained once, then loaded); returns (net, accuracy)."""
     path = _cache_path(root)
-    net = FashionClassifier()
-    if os.path.isfile(path) and not retrain:
-        data = ms.load_checkpoint(path)
-        ms.load_param_into_net(net, data)
-        net.set_train(False)
-        return net, float(data["accuracy"].asnumpy())
-    net, acc = train_classifier(root)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + f".tmp-{os.getpid()}.ckpt"
-    ms.save_checkpoint(net, tmp, append_dict={"accuracy": acc})
-    os.replace(tmp, path)
-    return net, acc
+    with open(path + ".lock", "w", encoding="ascii") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)      # two processes at once: one trains, the other waits and loads
+        net = FashionClassifier()
+        if os.path.isfile(path) and not retrain:
+            data = ms.load_checkpoint(path)
+            ms.load_param_into_net(net, data)
+            net.set_train(False)
+            return net, float(data["accuracy"].asnumpy())
+        net, acc = train_classifier(root)
+        tmp = path + f".tmp-{os.getpid()}.ckpt"
+        ms.save_checkpoint(net, tmp, append_dict={"accuracy": acc})
+        os.replace(tmp, path)
+        return net, acc
 
 
 def _batched(fn, images, batch_size=250):

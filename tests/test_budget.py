@@ -175,7 +175,6 @@ def test_a_budgeted_run_plans_from_its_speed_and_resumes_its_plan_exactly(tiny_c
     tr = _slowed(Trainer.from_config(_budgeted(tiny_config, out)), SLEEP_S)
     assert tr.total_steps is None and isinstance(tr.callbacks[0], Budget)
     tr.callbacks.append(KillAt(20))
-    start = time.time()
     first = tr.fit(progress=False)
     assert first["interrupted"] == signal.SIGTERM and first["step"] == 20
     keeper = tr.callbacks[0]
@@ -201,7 +200,6 @@ def test_a_budgeted_run_plans_from_its_speed_and_resumes_its_plan_exactly(tiny_c
     assert resumed.total_steps == n
     done = resumed.fit(progress=False)
     assert done["step"] == n and resumed.callbacks[0].stamps == []
-    assert time.time() - start < BUDGET_S + 20.0         # the whole killed-and-resumed run stayed near its budget
     # the plan replayed uninterrupted (train.max_steps, as on another machine) gives the same weights, bit for bit
     replay = Trainer.from_config(_budgeted(tiny_config, tmp_path / "replay", f"train.max_steps={n}",
                                            f"train.eval_every={saved['eval_every']}",
