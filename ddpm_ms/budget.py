@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 
 FINAL_EXTRA_S = 4.0     # after the last step, beyond the measured costs: GIF frames, curves, process exit
+_IMPORTED = time.time()
 
 
 def process_start_time():
@@ -27,9 +28,6 @@ def process_start_time():
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return _IMPORTED
-
-
-_IMPORTED = time.time()
 
 
 @dataclass

@@ -273,10 +273,9 @@ class Budget(Callback):
     It runs first among the callbacks, so the others see the planned total at the same step.
     """
 
-    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05, clock=time.perf_counter):
-        self.budget_s, self.warmup, self.lr_schedule = budget_s, warmup_steps, lr_schedule
-        self.monitor_share, self.clock = monitor_share, clock
-        self.stamps, self.plan = [], None
+    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05):
+        self.budget_s, self.warmup, self.lr_schedule, self.monitor_share = budget_s, warmup_steps, lr_schedule, monitor_share
+        self.stamps, self.plan, self.costs = [], None, None     # costs: the measured budget.Costs
 
     def on_resume(self, trainer, rows):
         saved = trainer.resumed_config.train
@@ -286,7 +285,7 @@ class Budget(Callback):
     def on_step(self, trainer, loss, finite):
         if self.plan is not None:
             return
-        self.stamps.append(self.clock())
+        self.stamps.append(time.perf_counter())
         if trainer.state.step >= self.warmup:
             self._fix(trainer, self._measure_and_plan(trainer))
 
@@ -307,11 +306,10 @@ class Budget(Callback):
         start = time.perf_counter()
         trainer.save()
         costs = budget.Costs(step_s, preview_s, eval_s, time.perf_counter() - start)
-        t = trainer.config.train
-        plan = budget.plan(self.budget_s, trainer.wall_s, trainer.state.step, trainer.batches.steps_per_epoch,
-                           costs, t.ckpt_every, evaluate=evaluation is not None, monitor_share=self.monitor_share)
         self.costs = costs
-        return plan
+        return budget.plan(self.budget_s, trainer.wall_s, trainer.state.step, trainer.batches.steps_per_epoch,
+                           costs, trainer.config.train.ckpt_every, evaluate=evaluation is not None,
+                           monitor_share=self.monitor_share)
 
     def _fix(self, trainer, plan, log=True):
         self.plan = plan

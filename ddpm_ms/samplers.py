@@ -231,9 +231,9 @@ def sample_unipc(denoise, x, ts, alphas_cumprod, rng, callback=None):
             if d1 is None:
                 corr = 0.5 * (x0 - x0_prev)
             else:
-                hh = -h
-                phi_2 = np.expm1(hh) / hh - 1.0
-                b1, b2 = phi_2 / np.expm1(hh), 2.0 * (phi_2 / hh - 0.5) / np.expm1(hh)
+                hh, b_h = -h, np.expm1(-h)
+                phi_2 = b_h / hh - 1.0
+                b1, b2 = phi_2 / b_h, 2.0 * (phi_2 / hh - 0.5) / b_h
                 rho_1 = (b1 - b2) / (1.0 - r)
                 corr = (rho_1 - 0.5) * d1 + (b1 - rho_1) * (x0 - x0_prev)
             x = (x - alpha_b * corr).astype(np.float32)
