@@ -1,16 +1,23 @@
 #!/usr/bin/env python
 """Speed and memory of ddpm_ms on CPU against the same model in PyTorch eager, one table.
 
-    python bench/bench.py --torch          # the table (about 6 minutes on 2 cores); needs torch:
-                                           #   pip install torch==2.13.0   (never a dependency of ddpm_ms)
+    python bench/bench.py --torch          # the table (about 15 minutes on 2 cores, torch.compile's compiles
+                                           # included); needs torch: pip install torch==2.13.0
+                                           # (never a dependency of ddpm_ms)
     python bench/bench.py --torch --quick  # fewer timed steps, sampling extrapolated from 20 steps
     python bench/bench.py                  # the ddpm_ms rows only
     (samplers on a trained checkpoint, with their quality: scripts/compare_samplers.py --ckpt PATH)
 
 Every measurement runs in its own subprocess, so that its peak RSS and its oneDNN ISA are its own. Variants:
   MindSpore ops   ddpm_ms with DDPM_MS_KERNELS=off: MindSpore's own Conv2D/GroupNorm (oneDNN capped at AVX2)
-  oneDNN kernels  ddpm_ms as it runs by default on CPU: the kernel library (ddpm_ms.kernels), AVX-512 allowed
+  kernels, MindSpore Adam  the kernel library's layers, but the optimizer step in MindSpore's ops (nn.Adam,
+                  the loss scaler's unscale and finiteness check): what the fused optimizer step gains
+  oneDNN kernels  ddpm_ms as it runs by default on CPU: the kernel library (ddpm_ms.kernels), AVX-512 allowed,
+                  one fused optimizer step
   PyTorch eager   bench/torch_reference.py: the same U-Net, parameter for parameter, in PyTorch eager
+  torch.compile   the same, its model and optimizer step under torch.compile (inductor), timed after compiling
+The "recipe loop" row times the fashion_cpu recipe's Trainer (data, noise, EMA, logging; no evaluations or
+previews) against its own compiled step on one fixed batch, in one process.
 Models: the tutorial U-Net (dim 28, mults 1,2,4; 2,992,180 parameters) and the fashion_cpu recipe's ResNet U-Net.
 """
 import argparse
@@ -32,6 +39,8 @@ VARIANTS = {   # name -> (implementation, environment)
     "MindSpore ops": ("ddpm_ms", {"DDPM_MS_KERNELS": "off"}),
     "oneDNN kernels": ("ddpm_ms", {"DDPM_MS_KERNELS": "onednn"}),
     "PyTorch eager": ("torch", {}),
+    "torch.compile": ("torch-compile", {}),
+    "kernels, MindSpore Adam": ("ddpm_ms-plain-adam", {"DDPM_MS_KERNELS": "onednn"}),
 }
 
 
@@ -46,8 +55,9 @@ def model_kwargs(name):
                 attn_dim_head=m.attn_dim_head, init_dim=m.init_dim)
 
 
-def measure_train(model_kw, batch, steps):
-    """Images per second of the compiled train step, after one warm-up (compile) step."""
+def measure_train(model_kw, batch, steps, fused_adam=True):
+    """Images per second of the compiled train step, after one warm-up (compile) step; ``fused_adam`` False: the
+    optimizer step in MindSpore's ops, the layers on the kernels."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from mindspore import amp, nn  # pylint: disable=import-outside-toplevel
@@ -57,7 +67,8 @@ def measure_train(model_kw, batch, steps):
     model = ddpm_ms.Unet(**model_kw)
     sched = ddpm_ms.NoiseSchedule.from_name("linear", 200)
     opt = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-    step = ddpm_ms.TrainStep(model, sched, opt, amp.DynamicLossScaler(65536, 2, 1000), "huber", jit=True)
+    with ddpm_ms.kernels.using(None if fused_adam else "off"):
+        step = ddpm_ms.TrainStep(model, sched, opt, amp.DynamicLossScaler(65536, 2, 1000), "huber", jit=True)
     x0 = ms.Tensor(np.random.default_rng(0).uniform(-1, 1, (batch, 1, 28, 28)).astype(np.float32))
     t, noise = step_noise(0, 0, x0.shape, 200)
     t0 = time.perf_counter()
@@ -68,7 +79,42 @@ def measure_train(model_kw, batch, steps):
         loss = step(x0, t, noise)[0]
     loss.asnumpy()
     dt = (time.perf_counter() - t0) / steps
-    return {"img_per_s": batch / dt, "s_per_step": dt, "first_step_s": warm, "params": ddpm_ms.count_params(model)}
+    return {"img_per_s": batch / dt, "s_per_step": dt, "first_step_s": warm, "params": ddpm_ms.count_params(model),
+            "fused_adam": step.fused}
+
+
+def measure_loop(config, steps, warmup=20):
+    """The recipe ``config``'s Trainer (its data, noise, EMA and logging; evaluations, previews and checkpoints off)
+    against its own compiled step called on one fixed batch: train img/s of each, after ``warmup`` steps."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+    import ddpm_ms  # pylint: disable=import-outside-toplevel
+    from ddpm_ms.callbacks import Callback  # pylint: disable=import-outside-toplevel
+
+    class StepTimes(Callback):
+        def __init__(self):
+            self.times = []
+
+        def on_step(self, trainer, loss, finite):
+            self.times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = ddpm_ms.load_config(os.path.join(ROOT, "configs", f"{config}.yaml"), [
+            f"train.out_dir={out}", f"train.max_steps={warmup + steps}", "train.eval_every=0",
+            f"train.preview_every={10 ** 6}", f"train.ckpt_every={10 ** 6}", "train.gif=false", "train.sample_num=1"])
+        trainer = ddpm_ms.Trainer.from_config(cfg)
+        x0, t, noise, y = next(iter(trainer.batches.epoch(0, 0)))
+        bare = []
+        for _ in range(warmup + steps):
+            trainer.run.train_step(x0, t, noise, y)[1].asnumpy()
+            bare.append(time.perf_counter())
+        timer = StepTimes()
+        trainer.callbacks.insert(0, timer)
+        trainer.fit(progress=False)
+    batch = cfg.train.batch_size
+    loop_s = (timer.times[-1] - timer.times[warmup - 1]) / steps
+    bare_s = (bare[-1] - bare[warmup - 1]) / steps
+    return {"img_per_s": batch / loop_s, "s_per_step": loop_s, "bare_img_per_s": batch / bare_s,
+            "bare_s_per_step": bare_s}
 
 
 def measure_sample(model_kw, batch, steps, sampler="ddpm"):
@@ -99,13 +145,16 @@ def measure_sample(model_kw, batch, steps, sampler="ddpm"):
 
 
 def _child(args):
-    if args.impl == "torch":
+    if args.impl.startswith("torch"):
         import torch_reference as ref  # pylint: disable=import-outside-toplevel
         kw = model_kwargs(args.model)
-        result = (ref.measure_train(kw, args.batch, args.steps) if args.kind == "train"
-                  else ref.measure_sample(kw, args.batch, args.steps))
+        result = (ref.measure_train(kw, args.batch, args.steps, compiled=args.impl == "torch-compile")
+                  if args.kind == "train" else ref.measure_sample(kw, args.batch, args.steps))
+    elif args.kind == "loop":
+        result = measure_loop(args.model, args.steps)
     elif args.kind == "train":
-        result = measure_train(model_kwargs(args.model), args.batch, args.steps)
+        result = measure_train(model_kwargs(args.model), args.batch, args.steps,
+                               fused_adam=args.impl != "ddpm_ms-plain-adam")
     else:
         result = measure_sample(model_kwargs(args.model), args.batch, args.steps, sampler=args.kind)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -125,13 +174,16 @@ def _spawn(kind, variant, model, batch, steps):
 
 def plan(quick, torch):
     """(label, kind, variant, model, batch, timed steps) of every row."""
-    variants = ["MindSpore ops", "oneDNN kernels"] + (["PyTorch eager"] if torch else [])
+    variants = ["MindSpore ops", "kernels, MindSpore Adam", "oneDNN kernels"] + (
+        ["PyTorch eager", "torch.compile"] if torch else [])
     rows = []
     for label, model, batch, steps in (("train tutorial U-Net B=16", "tutorial", 16, 4 if quick else 10),
                                        ("train tutorial U-Net B=64", "tutorial", 64, 3 if quick else 6),
                                        ("train fashion_cpu U-Net B=16", "fashion_cpu", 16, 10 if quick else 30)):
         rows += [(label, "train", v, model, batch, steps) for v in variants]
-    rows += [("sample 64 images DDPM-200", "ddpm", v, "tutorial", 64, 20 if quick else 200) for v in variants]
+    rows += [("fashion_cpu recipe loop B=16", "loop", "oneDNN kernels", "fashion_cpu", 16, 40 if quick else 150)]
+    rows += [("sample 64 images DDPM-200", "ddpm", v, "tutorial", 64, 20 if quick else 200)
+             for v in variants if v not in ("torch.compile", "kernels, MindSpore Adam")]
     rows += [("sample 64 images DDIM-50", "ddim", "oneDNN kernels", "tutorial", 64, 50)]
     return rows
 
@@ -141,8 +193,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="fewer timed steps")
     p.add_argument("--torch", action="store_true", help="add the PyTorch eager rows and the ratio column")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--kind", choices=("train", "ddpm", "ddim"), help=argparse.SUPPRESS)
-    p.add_argument("--impl", choices=("ddpm_ms", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--kind", choices=("train", "loop", "ddpm", "ddim"), help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=sorted({impl for impl, _ in VARIANTS.values()}), help=argparse.SUPPRESS)
     p.add_argument("--model", default="tutorial", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -160,22 +212,31 @@ def main():
     _print_table(results)
 
 
+def _speed(kind, r):
+    """Higher is faster: img/s of a train row, 1/seconds of a sampling row."""
+    return r["img_per_s"] if kind in ("train", "loop") else 1.0 / r["seconds"]
+
+
 def _print_table(results):
-    torch_rows = {label: r for label, _, variant, r in results if variant == "PyTorch eager"}
-    print("| workload | variant | result | vs PyTorch eager | peak RSS MiB | timed |")
-    print("|---|---|---|---|---|---|")
+    refs = {(label, variant): r for label, _, variant, r in results if variant in ("PyTorch eager", "torch.compile")}
+    print("| workload | variant | result | vs PyTorch eager | vs torch.compile | peak RSS MiB | timed |")
+    print("|---|---|---|---|---|---|---|")
     for label, kind, variant, r in results:
-        ref = torch_rows.get(label) or torch_rows.get(label.replace("DDIM-50", "DDPM-200"))
-        if kind == "train":
-            text, timed = f"{r['img_per_s']:.1f} img/s", f"{r['s_per_step']:.2f} s/step"
-            ratio = r["img_per_s"] / ref["img_per_s"] if ref else None
+        if kind in ("train", "loop"):
+            text, timed = f"{r['img_per_s']:.1f} img/s", f"{r['s_per_step'] * 1e3:.1f} ms/step"
+            if kind == "loop":
+                timed += (f"; its bare step {r['bare_img_per_s']:.1f} img/s, loop/step "
+                          f"{r['img_per_s'] / r['bare_img_per_s']:.2f}x")
         else:
             text = f"{r['seconds']:.0f} s"
             timed = f"{kind.upper()}-{r['of_steps']}" + (
                 f" ({r['measured_steps']} steps timed, extrapolated)" if r["measured_steps"] < r["of_steps"] else "")
-            ratio = ref["seconds"] / r["seconds"] if ref else None
-        ratio_text = f"{ratio:.2f}x" if ratio else "-"
-        print(f"| {label} | {variant} | {text} | {ratio_text} | {r['peak_rss_mib']:.0f} | {timed} |")
+        ratios = []
+        for ref_variant in ("PyTorch eager", "torch.compile"):
+            ref = refs.get((label.replace("DDIM-50", "DDPM-200"), ref_variant))
+            ratios.append(f"{_speed(kind, r) / _speed(kind, ref):.2f}x" if ref else "-")
+        rss = f"{r['peak_rss_mib']:.0f}"
+        print(f"| {label} | {variant} | {text} | {ratios[0]} | {ratios[1]} | {rss} | {timed} |")
 
 
 if __name__ == "__main__":

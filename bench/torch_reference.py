@@ -187,11 +187,16 @@ def count_params(net):
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def measure_train(model_kw, batch, steps, timesteps=200):
-    """Train img/s of the eps-prediction Huber loss with Adam, after one warm-up step."""
+def measure_train(model_kw, batch, steps, timesteps=200, compiled=False):
+    """Train img/s of the eps-prediction Huber loss with Adam, after one warm-up step (``compiled``: the model and
+    the optimizer step under torch.compile, inductor, timed after three warm-up steps, which compile)."""
+    import time  # pylint: disable=import-outside-toplevel
     torch.manual_seed(0)
     net = Unet(**model_kw)
+    params = count_params(net)
     opt = torch.optim.Adam(net.parameters(), 1e-4)
+    model = torch.compile(net) if compiled else net
+    opt_step = torch.compile(opt.step) if compiled else opt.step
     rng = np.random.default_rng(0)
     x0 = torch.from_numpy(rng.uniform(-1, 1, (batch, 1, 28, 28)).astype(np.float32))
     t = torch.from_numpy(rng.integers(0, timesteps, batch))
@@ -202,19 +207,21 @@ def measure_train(model_kw, batch, steps, timesteps=200):
 
     def step():
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.smooth_l1_loss(net(x_t, t), noise)
+        loss = F.smooth_l1_loss(model(x_t, t), noise)
         opt.zero_grad()
         loss.backward()
-        opt.step()
+        opt_step()
         return loss
 
-    import time  # pylint: disable=import-outside-toplevel
-    step()
+    t0 = time.perf_counter()
+    for _ in range(3 if compiled else 1):
+        step()
+    warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     dt = (time.perf_counter() - t0) / steps
-    return {"img_per_s": batch / dt, "s_per_step": dt, "params": count_params(net)}
+    return {"img_per_s": batch / dt, "s_per_step": dt, "params": params, "first_step_s": warm}
 
 
 def measure_sample(model_kw, batch, steps, total_steps=200):

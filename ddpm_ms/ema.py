@@ -5,6 +5,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, ops
 
+from . import kernels
+from .kernels import ops as kernel_ops
 from .params import assign_parameters
 
 PREFIX = "ema."
@@ -16,8 +18,9 @@ class EMA:
     With ``warmup`` the decay of update n (0-based) is min(decay, (1 + n) / (10 + n)), so early
     averages are not dominated by the random initialisation. The caller updates every k steps.
     The shadow weights live in one flat buffer, so an update is a handful of ops rather than several per
-    parameter; ``shadow`` gives them per parameter. In checkpoints they are named ``ema.<param name>``, and the
-    update count ``ema.num_updates``.
+    parameter (on CPU with the kernel library, one in-place kernel: no concatenation of the weights, whose graph
+    takes seconds to compile); ``shadow`` gives them per parameter. In checkpoints they are named
+    ``ema.<param name>``, and the update count ``ema.num_updates``.
     """
 
     def __init__(self, model, decay=0.995, warmup=True):
@@ -31,6 +34,8 @@ class EMA:
                               requires_grad=False)
         self.num_updates = Parameter(Tensor(0, ms.int32), name=PREFIX + "num_updates", requires_grad=False)
         self.decay, self.warmup = decay, warmup
+        lib = kernels.library()
+        self._kernel = kernel_ops.ema_update(lib) if lib is not None else None
         self._update = ms.jit(self._update_fn)
 
     @staticmethod
@@ -46,8 +51,11 @@ class EMA:
 
     def _update_fn(self):
         d = self.current_decay()
-        theta = ops.concat([p.reshape(-1) for p in self.params])
-        ops.assign(self.flat, d * self.flat + (1.0 - d) * theta)
+        if self._kernel is not None:   # a constant when the graph is compiled
+            d = ops.depend(d, self._kernel(*self.params, self.flat, d.reshape(1)))
+        else:
+            theta = ops.concat([p.reshape(-1) for p in self.params])
+            ops.assign(self.flat, d * self.flat + (1.0 - d) * theta)
         ops.assign(self.num_updates, self.num_updates + 1)
         return d
 

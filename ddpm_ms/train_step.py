@@ -3,9 +3,11 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, amp, nn, ops
 
+from . import kernels
 from .device import ensure_fast_cpu_settings
 from .diffusion import loss_named, objective_named, p_losses
 from .errors import ConfigError
+from .kernels import ops as kernel_ops
 
 
 class TrainStep:
@@ -19,6 +21,9 @@ class TrainStep:
     skipped when any grad is inf/nan, and the scale adjusted (halved on
     overflow, doubled after ``scale_window`` finite steps). With ``world_size`` > 1
     (under msrun) the grads are averaged across ranks before all of that.
+
+    On CPU with the kernel library, an ``nn.Adam`` step (unscale, overflow check, skip, Adam) is one kernel over all
+    parameters (:func:`fused_adam`; ``fused`` says whether this step uses it); otherwise MindSpore's ops do it.
     """
 
     def __init__(self, model, sched, optimizer, loss_scaler, loss_type="huber", jit=True, world_size=1,
@@ -55,6 +60,18 @@ class TrainStep:
             loss_scaler.adjust(grads_finite)
             return loss, grads_finite
 
+        update = fused_adam(optimizer, loss_scaler)
+        self.fused = update is not None
+        if self.fused:
+            def step(x0, t, noise, y):  # pylint: disable=function-redefined
+                (_, loss), grads = grad_fn(x0, t, noise, y)
+                if reducer is not None:
+                    grads = reducer(grads)
+                    loss = all_reduce(loss) / world_size
+                grads_finite = update(grads)
+                loss_scaler.adjust(grads_finite)
+                return loss, grads_finite
+
         self._step = ms.jit(step) if jit else step
         self._gradients = ms.jit(gradients) if jit else gradients
 
@@ -67,13 +84,42 @@ class TrainStep:
         return self._gradients(x0, t, noise, y)
 
 
-def all_finite(grads):
-    """Scalar bool Tensor: every entry of every gradient is finite.
-
-    One IsFinite over the concatenated gradients: ``amp.all_finite`` runs two ops per gradient, about 300 small
-    ops per step on the tutorial U-Net, and at this size each op costs tens of microseconds of dispatch on CPU.
+def fused_adam(optimizer, loss_scaler):
+    """``update(scaled_grads) -> grads_finite`` (a scalar bool Tensor): one :func:`~ddpm_ms.kernels.ops.adam_step`
+    kernel doing what ``if all_finite(unscale(g)): optimizer(unscale(g))`` does, with ``optimizer.global_step``
+    advanced only on a finite step; or None where that kernel does not apply (not a plain float32 ``nn.Adam`` with
+    a ``DynamicLossScaler``, or no kernel library: GPU, Ascend, ``DDPM_MS_KERNELS=off``). The optimizer's
+    Parameters (moments, beta powers, step) stay its own, so checkpoints are the same on both paths.
     """
-    return ops.isfinite(ops.concat([g.reshape(-1) for g in grads])).all()
+    plain = (type(optimizer) is nn.Adam and isinstance(loss_scaler, amp.DynamicLossScaler)  # pylint: disable=unidiomatic-typecheck
+             and not optimizer.use_nesterov and not optimizer.is_group and not optimizer.use_offload
+             and not optimizer.use_amsgrad and not optimizer.use_lazy and not optimizer.is_group_lr
+             and not optimizer.exec_weight_decay and not optimizer.need_scale
+             and all(p.dtype == ms.float32 for p in optimizer.parameters))
+    lib = kernels.library() if plain else None
+    if lib is None:
+        return None
+    op = kernel_ops.adam_step(lib)
+    w, m, v = tuple(optimizer.parameters), tuple(optimizer.moment1), tuple(optimizer.moment2)
+
+    def update(grads):
+        hyper = ops.concat([optimizer.get_lr().reshape(1), optimizer.beta1.reshape(1), optimizer.beta2.reshape(1),
+                            optimizer.eps.reshape(1), loss_scaler.scale_value.reshape(1)])
+        finite = op(*w, *m, *v, *grads, optimizer.beta1_power, optimizer.beta2_power, hyper)
+        ops.assign_add(optimizer.global_step, finite.astype(ms.int32))
+        return (finite > 0.5).reshape(())
+
+    return update
+
+
+def all_finite(grads):
+    """Scalar bool Tensor: every entry of every gradient is finite (MindSpore's ``amp.all_finite``: on Ascend its
+    float-status check). The CPU kernel path does this inside its one optimizer op instead.
+
+    Not one IsFinite over the concatenated gradients: that runs fewer ops, but a Concat of ~150 inputs takes about
+    10 s to compile, ``amp.all_finite`` about 1 s.
+    """
+    return amp.all_finite(grads)
 
 
 def mixed_precision(model, level):

@@ -1,9 +1,11 @@
+import os
+
 import numpy as np
 import pytest
 import mindspore as ms
 from mindspore import amp, nn
 
-from ddpm_ms import NoiseSchedule, TrainStep, Unet, build_run, load_config
+from ddpm_ms import NoiseSchedule, TrainStep, Unet, build_run, kernels, load_config
 from ddpm_ms.batches import step_noise
 
 from conftest import TINY, batch
@@ -66,6 +68,48 @@ def test_loss_scaler_skips_update_and_halves_on_inf(mode):
     assert float(scaler.scale_value.asnumpy()) == 65536.0
     assert any(np.abs(before[n] - p.asnumpy()).max() > 0 for n, p in
                ((p.name, p) for p in model.trainable_params()))
+
+
+def _optimizer_state(model, opt, scaler):
+    state = _params(model)
+    state.update({p.name: p.asnumpy().copy() for p in (*opt.moment1, *opt.moment2, opt.beta1_power,
+                                                        opt.beta2_power, opt.global_step)})
+    state.update(scale=scaler.scale_value.asnumpy().copy(), counter=scaler.counter.asnumpy().copy())
+    return state
+
+
+def test_fused_adam_step_equals_adam_and_the_loss_scaler(mode):
+    """The one-kernel optimizer step against nn.Adam + DynamicLossScaler (MindSpore's ops): six steps of a per-step
+    LR, one of them an overflow (an inf in the batch: skipped, the scale halved, global_step not advanced), and the
+    scale doubling back after two finite steps. Weights, both moments, beta powers, step, scale and counter agree to
+    float32 rounding. Compiled under GRAPH_MODE, eager under PYNATIVE_MODE."""
+    if kernels.library() is None and not os.environ.get("CI"):
+        pytest.skip("the kernel library is unavailable")
+    lr = [1e-3 * 0.8 ** i for i in range(8)]
+    runs = []
+    for fused in (True, False):
+        model, opt, scaler, _ = _run(jit=False, scale_window=2, lr=lr)
+        with kernels.using("onednn" if fused else "off"):   # the model's layers are the same kernels in both
+            step = TrainStep(model, NoiseSchedule.from_name("linear", 10), opt, scaler, "huber",
+                             jit=mode == "graph")
+        assert step.fused == fused
+        start, losses = _params(model), []
+        for i in range(6):
+            x0 = batch((4, 1, 16, 16), seed=i).asnumpy()
+            if i == 2:
+                x0[0, 0, 0, 0] = np.inf
+            t, noise = step_noise(0, i, x0.shape, 10)
+            loss, finite = step(ms.Tensor(x0), t, noise)
+            losses.append((float(loss.asnumpy()) if i != 2 else None, bool(finite.asnumpy())))
+        runs.append((losses, _optimizer_state(model, opt, scaler)))
+        assert all(np.abs(start[n] - v).max() > 1e-5 for n, v in _params(model).items())   # every weight moved
+    (fused_losses, a), (plain_losses, b) = runs
+    assert [f for _, f in fused_losses] == [True, True, False, True, True, True] == [f for _, f in plain_losses]
+    assert a["global_step"] == 5 and float(a["scale"]) == 131072.0 and int(a["counter"]) == 1
+    for (la, _), (lb, _) in zip(fused_losses, plain_losses):
+        assert la == pytest.approx(lb, rel=1e-5, abs=1e-7) if la is not None else lb is None
+    for name in b:
+        np.testing.assert_allclose(a[name], b[name], rtol=2e-5, atol=1e-7, err_msg=name)
 
 
 def test_loss_scale_does_not_change_the_update():

@@ -747,6 +747,114 @@ int GroupNormSiluBwd(void **params, int64_t **shapes) {
   return 0;
 }
 
+// ---------------------------------------------------------------- the optimizer step
+// One Adam step over all P parameters, in place, with the loss scaler's unscale and overflow check:
+// inputs  w[0..P), m[0..P), v[0..P), g[0..P) (the scaled gradients), beta1_power [1], beta2_power [1],
+//         hyper [5] = (lr, beta1, beta2, eps, loss scale); output finite [1] (1 or 0).
+// g_hat = g * (1 / scale) (DynamicLossScaler.unscale); if any g_hat is inf or nan nothing changes (the step is
+// skipped, as `if all_finite: adam(grads)`), else, as MindSpore's Adam (Kingma & Ba 2015, Alg. 1, with the bias
+// correction folded into the step size) after nn.Adam's beta1_power *= beta1, beta2_power *= beta2:
+//   m += (g_hat - m)(1 - beta1),  v += (g_hat^2 - v)(1 - beta2),  w -= lr sqrt(1 - beta2_power) / (1 - beta1_power)
+//   * m / (sqrt(v) + eps).
+// The work is split evenly over the concatenation of all parameters, not parameter by parameter.
+struct FlatSpan {
+  int64_t total = 0;
+  std::vector<int64_t> offsets;  // offsets[i]: where parameter i starts in the concatenation
+};
+FlatSpan MakeFlatSpan(int P, int *ndims, int64_t **shapes) {
+  FlatSpan f;
+  f.offsets.resize(P + 1, 0);
+  for (int i = 0; i < P; i++) {
+    int64_t n = 1;
+    for (int d = 0; d < ndims[i]; d++) n *= shapes[i][d];
+    f.offsets[i + 1] = f.offsets[i] + n;
+  }
+  f.total = f.offsets[P];
+  return f;
+}
+
+// fn(i, begin, end) over the pieces of parameters that chunk c of nc covers.
+template <class F>
+void ForPieces(const FlatSpan &f, int c, int nc, F fn) {
+  const int64_t lo = f.total * c / nc, hi = f.total * (c + 1) / nc;
+  const int P = static_cast<int>(f.offsets.size()) - 1;
+  int i = static_cast<int>(std::upper_bound(f.offsets.begin(), f.offsets.end(), lo) - f.offsets.begin()) - 1;
+  for (; i < P && f.offsets[i] < hi; i++) {
+    const int64_t b = std::max(lo, f.offsets[i]) - f.offsets[i], e = std::min(hi, f.offsets[i + 1]) - f.offsets[i];
+    if (e > b) fn(i, b, e);
+  }
+}
+
+int AdamStep(int nparam, void **params, int *ndims, int64_t **shapes) {
+  if ((nparam - 4) % 4 != 0 || nparam < 8) throw std::runtime_error("AdamStep: expected 4P + 3 inputs, 1 output");
+  const int P = (nparam - 4) / 4;
+  for (int i = 0; i < P; i++)
+    for (int k = 1; k < 4; k++)
+      if (ndims[i] != ndims[k * P + i] || !std::equal(shapes[i], shapes[i] + ndims[i], shapes[k * P + i]))
+        throw std::runtime_error("AdamStep: a moment or gradient is not shaped like its parameter");
+  auto f32 = [&](int i) { return static_cast<float *>(params[i]); };
+  float *b1p = f32(4 * P), *b2p = f32(4 * P + 1);
+  const float *hyper = f32(4 * P + 2);
+  const float lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2], eps = hyper[3], inv_scale = 1.0f / hyper[4];
+  float *finite = f32(4 * P + 3);
+  const FlatSpan span = MakeFlatSpan(P, ndims, shapes);
+  const int nc = static_cast<int>(std::min<int64_t>(NumThreads(), std::max<int64_t>(1, span.total / 16384)));
+  std::vector<char> ok(nc, 1);
+  ThePool().parallel_for(nc, [&](int c, int n) {
+    bool good = true;
+    ForPieces(span, c, n, [&](int i, int64_t b, int64_t e) {
+      const float *g = f32(3 * P + i);
+      for (int64_t j = b; j < e; j++) good &= std::isfinite(g[j] * inv_scale);
+    });
+    ok[c] = good;
+  });
+  finite[0] = std::all_of(ok.begin(), ok.end(), [](char x) { return x != 0; }) ? 1.0f : 0.0f;
+  if (finite[0] == 0.0f) return 0;
+  const float beta1_power = b1p[0] * beta1, beta2_power = b2p[0] * beta2;
+  const float step = lr * std::sqrt(1.0f - beta2_power) / (1.0f - beta1_power);
+  const float a1 = 1.0f - beta1, a2 = 1.0f - beta2;
+  ThePool().parallel_for(nc, [&](int c, int n) {
+    ForPieces(span, c, n, [&](int i, int64_t b, int64_t e) {
+      float *w = f32(i), *m = f32(P + i), *v = f32(2 * P + i);
+      const float *g = f32(3 * P + i);
+      for (int64_t j = b; j < e; j++) {
+        const float gh = g[j] * inv_scale;
+        m[j] += (gh - m[j]) * a1;
+        v[j] += (gh * gh - v[j]) * a2;
+        w[j] -= step * m[j] / (std::sqrt(v[j]) + eps);
+      }
+    });
+  });
+  b1p[0] = beta1_power;
+  b2p[0] = beta2_power;
+  return 0;
+}
+
+// The EMA of the weights (Polyak averaging; DDPM samples from it): w[0..P), flat [N], d [1] -> d [1], with
+// flat = d * flat + (1 - d) * concat(w) in place. Each product and the sum are rounded as MindSpore's Mul and Add
+// round them (no fused multiply-add), so it matches the ops path bit for bit.
+__attribute__((optimize("fp-contract=off"))) void EmaSpan(float *s, const float *w, int64_t n, float d, float a) {
+  for (int64_t j = 0; j < n; j++) s[j] = d * s[j] + a * w[j];
+}
+
+int EmaUpdate(int nparam, void **params, int *ndims, int64_t **shapes) {
+  const int P = nparam - 3;
+  if (P < 1) throw std::runtime_error("EmaUpdate: expected P + 2 inputs, 1 output");
+  const FlatSpan span = MakeFlatSpan(P, ndims, shapes);
+  if (ndims[P] != 1 || shapes[P][0] != span.total)
+    throw std::runtime_error("EmaUpdate: the shadow buffer does not hold every parameter");
+  float *flat = static_cast<float *>(params[P]);
+  const float d = static_cast<const float *>(params[P + 1])[0], a = 1.0f - d;
+  const int nc = static_cast<int>(std::min<int64_t>(NumThreads(), std::max<int64_t>(1, span.total / 16384)));
+  ThePool().parallel_for(nc, [&](int c, int n) {
+    ForPieces(span, c, n, [&](int i, int64_t b, int64_t e) {
+      EmaSpan(flat + span.offsets[i] + b, static_cast<const float *>(params[i]) + b, e - b, d, a);
+    });
+  });
+  static_cast<float *>(params[P + 2])[0] = d;
+  return 0;
+}
+
 }  // namespace
 
 // Every exported entry point is one DDPM_MS_EXPORT line: it defines the AOT function (its body run through Guard)
@@ -792,6 +900,8 @@ DDPM_MS_EXPORT(EltwiseFwd_gelu, EltwiseFwd(dnnl::algorithm::eltwise_gelu_tanh, 0
 DDPM_MS_EXPORT(EltwiseBwd_gelu, EltwiseBwd(dnnl::algorithm::eltwise_gelu_tanh, 0.f, params, ndims, shapes))
 DDPM_MS_EXPORT(EltwiseFwd_silu, EltwiseFwd(dnnl::algorithm::eltwise_swish, 1.f, params, ndims, shapes))
 DDPM_MS_EXPORT(EltwiseBwd_silu, EltwiseBwd(dnnl::algorithm::eltwise_swish, 1.f, params, ndims, shapes))
+DDPM_MS_EXPORT(AdamStep, AdamStep(nparam, params, ndims, shapes))
+DDPM_MS_EXPORT(EmaUpdate, EmaUpdate(nparam, params, ndims, shapes))
 
 // A version stamp the loader checks after dlopen, so a stale cached build is never used.
 extern "C" int DdpmMsKernelAbi() { return DDPM_MS_ABI; }

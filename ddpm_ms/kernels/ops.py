@@ -213,3 +213,34 @@ def softmax(lib, axis):
 def eltwise(lib, name):
     """An activation, differentiable: ``op(x) -> y``, any shape. ``name``: 'gelu' (tanh form) or 'silu'."""
     return _unary(lib, f"EltwiseFwd_{name}", f"EltwiseBwd_{name}", grad_from_output=False)
+
+
+@functools.lru_cache(maxsize=None)
+def adam_step(lib):
+    """The whole optimizer step in one op, in place (no backward):
+    ``op(*w, *m, *v, *g, beta1_power [], beta2_power [], hyper [5]) -> finite [1]``, P of each of w (parameters),
+    m, v (Adam's moments) and g (the loss-scaled gradients), hyper = (lr, beta1, beta2, eps, loss scale).
+
+    It unscales g, and unless some unscaled gradient is inf or nan (finite = 0, nothing changes) it advances the beta
+    powers and applies MindSpore's Adam to every parameter (finite = 1).
+    """
+    return _in_place(f"{lib}:AdamStep")
+
+
+@functools.lru_cache(maxsize=None)
+def ema_update(lib):
+    """theta_ema <- d theta_ema + (1 - d) theta in one op, in place (no backward):
+    ``op(*w, flat [N], d [1]) -> d [1]``, ``flat`` the EMA's buffer of all P parameters ``w`` concatenated."""
+    return _in_place(f"{lib}:EmaUpdate")
+
+
+def _one_value(*_):
+    return (1,)
+
+
+def _in_place(func):
+    """A primitive that writes into its inputs and returns one float32 value: marked as a memory side effect, so
+    the graph keeps it ordered against every read and write of those Parameters."""
+    op = ops.Custom(func, _one_value, _same_dtype, "aot")
+    op.add_prim_attr("side_effect_mem", True)
+    return op

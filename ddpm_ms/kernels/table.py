@@ -10,7 +10,8 @@ How to add a kernel:
 1. write its body in ``onednn_kernels.cc`` and export it with one ``DDPM_MS_EXPORT(Name, Body(params, shapes))``;
 2. add its factory (shape, dtype, bprop) to ``ops.py``;
 3. add its row to :data:`KERNELS` below (and bump :data:`ABI` if an existing entry point changed);
-4. route a layer to it in ``ddpm_ms/layers.py`` through :func:`ddpm_ms.layers.fast_path`;
+4. route a layer to it in ``ddpm_ms/layers.py`` through :func:`ddpm_ms.layers.fast_path` (the optimizer step:
+   ``ddpm_ms/train_step.py``);
 5. add its shapes to ``tests/test_kernels.py``, which checks it against MindSpore's op with autodiff.
 """
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ KERNELS = (
     Kernel("softmax", tuple(f"Softmax{d}_{a}" for a in SOFTMAX_AXES.values() for d in ("Fwd", "Bwd")),
            "softmax over the last or second-to-last axis"),
     Kernel("eltwise", tuple(f"Eltwise{d}_{a}" for a in ACTIVATIONS for d in ("Fwd", "Bwd")), "GELU (tanh) and SiLU"),
+    Kernel("adam_step", ("AdamStep",),
+           "the optimizer step: unscale, overflow check and Adam over all parameters, in place"),
+    Kernel("ema_update", ("EmaUpdate",), "the EMA of all parameters into its flat buffer, in place"),
 )
 
 
