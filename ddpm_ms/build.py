@@ -124,8 +124,9 @@ def build_probe(previewer, cfg):
     return QualityProbe(previewer, Evaluator(resolve_fashion_dir(cfg.data.root)), num=cfg.train.eval_num)
 
 
-def build_callbacks(cfg, run, folder, is_main=True):
-    """The training loop's callbacks for a Config, in the order they run (rank 0 gets the ones that write).
+def build_callbacks(cfg, run, folder, is_main=True, peer_watch=None):
+    """The training loop's callbacks for a Config, in the order they run (rank 0 gets the ones that write;
+    ``peer_watch``: an msrun rank's :class:`~ddpm_ms.distributed.PeerWatch`, told when its steps are done).
 
     At the end, the last evaluation (and best.ckpt) come before the last checkpoint, so that the checkpoint's
     count of metrics rows includes it; a resume drops exactly the rows logged after its checkpoint.
@@ -134,6 +135,7 @@ def build_callbacks(cfg, run, folder, is_main=True):
     out = []
     if t.minutes is not None and t.max_steps is None:    # plans first, so the others see the planned total
         out.append(cb.Budget(t.minutes * 60.0, t.warmup_steps, run.lr, monitor_share=t.monitor_share))
+    out += [cb.PeerFinish(peer_watch)] if peer_watch is not None else []
     out += [cb.EMAUpdate(run.ema, every=cfg.ema.update_every)] if run.ema is not None else []
     if is_main:
         out.append(cb.MetricsLog(folder, every=t.log_every, lr_at=run.lr_at, loss_scaler=run.loss_scaler))
@@ -163,16 +165,17 @@ def trainer_parts(cfg, fresh=True, rank=0, world_size=1, overwrite=False, start_
     folder.claim()   # the lock first: nothing is read or deleted while another run may be writing
     if fresh:
         folder.open_fresh(overwrite)
+    watch = None
     if world_size > 1:   # a rank that dies stops the others (one line) instead of hanging them in a collective
-        PeerWatch(t.out_dir, rank, world_size).start()
+        watch = PeerWatch(t.out_dir, rank, world_size).start()
     batches = BatchSource(cfg.data, t.batch_size, t.seed, cfg.diffusion.timesteps, cfg.model.num_classes,
                           t.cond_drop_prob, rank, world_size)
     run = build_run(cfg, batches.steps_per_epoch, world_size)
     state = ckpt.TrainingState(cfg, run.model, run.optimizer, run.loss_scaler, run.ema)
     return dict(run=run, state=state, batches=batches, folder=folder,
                 total_steps=total_steps(t, batches.steps_per_epoch),
-                callbacks=build_callbacks(cfg, run, folder, is_main=rank == 0), rank=rank, world_size=world_size,
-                start_time=start)
+                callbacks=build_callbacks(cfg, run, folder, is_main=rank == 0, peer_watch=watch), rank=rank,
+                world_size=world_size, start_time=start)
 
 
 def load_model(path, use_ema=True):

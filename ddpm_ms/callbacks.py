@@ -59,6 +59,18 @@ class Callback:
         """Always, last: after ``on_end``, or when ``fit`` stops on an error."""
 
 
+class PeerFinish(Callback):
+    """Under msrun: once every step is done (not after a signal), tell the other ranks through ``watch`` (a
+    :class:`~ddpm_ms.distributed.PeerWatch`) that this rank's exit is not a death."""
+
+    def __init__(self, watch):
+        self.watch = watch
+
+    def on_end(self, trainer, interrupted):
+        if interrupted is None:
+            self.watch.finish()
+
+
 class EMAUpdate(Callback):
     """theta_ema update every ``every`` optimizer steps (ema.update_every)."""
 

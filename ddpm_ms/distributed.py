@@ -40,21 +40,35 @@ class PeerWatch:
     collective: every rank touches ``.rank<N>.alive`` (holding its pid) in ``folder`` every ``interval`` seconds,
     and a daemon thread watches the others'. When one's process is gone, or its heartbeat is older than
     ``timeout`` seconds, it prints one line and ends this process with exit status 2 (``--resume latest``
-    continues the job from the last checkpoint)."""
+    continues the job from the last checkpoint). A rank that has done all its steps calls :meth:`finish`: it stops
+    watching, and the others do not take its exit for a death (it may end while rank 0 still writes its last
+    checkpoint and grids)."""
+
+    DONE = "done"
 
     def __init__(self, folder, rank, world_size, timeout=30.0, interval=0.5):
         self.folder, self.rank, self.world_size = folder, rank, world_size
         self.timeout, self.interval = timeout, interval
         self._seen = {}
         self._started = time.time()
+        self._finished = threading.Event()
+        self._lock = threading.Lock()   # a beat never overwrites the mark of finish()
 
     def _path(self, rank):
         return os.path.join(self.folder, f".rank{rank}.alive")
 
-    def beat(self):
-        """Touch this rank's heartbeat file."""
-        with open(self._path(self.rank), "w", encoding="utf-8") as f:
-            f.write(str(os.getpid()))
+    def beat(self, mark=""):
+        """Touch this rank's heartbeat file (its pid, then ``mark``)."""
+        with self._lock:
+            if self._finished.is_set():
+                return
+            with open(self._path(self.rank), "w", encoding="utf-8") as f:
+                f.write(f"{os.getpid()} {mark}".strip())
+
+    def finish(self):
+        """This rank has done its last collective: mark its heartbeat file done and stop watching."""
+        self.beat(self.DONE)
+        self._finished.set()
 
     def dead_peer(self):
         """(rank, why) of a peer that has stopped, or None."""
@@ -64,7 +78,8 @@ class PeerWatch:
                 continue
             try:
                 with open(self._path(rank), encoding="utf-8") as f:
-                    pid = int(f.read().strip() or 0)
+                    fields = f.read().split()
+                pid = int(fields[0]) if fields else 0
                 mtime = os.path.getmtime(self._path(rank))
             except (OSError, ValueError):
                 if rank in self._seen:
@@ -74,6 +89,8 @@ class PeerWatch:
                 continue   # left by an earlier launch of the job: this launch's rank has not started yet
             age = now - mtime
             self._seen[rank] = pid
+            if fields[1:] == [self.DONE]:
+                continue   # it finished its steps: its exit is not a death
             if not _alive(pid):
                 return rank, f"process {pid} has exited"
             if age > self.timeout:
@@ -81,7 +98,7 @@ class PeerWatch:
         return None
 
     def _run(self):
-        while True:
+        while not self._finished.is_set():
             self.beat()
             dead = self.dead_peer()
             if dead is not None:

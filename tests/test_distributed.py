@@ -104,3 +104,23 @@ def test_a_dead_rank_stops_the_others_and_the_job_resumes(data_dir, tmp_path):
     assert resumed.returncode == 0, (logs / "worker_0.log").read_text()[-3000:]
     from ddpm_ms import checkpoint as ckpt
     assert ckpt.checkpoint_position(ckpt.read_checkpoint(ckpt.list_checkpoints(str(out))[-1]))[0] == 12
+
+
+def test_a_finished_rank_is_not_a_dead_one(tmp_path):
+    """PeerWatch: a peer whose process has exited is dead, unless it marked its steps done first (rank 1 may end
+    while rank 0 still writes its last checkpoint); a finished rank stops watching and beating."""
+    from ddpm_ms.distributed import PeerWatch
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    watch0, watch1 = PeerWatch(str(tmp_path), 0, 2), PeerWatch(str(tmp_path), 1, 2)
+    watch0.beat()
+    watch1.beat()
+    assert watch0.dead_peer() is None and watch1.dead_peer() is None
+    (tmp_path / ".rank1.alive").write_text(gone.stdout.strip())          # rank 1's process is gone, mid-run
+    assert watch0.dead_peer() == (1, f"process {gone.stdout.strip()} has exited")
+    (tmp_path / ".rank1.alive").write_text(f"{gone.stdout.strip()} {PeerWatch.DONE}")   # gone after finishing
+    assert watch0.dead_peer() is None
+    watch0.finish()
+    assert (tmp_path / ".rank0.alive").read_text() == f"{os.getpid()} {PeerWatch.DONE}"
+    watch0.beat()                                                         # a late beat keeps the mark
+    assert (tmp_path / ".rank0.alive").read_text().endswith(PeerWatch.DONE)
