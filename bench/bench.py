@@ -99,7 +99,7 @@ def measure_loop(config, steps, warmup=20):
 
     with tempfile.TemporaryDirectory() as out:
         cfg = ddpm_ms.load_config(os.path.join(ROOT, "configs", f"{config}.yaml"), [
-            f"train.out_dir={out}", f"train.max_steps={warmup + steps}", "train.eval_every=0",
+            f"train.out_dir={out}", f"train.max_steps={warmup + steps}", "train.warmup_steps=10", "train.eval_every=0",
             f"train.preview_every={10 ** 6}", f"train.ckpt_every={10 ** 6}", "train.gif=false", "train.sample_num=1"])
         trainer = ddpm_ms.Trainer.from_config(cfg)
         x0, t, noise, y = next(iter(trainer.batches.epoch(0, 0)))

@@ -5,7 +5,7 @@ import pytest
 from ddpm_ms import metrics
 from ddpm_ms.metrics import real_images
 from ddpm_ms.viz import read_grid, save_grid
-from conftest import TINY_YAML, assert_figure
+from conftest import assert_figure
 
 
 def test_frechet_distance_closed_forms():
@@ -121,11 +121,9 @@ def _evaluate_script(*args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
+def test_evaluate_script_scores_what_the_library_scores(evaluator, tiny_run, tmp_path):
     """scripts/evaluate.py on saved images and on a checkpoint gives the library's numbers, and says how it sampled."""
     from ddpm_ms.build import load_model
-    from ddpm_ms.config import load_config
-    from ddpm_ms.trainer import Trainer
     from ddpm_ms.samplers import generate
     from ddpm_ms.sampling import Denoiser
     ev, root = evaluator
@@ -135,10 +133,7 @@ def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
     assert scored["fd"] == pytest.approx(ev.evaluate(held)["fd"], rel=1e-5) and scored["fd"] < 10
     assert "sampler" not in scored
 
-    tiny = TINY_YAML
-    cfg = load_config(tiny, [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.gif=false",
-                             "train.sample_num=2"])
-    path = Trainer.from_config(cfg).fit(progress=False)["checkpoint"]
+    path = tiny_run["checkpoint"]
     scored = _evaluate_script("--ckpt", path, "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--seed", "3")
     assert {k: scored[k] for k in ("sampler", "steps", "spacing", "eta", "guidance", "ema", "clip_denoised",
                                    "seed")} == {"sampler": "ddim", "steps": 4, "spacing": "uniform", "eta": 0.5,
@@ -147,22 +142,17 @@ def test_evaluate_script_scores_what_the_library_scores(evaluator, tmp_path):
     same = generate(Denoiser(model, sched), (1, 28, 28), metrics.NUM_EVAL, seed=3, batch_size=250, sampler="ddim",
                     steps=4, eta=0.5, progress=False)
     assert scored["fd"] == pytest.approx(ev.evaluate(same)["fd"], rel=1e-3)
-    assert scored["fd"] > 10 * ev.evaluate(held)["fd"]      # two steps of training are far from real images
+    assert scored["fd"] > 10 * ev.evaluate(held)["fd"]      # six steps of training are far from real images
 
 
-def test_compare_samplers_script(evaluator, tmp_path):
+def test_compare_samplers_script(evaluator, tiny_run, tmp_path):
     """One table of sampler x steps; its FD for a run equals evaluate.py's for the same sampler and seed."""
     import json
     import os
     import subprocess
     import sys
-    from ddpm_ms.config import load_config
-    from ddpm_ms.trainer import Trainer
     root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = load_config(TINY_YAML,
-                      [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.gif=false",
-                       "train.sample_num=2"])
-    path = Trainer.from_config(cfg).fit(progress=False)["checkpoint"]
+    path = tiny_run["checkpoint"]
     proc = subprocess.run([sys.executable, os.path.join(root_dir, "scripts", "compare_samplers.py"), "--ckpt", path,
                            "--runs", "ddim:3:eta=0.5", "dpm++2m:4:spacing=logsnr", "--out", str(tmp_path / "cmp")],
                           capture_output=True, text=True, timeout=900)
