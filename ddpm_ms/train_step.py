@@ -45,32 +45,33 @@ class TrainStep:
                    if world_size > 1 else None)
         all_reduce = ops.AllReduce() if world_size > 1 else None
 
-        def gradients(x0, t, noise, y):
+        def scaled_gradients(x0, t, noise, y):
             (_, loss), grads = grad_fn(x0, t, noise, y)
             if reducer is not None:   # average grads (and the reported loss) over the msrun workers
                 grads = reducer(grads)
                 loss = all_reduce(loss) / world_size
+            return loss, grads
+
+        def gradients(x0, t, noise, y):
+            loss, grads = scaled_gradients(x0, t, noise, y)
             return loss, loss_scaler.unscale(grads)
 
-        def step(x0, t, noise, y):
-            loss, grads = gradients(x0, t, noise, y)
+        def ops_update(grads):   # MindSpore's ops: unscale, check, and step only if every gradient is finite
+            grads = loss_scaler.unscale(grads)
             grads_finite = all_finite(grads)
             if grads_finite:  # compiled to a graph switch under ms.jit
                 optimizer(grads)
+            return grads_finite
+
+        fused = fused_adam(optimizer, loss_scaler)
+        self.fused = fused is not None
+        update = fused if self.fused else ops_update
+
+        def step(x0, t, noise, y):
+            loss, grads = scaled_gradients(x0, t, noise, y)
+            grads_finite = update(grads)
             loss_scaler.adjust(grads_finite)
             return loss, grads_finite
-
-        update = fused_adam(optimizer, loss_scaler)
-        self.fused = update is not None
-        if self.fused:
-            def step(x0, t, noise, y):  # pylint: disable=function-redefined
-                (_, loss), grads = grad_fn(x0, t, noise, y)
-                if reducer is not None:
-                    grads = reducer(grads)
-                    loss = all_reduce(loss) / world_size
-                grads_finite = update(grads)
-                loss_scaler.adjust(grads_finite)
-                return loss, grads_finite
 
         self._step = ms.jit(step) if jit else step
         self._gradients = ms.jit(gradients) if jit else gradients
@@ -93,8 +94,8 @@ def fused_adam(optimizer, loss_scaler):
     """
     plain = (type(optimizer) is nn.Adam and isinstance(loss_scaler, amp.DynamicLossScaler)  # pylint: disable=unidiomatic-typecheck
              and not optimizer.use_nesterov and not optimizer.is_group and not optimizer.use_offload
-             and not optimizer.use_amsgrad and not optimizer.use_lazy and not optimizer.is_group_lr
-             and not optimizer.exec_weight_decay and not optimizer.need_scale
+             and not optimizer.use_amsgrad and not optimizer.use_lazy and not optimizer.exec_weight_decay
+             and not optimizer.need_scale
              and all(p.dtype == ms.float32 for p in optimizer.parameters))
     lib = kernels.library() if plain else None
     if lib is None:
