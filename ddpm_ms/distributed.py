@@ -38,17 +38,19 @@ def setup():
 class PeerWatch:
     """Under msrun, stop this rank within a bounded time when another rank dies, instead of hanging in the next
     collective: every rank touches ``.rank<N>.alive`` (holding its pid) in ``folder`` every ``interval`` seconds,
-    and a daemon thread watches the others'. When one's process is gone, or its heartbeat is older than
-    ``timeout`` seconds, it prints one line and ends this process with exit status 2 (``--resume latest``
-    continues the job from the last checkpoint). A rank that has done all its steps calls :meth:`finish`: it stops
-    watching, and the others do not take its exit for a death (it may end while rank 0 still writes its last
-    checkpoint and grids)."""
+    and a daemon thread looks at the others' every ``check`` seconds. When one's process is gone, or its heartbeat
+    is older than ``timeout`` seconds, it prints one line and ends this process with exit status 2 (``--resume
+    latest`` continues the job from the last checkpoint). On one machine msrun itself polls its workers once a
+    second and SIGKILLs the rest when one exits with an error, so the check runs well inside that second (if msrun
+    is first, the job still ends at once, with msrun's own message). A rank that has done all its steps calls
+    :meth:`finish`: it stops watching, and the others do not take its exit for a death (it may end while rank 0
+    still writes its last checkpoint and grids)."""
 
     DONE = "done"
 
-    def __init__(self, folder, rank, world_size, timeout=30.0, interval=0.5):
+    def __init__(self, folder, rank, world_size, timeout=30.0, interval=0.5, check=0.1):
         self.folder, self.rank, self.world_size = folder, rank, world_size
-        self.timeout, self.interval = timeout, interval
+        self.timeout, self.interval, self.check = timeout, interval, check
         self._seen = {}
         self._started = time.time()
         self._finished = threading.Event()
@@ -58,12 +60,14 @@ class PeerWatch:
         return os.path.join(self.folder, f".rank{rank}.alive")
 
     def beat(self, mark=""):
-        """Touch this rank's heartbeat file (its pid, then ``mark``)."""
+        """Touch this rank's heartbeat file (its pid, then ``mark``), atomically: a reader never sees it empty."""
         with self._lock:
             if self._finished.is_set():
                 return
-            with open(self._path(self.rank), "w", encoding="utf-8") as f:
+            path = self._path(self.rank)
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
                 f.write(f"{os.getpid()} {mark}".strip())
+            os.replace(path + ".tmp", path)
 
     def finish(self):
         """This rank has done its last collective: mark its heartbeat file done and stop watching."""
@@ -98,14 +102,17 @@ class PeerWatch:
         return None
 
     def _run(self):
+        beaten = 0.0
         while not self._finished.is_set():
-            self.beat()
+            if time.time() - beaten >= self.interval:
+                self.beat()
+                beaten = time.time()
             dead = self.dead_peer()
             if dead is not None:
                 print(f"error: msrun rank {dead[0]} stopped ({dead[1]}); stopping rank {self.rank} too; continue "
                       "the job with --resume latest", file=sys.stderr, flush=True)
                 os._exit(2)   # pylint: disable=protected-access  # the main thread may be blocked in a collective
-            time.sleep(self.interval)
+            time.sleep(self.check)
 
     def start(self):
         """Start watching (a daemon thread); returns self."""
