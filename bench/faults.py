@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Fault injection, the long variant: SIGKILL at random moments and mid-write, and SIGKILL/SIGTERM/SIGINT in every
-phase (evaluation, best.ckpt write, preview grid, final samples, resume), resuming each time; one table.
+phase (checkpoint write, evaluation, best.ckpt write, preview grid, final samples, resume), resuming each time;
+one table.
 
     python bench/faults.py --kills 25 --epochs 40     # its table goes into BENCHMARKS.md
 
-The harness is tests/fault_harness.py (tests/test_faults.py runs it with fewer kills); its docstring says what
-each part checks.
+The harness is tests/fault_harness.py (tests/test_faults_phases.py runs one round of the phases); its docstring
+says what each part checks.
 """
 import argparse
 import os
@@ -44,9 +45,9 @@ def main():
     # one fault in every phase per round, each round a run of its own (SIGKILL, SIGTERM, SIGINT in turn)
     eref = os.path.join(args.work, "eval_reference")
     fh.reference_run(eref, fh.EPOCHS, evaluate=True)
-    print("| round | eval | best.ckpt write | preview grid | final samples | resume | launches | checkpoint reads "
-          "verified | tensors compared (final + best.ckpt) | metrics rows compared | differences |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| round | checkpoint write | eval | best.ckpt write | preview grid | final samples | resume | launches | "
+          "checkpoint reads verified | tensors compared (final + best.ckpt) | metrics rows compared | differences |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     pdiff = []
     for r in range(args.rounds):
         phased = os.path.join(args.work, f"phases{r}")

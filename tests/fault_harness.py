@@ -8,8 +8,8 @@ BENCHMARKS.md). It trains configs/tiny.yaml on the shared data ($DDPM_MS_DATA_DI
   2. again in another folder, killed with SIGKILL again and again: at a random moment after the process has
      logged its first step, or while a checkpoint is being written (each write is held open for a moment between
      the temporary file and the rename); or killed (SIGKILL) or interrupted (SIGTERM, SIGINT) inside a phase:
-     an evaluation, a best.ckpt write, a preview grid, the final samples, or the resume itself (each phase is
-     held open for a moment, announced by a marker file). After each kill every checkpoint on disk is read back
+     a checkpoint write, an evaluation, a best.ckpt write, a preview grid, the final samples, or the resume itself
+     (each phase is held open for a moment, announced by a marker file or, for a write, its temporary file). After each kill every checkpoint on disk is read back
      in full and the run is resumed with --resume latest (or restarted with --overwrite when there is none);
   3. compares the final checkpoint and best.ckpt with the reference's, tensor by tensor (weights, Adam moments
      and beta powers, EMA weights and count, loss-scaler state, position), and the metrics rows (losses and FD
@@ -19,7 +19,7 @@ BENCHMARKS.md). It trains configs/tiny.yaml on the shared data ($DDPM_MS_DATA_DI
 
 ``python tests/fault_harness.py --child ...`` is the faulty trainer itself: scripts/train.py with
 mindspore.save_checkpoint wrapped (DDPM_MS_FAULT_SLOW_WRITE=S, DDPM_MS_FAULT_ENOSPC_AT=N) and one phase held
-open (DDPM_MS_FAULT_PHASE=eval|best|grid|final|resume, DDPM_MS_FAULT_HOLD=S).
+open (DDPM_MS_FAULT_PHASE=write|eval|best|grid|final|resume, DDPM_MS_FAULT_HOLD=S).
 """
 import errno
 import glob
@@ -41,7 +41,7 @@ RUN = ("train.ckpt_every=4", "train.keep_last=2", "train.log_every=1", "train.gi
        "train.sample_sampler=ddim", "train.sample_steps=3")
 EVAL = ("train.eval_every=1", "train.eval_num=16")   # an evaluation (and best.ckpt) after every epoch
 EPOCHS = 5   # of 8 steps: 40 steps, 10 checkpoint writes, 5 preview grids
-PHASES = ("eval", "best", "grid", "final", "resume")
+PHASES = ("write", "eval", "best", "grid", "final", "resume")   # SIGKILL, SIGTERM, SIGINT in turn
 TIMING = ("img_per_s", "wall_s", "eval_s")           # the metrics fields that are times, not results
 
 
@@ -70,6 +70,7 @@ def child(argv):
     slow = float(os.environ.get("DDPM_MS_FAULT_SLOW_WRITE", "0"))
     enospc_at = int(os.environ.get("DDPM_MS_FAULT_ENOSPC_AT", "0"))
     phase, hold = os.environ.get("DDPM_MS_FAULT_PHASE", ""), float(os.environ.get("DDPM_MS_FAULT_HOLD", "1"))
+    slow = hold if phase == "write" else slow   # every checkpoint write held open between temporary and rename
     original, writes = ms.save_checkpoint, [0]
 
     def faulty_save(obj, file_name, **kwargs):
@@ -196,7 +197,8 @@ def kill_in_phases(out, phases=PHASES, signals=SIGNALS, epochs=EPOCHS, hold=1.0)
             os.remove(marker)
         proc = launch(out, {"DDPM_MS_FAULT_PHASE": phase, "DDPM_MS_FAULT_HOLD": str(hold)}, epochs, evaluate=True)
         stats["launches"] += 1
-        if wait_for(lambda m=marker: os.path.exists(m), proc):
+        running = (lambda: writing(out)) if phase == "write" else (lambda m=marker: os.path.exists(m))
+        if wait_for(running, proc):
             time.sleep(hold / 3)
             proc.send_signal(sig)
             stats["kills"] += 1

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from cli_batch import assert_one_line_error as _one_line_error, run_batch
 from conftest import ROOT, TINY_YAML as TINY, assert_figure
 
 
@@ -15,16 +16,6 @@ def _run(script, *args, env=None):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args],
                           capture_output=True, text=True, env=full_env, timeout=600)
-
-
-def _one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("[WARNING")]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +32,54 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def errors(trained, tmp_path_factory):
+    """ERRORS (command lines that must each give a one-line error), run in one process: {id: result}.
+    ``{ckpt}`` is the trained run's checkpoint, ``{tmp}`` a fresh folder."""
+    tmp = tmp_path_factory.mktemp("errors")
+    good = (trained / "ckpt_step00000003.ckpt").read_bytes()
+    (tmp / "bad.ckpt").write_bytes(os.urandom(3000))
+    (tmp / "half.ckpt").write_bytes(good[: len(good) // 2])
+    (tmp / "taken").write_text("x")
+    fill = {"{ckpt}": str(trained / "ckpt_step00000003.ckpt"), "{tmp}": str(tmp)}
+    argvs = [[command, *[_fill(a, fill) for a in args]] for command, args in ERRORS.values()]
+    results = dict(zip(ERRORS, run_batch(argvs, tmp)))
+    results["tmp"] = tmp
+    return results
+
+
+def _fill(text, fill):
+    for key, value in fill.items():
+        text = text.replace(key, value)
+    return text
+
+
+ERRORS = {   # id -> (command, args)
+    "missing checkpoint": ("sample", ["--ckpt", "{tmp}/nope.ckpt"]),
+    "corrupt checkpoint": ("sample", ["--ckpt", "{tmp}/bad.ckpt"]),
+    "truncated checkpoint": ("sample", ["--ckpt", "{tmp}/half.ckpt"]),
+    **{f"{script} {name}": (script, ["--ckpt", "{ckpt}", *args]) for script in ("sample", "evaluate")
+       for name, args in (("steps above T", ["--sampler", "ddim", "--steps", "1000"]),
+                          ("eta above 1", ["--sampler", "ddim", "--eta", "5"]),
+                          ("eta for ddpm", ["--eta", "0"]),
+                          ("eta for dpm++2m", ["--sampler", "dpm++2m", "--eta", "0.5"]))},
+    "another architecture": ("train", ["--config", TINY, "--no-progress", "--set", "train.out_dir={tmp}/arch",
+                                       "--set", "model.dim=12", "--resume", "{ckpt}"]),
+    "unknown key": ("train", ["--config", TINY, "--set", "train.batchsize=4"]),
+    "negative batch": ("train", ["--config", TINY, "--set", "train.batch_size=-4"]),
+    "no config": ("train", ["--config", "{tmp}/none.yaml"]),
+    "negative num": ("sample", ["--ckpt", "x.ckpt", "--num", "-3"]),
+    "batch not a number": ("sample", ["--ckpt", "x.ckpt", "--batch-size", "many"]),
+    "eta for ddpm sampler": ("sample", ["--ckpt", "{ckpt}", "--sampler", "ddpm", "--eta", "1"]),
+    "class of an unconditional model": ("sample", ["--ckpt", "{ckpt}", "--class", "Bag"]),
+    "out a file": ("sample", ["--ckpt", "{ckpt}", "--out", "{tmp}/taken"]),
+    "out under a file": ("sample", ["--ckpt", "{ckpt}", "--out", "{tmp}/taken/sub"]),
+    "out_dir a file": ("train", ["--config", TINY, "--set", "train.out_dir={tmp}/taken"]),
+    "dataset and model disagree": ("train", ["--config", TINY, "--set", "train.out_dir={tmp}/mismatch",
+                                             "--set", "model.channels=3"]),
+}
+
+
 def test_sample_script_writes_grid_npy_gif(trained, tmp_path):
     proc = _run("sample.py", "--ckpt", str(trained / "ckpt_step00000003.ckpt"), "--num", "5", "--batch-size", "3",
                 "--out", str(tmp_path), "--gif", "--forward-figure", "--ablation", "--explain", "--seed", "1",
@@ -53,33 +92,25 @@ def test_sample_script_writes_grid_npy_gif(trained, tmp_path):
         assert os.path.getsize(tmp_path / name) > 0
 
 
-def test_missing_checkpoint(tmp_path):
-    _one_line_error(_run("sample.py", "--ckpt", str(tmp_path / "nope.ckpt")), "checkpoint not found")
+def test_missing_checkpoint(errors):
+    _one_line_error(errors["missing checkpoint"], "checkpoint not found")
 
 
-def test_corrupt_checkpoint(tmp_path):
-    bad = tmp_path / "bad.ckpt"
-    bad.write_bytes(os.urandom(3000))
-    _one_line_error(_run("sample.py", "--ckpt", str(bad)), "corrupt or unreadable checkpoint", str(bad))
+def test_corrupt_checkpoint(errors):
+    _one_line_error(errors["corrupt checkpoint"], "corrupt or unreadable checkpoint", str(errors["tmp"] / "bad.ckpt"))
 
 
-def test_truncated_checkpoint(trained, tmp_path):
-    good = (trained / "ckpt_step00000003.ckpt").read_bytes()
-    bad = tmp_path / "half.ckpt"
-    bad.write_bytes(good[: len(good) // 2])
-    proc = _run("sample.py", "--ckpt", str(bad))
-    _one_line_error(proc, str(bad))
+def test_truncated_checkpoint(errors):
+    _one_line_error(errors["truncated checkpoint"], str(errors["tmp"] / "half.ckpt"))
 
 
-def test_sampler_flags_are_checked_the_same_everywhere(trained):
-    ckpt = str(trained / "ckpt_step00000003.ckpt")
-    for script in ("sample.py", "evaluate.py"):
-        _one_line_error(_run(script, "--ckpt", ckpt, "--sampler", "ddim", "--steps", "1000"),
+def test_sampler_flags_are_checked_the_same_everywhere(errors):
+    for script in ("sample", "evaluate"):
+        _one_line_error(errors[f"{script} steps above T"],
                         "--steps 1000 exceeds the checkpoint's 10 diffusion timesteps")
-        _one_line_error(_run(script, "--ckpt", ckpt, "--sampler", "ddim", "--eta", "5"), "[0, 1]")
-        _one_line_error(_run(script, "--ckpt", ckpt, "--eta", "0"), "--eta applies to --sampler ddim, not ddpm")
-        _one_line_error(_run(script, "--ckpt", ckpt, "--sampler", "dpm++2m", "--eta", "0.5"),
-                        "--eta applies to --sampler ddim, not dpm++2m")
+        _one_line_error(errors[f"{script} eta above 1"], "[0, 1]")
+        _one_line_error(errors[f"{script} eta for ddpm"], "--eta applies to --sampler ddim, not ddpm")
+        _one_line_error(errors[f"{script} eta for dpm++2m"], "--eta applies to --sampler ddim, not dpm++2m")
 
 
 def test_second_run_into_a_used_folder(trained, tmp_path):
@@ -99,22 +130,20 @@ def test_second_run_into_a_used_folder(trained, tmp_path):
     _one_line_error(_run(*args, "--overwrite", "--resume", "latest"), "exclude each other")
 
 
-def test_checkpoint_of_another_architecture(trained, tmp_path):
-    proc = _run("train.py", "--config", TINY, "--no-progress", "--set", f"train.out_dir={tmp_path}",
-                "--set", "model.dim=12", "--resume", str(trained / "ckpt_step00000003.ckpt"))
-    _one_line_error(proc, "does not match this architecture", "init_conv.weight", "(8, 1, 7, 7)")
+def test_checkpoint_of_another_architecture(errors):
+    _one_line_error(errors["another architecture"], "does not match this architecture", "init_conv.weight",
+                    "(8, 1, 7, 7)")
 
 
-def test_unknown_config_key_and_bad_value(tmp_path):
-    _one_line_error(_run("train.py", "--config", TINY, "--set", "train.batchsize=4"),
-                    "unknown config key 'train.batchsize'")
-    _one_line_error(_run("train.py", "--config", TINY, "--set", "train.batch_size=-4"), "train.batch_size")
-    _one_line_error(_run("train.py", "--config", str(tmp_path / "none.yaml")), "config file not found")
+def test_unknown_config_key_and_bad_value(errors):
+    _one_line_error(errors["unknown key"], "unknown config key 'train.batchsize'")
+    _one_line_error(errors["negative batch"], "train.batch_size")
+    _one_line_error(errors["no config"], "config file not found")
 
 
-def test_bad_cli_values():
-    _one_line_error(_run("sample.py", "--ckpt", "x.ckpt", "--num", "-3"), "--num", "positive integer")
-    _one_line_error(_run("sample.py", "--ckpt", "x.ckpt", "--batch-size", "many"), "--batch-size")
+def test_bad_cli_values(errors):
+    _one_line_error(errors["negative num"], "--num", "positive integer")
+    _one_line_error(errors["batch not a number"], "--batch-size")
 
 
 def test_missing_dataset(tmp_path):
@@ -143,8 +172,11 @@ def test_ddim_sampler_and_no_ema(trained, tmp_path):
     ema, raw = np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy")
     assert ema.shape == raw.shape == (4, 1, 28, 28)
     assert np.abs(ema - raw).max() > 1e-4        # EMA weights differ from the raw ones after 3 steps
-    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--sampler", "ddpm", "--eta", "1"), "--eta applies to")
-    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--class", "Bag"), "class-conditional")
+
+
+def test_sampling_flags_that_do_not_fit_the_model(errors):
+    _one_line_error(errors["eta for ddpm sampler"], "--eta applies to")
+    _one_line_error(errors["class of an unconditional model"], "class-conditional")
 
 
 def test_conditional_training_and_class_sampling(tmp_path):
@@ -170,21 +202,16 @@ def test_conditional_training_and_class_sampling(tmp_path):
     _one_line_error(_run("sample.py", "--ckpt", ckpt, "--class", "Hat"), "--class 'Hat'", "Ankle boot")
 
 
-def test_output_paths_get_one_line_errors(trained, tmp_path):
-    ckpt = str(trained / "ckpt_step00000003.ckpt")
-    a_file = tmp_path / "taken"
-    a_file.write_text("x")
-    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--out", str(a_file)), "--out", "is an existing file")
-    _one_line_error(_run("sample.py", "--ckpt", ckpt, "--out", str(a_file / "sub")), "--out", "cannot be created")
-    _one_line_error(_run("train.py", "--config", TINY, "--set", f"train.out_dir={a_file}"),
-                    "train.out_dir", "is an existing file")
-    assert a_file.read_text() == "x"
+def test_output_paths_get_one_line_errors(errors):
+    _one_line_error(errors["out a file"], "--out", "is an existing file")
+    _one_line_error(errors["out under a file"], "--out", "cannot be created")
+    _one_line_error(errors["out_dir a file"], "train.out_dir", "is an existing file")
+    assert (errors["tmp"] / "taken").read_text() == "x"
 
 
-def test_dataset_model_mismatch_stops_before_training(tmp_path):
-    proc = _run("train.py", "--config", TINY, "--set", f"train.out_dir={tmp_path}", "--set", "model.channels=3")
-    _one_line_error(proc, "model.channels=3", "data.dataset")
-    assert os.listdir(tmp_path) == []
+def test_dataset_model_mismatch_stops_before_training(errors):
+    _one_line_error(errors["dataset and model disagree"], "model.channels=3", "data.dataset")
+    assert not (errors["tmp"] / "mismatch").exists() or os.listdir(errors["tmp"] / "mismatch") == []
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from cli_batch import assert_one_line_error, run_batch
 from conftest import ROOT, TINY_YAML
 
 
@@ -13,17 +14,6 @@ def _run(command, *args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-c", "import sys; from ddpm_ms.commands import main; "
                            "sys.exit(main(sys.argv[1:]))", command, *args], capture_output=True, text=True,
                           env=dict(os.environ, **(env or {})), timeout=600, cwd=cwd or ROOT)
-
-
-def assert_one_line_error(proc, *needles):
-    """Exit 2, no traceback, and stderr one 'error: ...' line naming each needle (MindSpore's own [WARNING]
-    log lines aside)."""
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("[WARNING")]
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +88,29 @@ CKPT_CASES = [   # the same, past loading a checkpoint ({ckpt}: the tiny run's)
 ]
 
 
-@pytest.mark.parametrize("command,args,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line(files, data_dir, command, args, needles):
-    assert_one_line_error(_run(command, *[a.replace("{d}", str(files)) for a in args]), *needles)
+@pytest.fixture(scope="module")
+def results(files, tiny_run, tmp_path_factory):
+    """Every case of CASES and CKPT_CASES run through the command line (one process for all): {id: result}."""
+    out = tmp_path_factory.mktemp("out")
+    argvs = [[command, *[a.replace("{d}", str(files)) for a in args]] for _, command, args, _ in CASES]
+    argvs += [[command, "--ckpt", tiny_run["checkpoint"], "--out", str(out),
+               *[a.replace("{d}", str(files)) for a in args]] for _, command, args, _ in CKPT_CASES]
+    return dict(zip([c[0] for c in CASES + CKPT_CASES], run_batch(argvs, out)))
 
 
-@pytest.mark.parametrize("command,args,needles", [c[1:] for c in CKPT_CASES], ids=[c[0] for c in CKPT_CASES])
-def test_bad_input_past_the_checkpoint_is_one_line(files, tiny_run, tmp_path, command, args, needles):
-    args = ["--ckpt", tiny_run["checkpoint"], "--out", str(tmp_path), *[a.replace("{d}", str(files)) for a in args]]
-    assert_one_line_error(_run(command, *args), *needles)
+@pytest.mark.parametrize("case,needles", [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(results, case, needles):
+    assert_one_line_error(results[case], *needles)
+
+
+@pytest.mark.parametrize("case,needles", [(c[0], c[3]) for c in CKPT_CASES], ids=[c[0] for c in CKPT_CASES])
+def test_bad_input_past_the_checkpoint_is_one_line(results, case, needles):
+    assert_one_line_error(results[case], *needles)
+
+
+def test_a_user_error_in_a_process_of_its_own(files):
+    """The same as a process of its own: exit status 2 and the one line on the real stderr."""
+    assert_one_line_error(_run("sample", "--ckpt", str(files / "garbage.ckpt")), "corrupt or unreadable checkpoint")
 
 
 def test_forced_kernels_without_a_compiler_is_one_line(tmp_path, data_dir):
@@ -120,7 +124,8 @@ def test_forced_kernels_without_a_compiler_is_one_line(tmp_path, data_dir):
     assert_one_line_error(proc, "DDPM_MS_KERNELS=onednn", "no C++ compiler")
 
 
-def test_the_one_line_check_can_fail():
-    ok = _run("train", "--help")
+def test_the_one_line_check_can_fail(tmp_path):
+    ok, = run_batch([["train", "--help"]], tmp_path)
+    assert ok.returncode == 0
     with pytest.raises(AssertionError):
         assert_one_line_error(ok)

@@ -5,7 +5,7 @@
 
 Each run is ``sampler[:steps][:option=value...]`` with a sampler of ddpm_ms.sampling.SAMPLERS (steps default to
 the sampler's; options: spacing=uniform|logsnr, and eta for ddim). For each run it times 64 images twice, on a
-new Denoiser (``first``: the graph compile included) and again (``cached``), then samples 1000 images in batches
+new Denoiser (``first``: the graph compile included) and again (``cached``), then samples 1000 images (--num) in batches
 of --batch-size and scores them with ddpm_ms.metrics (FD, KID, IS-style score, class histogram) against the
 real reference images. It prints a Markdown table and writes compare_samplers.md, compare_samplers.json and
 quality_vs_calls.png (FD against network calls, one line per sampler and spacing) into --out.
@@ -61,9 +61,11 @@ def main(argv=None, prog=None):
     parser.add_argument("--ckpt", required=True, help="checkpoint written by scripts/train.py")
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), metavar="SAMPLER[:STEPS][:K=V]",
                         help=f"what to compare (default: {' '.join(DEFAULT_RUNS)})")
-    parser.add_argument("--batch-size", type=positive_int, default=250, help="images per batch for the 1000")
+    parser.add_argument("--batch-size", type=positive_int, default=250, help="images per batch")
     parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="for a class-conditional model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num", type=positive_int, help="images scored per row (default 1000: what reported "
+                                                          "numbers use)")
     parser.add_argument("--out", help="output folder (default: compare_samplers/ next to the checkpoint)")
     parser.add_argument("--data-root", help="Fashion-MNIST folder (default: the usual lookup)")
     add_device_arg(parser)
@@ -89,7 +91,8 @@ def main(argv=None, prog=None):
                           "--out")
     cfg, k = pipe.config, pipe.num_classes
     evaluator = Evaluator(resolve_fashion_dir(args.data_root or cfg.data.root))
-    labels = pipe.labels(NUM_EVAL)
+    num = args.num or NUM_EVAL
+    labels = pipe.labels(num)
 
     def make_pipeline():
         return Pipeline(pipe.model, pipe.sched, cfg)
@@ -97,13 +100,13 @@ def main(argv=None, prog=None):
     rows = []
     for run in tqdm(runs, desc="samplers"):
         first, cached = time_64(make_pipeline, run, args.guidance)
-        images = pipe.generate(NUM_EVAL, seed=args.seed, batch_size=args.batch_size, guidance=args.guidance, **run)
-        score = evaluator.evaluate(images, labels=labels)
+        images = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, guidance=args.guidance, **run)
+        score = evaluator.evaluate(images, num, labels=labels)
         rows.append({"run": run, "first_s": first, "cached_s": cached, **score})
         tqdm.write(f"{label(run)}: FD {score['fd']:.1f}, {cached:.1f} s / 64 images")
     md = table(rows)
     print(md)
-    save_text(os.path.join(out, "compare_samplers.md"), f"Checkpoint: {args.ckpt}; {NUM_EVAL} images per row, seed "
+    save_text(os.path.join(out, "compare_samplers.md"), f"Checkpoint: {args.ckpt}; {num} images per row, seed "
               f"{args.seed}{f', guidance {args.guidance}' if k else ''}.\n\n{md}\n")
     save_text(os.path.join(out, "compare_samplers.json"), json.dumps({"ckpt": args.ckpt, "rows": rows}, indent=1))
     plot_quality(rows, os.path.join(out, "quality_vs_calls.png"))
