@@ -10,8 +10,8 @@ import pytest
 
 from ddpm_ms import checkpoint as ckpt
 
+from cli_batch import assert_one_line_error
 from conftest import ROOT, TINY_YAML
-from test_user_errors import assert_one_line_error
 
 
 def _flip(path, where):

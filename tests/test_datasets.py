@@ -16,8 +16,8 @@ import pytest
 from ddpm_ms import data
 from ddpm_ms.errors import DataError
 
+from cli_batch import assert_one_line_error, run_batch
 from conftest import ROOT, TINY_YAML
-from test_user_errors import assert_one_line_error
 
 
 def write_mnist(folder, n=32, seed=0):
@@ -132,13 +132,12 @@ def test_train_resume_and_sample(tmp_path, dataset, channels, size):
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout.strip().splitlines()[-1])["step"] == 3
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sample.py"), "--ckpt",
-                           str(out / "ckpt_step00000003.ckpt"), "--num", "4", "--class", "1", "--sampler", "ddim",
-                           "--steps", "3", "--out", str(tmp_path / "s")], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = str(out / "ckpt_step00000003.ckpt")
+    sampled, evaluated = run_batch([["sample", "--ckpt", ckpt, "--num", "4", "--class", "1", "--sampler", "ddim",
+                                     "--steps", "3", "--out", str(tmp_path / "s")],
+                                    ["evaluate", "--ckpt", ckpt]], tmp_path)
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
     assert np.load(tmp_path / "s" / "samples.npy").shape == (4, channels, size, size)
-    evaluated = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--ckpt",
-                                str(out / "ckpt_step00000003.ckpt")], capture_output=True, text=True, timeout=600)
     assert_one_line_error(evaluated, "Fashion-MNIST", dataset)
 
 

@@ -10,8 +10,8 @@ import pytest
 from ddpm_ms.errors import RunLocked
 from ddpm_ms.run_folder import LOCK, lock_folder, unlock_folder
 
+from cli_batch import assert_one_line_error
 from conftest import ROOT, TINY_YAML
-from test_user_errors import assert_one_line_error
 
 HOLD = ("import sys, time\nfrom ddpm_ms.run_folder import lock_folder\nlock_folder(sys.argv[1])\n"
         "print('locked', flush=True)\ntime.sleep(60)\n")
