@@ -4,6 +4,7 @@ Every script calls :func:`use_device` once, before it builds a model or a graph.
 nothing of MindSpore's; a notebook that wants the same settings calls ``ddpm_ms.use_device()`` itself.
 """
 import os
+import sys
 
 import mindspore as ms
 
@@ -24,10 +25,27 @@ def cpu_settings():
     """The CPU-only settings, applied by :func:`use_device` when the target is CPU.
 
     ``MS_DEV_HOST_BLOCKING_RUN=1``: no busy-waiting host queue, which steals a core on small CPU machines
-    (about 2x on 2 cores). The kernel library (:mod:`ddpm_ms.kernels`) needs nothing here: it is used only when
-    the device target is CPU, and the oneDNN ISA cap is set only on its fallback path.
+    (about 1.5-2x on 2 cores). MindSpore reads it when its runtime starts (the first op or graph): set later, it
+    does nothing in this process, and one warning line says so. A value the user set is kept. The kernel library
+    (:mod:`ddpm_ms.kernels`) needs nothing here: it is used only when the device target is CPU, and the oneDNN
+    ISA cap is set only on its fallback path.
     """
-    os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+    if "MS_DEV_HOST_BLOCKING_RUN" in os.environ:
+        return
+    if _runtime_started():
+        print("warning: ddpm_ms: MindSpore ran an op before the fast CPU settings could apply, so this process "
+              "trains and samples up to 2x slower; call ddpm_ms.use_device() (or set MS_DEV_HOST_BLOCKING_RUN=1) "
+              "before the first MindSpore op, e.g. at the top of the notebook", file=sys.stderr, flush=True)
+    os.environ["MS_DEV_HOST_BLOCKING_RUN"] = "1"   # once: no second warning; processes started later inherit it
+
+
+def _runtime_started():
+    """Whether MindSpore's CPU runtime has started (it has run an op), after which its environment is read."""
+    try:
+        from mindspore import hal  # pylint: disable=import-outside-toplevel
+        return bool(hal.is_initialized("CPU"))
+    except Exception:   # pylint: disable=broad-except  # a MindSpore without the call: assume not started
+        return False
 
 
 def available(target):

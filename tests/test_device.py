@@ -177,3 +177,21 @@ def test_fast_cpu_settings_without_use_device(what):
     env = {k: v for k, v in os.environ.items() if k != "MS_DEV_HOST_BLOCKING_RUN"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+    assert "warning: ddpm_ms" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_one_warning_when_the_fast_settings_come_too_late():
+    """A notebook that ran a MindSpore op first: MS_DEV_HOST_BLOCKING_RUN no longer takes effect in this process;
+    building a Denoiser says so in one line (how to fix it included), and a TrainStep after it says nothing more."""
+    code = ("import numpy as np, mindspore as ms, ddpm_ms\nfrom mindspore import nn, amp\n"
+            "(ms.Tensor(np.ones(3, np.float32)) + 1).asnumpy()\n"
+            "net = ddpm_ms.Unet(dim=8, dim_mults=(1, 2), channels=1)\n"
+            "sched = ddpm_ms.NoiseSchedule.from_name('linear', 10)\n"
+            "ddpm_ms.Denoiser(net, sched)\n"
+            "ddpm_ms.TrainStep(net, sched, nn.Adam(net.trainable_params()), amp.DynamicLossScaler(1024, 2, 100))\n"
+            "print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "MS_DEV_HOST_BLOCKING_RUN"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("warning: ddpm_ms")]
+    assert len(lines) == 1 and "MS_DEV_HOST_BLOCKING_RUN=1" in lines[0] and "use_device()" in lines[0], proc.stderr
