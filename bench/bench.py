@@ -14,6 +14,8 @@ Every measurement runs in its own subprocess, so that its peak RSS and its oneDN
                   the loss scaler's unscale and finiteness check): what the fused optimizer step gains
   oneDNN kernels  ddpm_ms as it runs by default on CPU: the kernel library (ddpm_ms.kernels), AVX-512 allowed,
                   one fused optimizer step
+  oneDNN kernels, plain script  the same with nothing setting MS_DEV_HOST_BLOCKING_RUN before the TrainStep
+                  (as a notebook that never calls use_device): it should match the row above
   PyTorch eager   bench/torch_reference.py: the same U-Net, parameter for parameter, in PyTorch eager
   torch.compile   the same, its model and optimizer step under torch.compile (inductor), timed after compiling
 The "recipe loop" row times the fashion_cpu recipe's Trainer (data, noise, EMA, logging; no evaluations or
@@ -35,12 +37,14 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 BASE_ENV = {"MS_DEV_HOST_BLOCKING_RUN": "1"}
-VARIANTS = {   # name -> (implementation, environment)
+VARIANTS = {   # name -> (implementation, environment; None: the variable unset)
     "MindSpore ops": ("ddpm_ms", {"DDPM_MS_KERNELS": "off"}),
     "oneDNN kernels": ("ddpm_ms", {"DDPM_MS_KERNELS": "onednn"}),
     "PyTorch eager": ("torch", {}),
     "torch.compile": ("torch-compile", {}),
     "kernels, MindSpore Adam": ("ddpm_ms-plain-adam", {"DDPM_MS_KERNELS": "onednn"}),
+    # a plain script: nothing sets MS_DEV_HOST_BLOCKING_RUN before the TrainStep is built (it sets it itself)
+    "oneDNN kernels, plain script": ("ddpm_ms", {"DDPM_MS_KERNELS": "onednn", "MS_DEV_HOST_BLOCKING_RUN": None}),
 }
 
 
@@ -165,7 +169,8 @@ def _spawn(kind, variant, model, batch, steps):
     impl, env = VARIANTS[variant]
     cmd = [sys.executable, __file__, "--child", "--kind", kind, "--impl", impl, "--model", model,
            "--batch", str(batch), "--steps", str(steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **BASE_ENV, **env), check=False)
+    env = {k: v for k, v in dict(os.environ, **BASE_ENV, **env).items() if v is not None}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -180,7 +185,8 @@ def plan(quick, torch):
     for label, model, batch, steps in (("train tutorial U-Net B=16", "tutorial", 16, 4 if quick else 10),
                                        ("train tutorial U-Net B=64", "tutorial", 64, 3 if quick else 6),
                                        ("train fashion_cpu U-Net B=16", "fashion_cpu", 16, 10 if quick else 30)):
-        rows += [(label, "train", v, model, batch, steps) for v in variants]
+        plain = ["oneDNN kernels, plain script"] if model == "fashion_cpu" else []   # the recipe's model
+        rows += [(label, "train", v, model, batch, steps) for v in variants + plain]
     rows += [("fashion_cpu recipe loop B=16", "loop", "oneDNN kernels", "fashion_cpu", 16, 40 if quick else 150)]
     rows += [("sample 64 images DDPM-200", "ddpm", v, "tutorial", 64, 20 if quick else 200)
              for v in variants if v not in ("torch.compile", "kernels, MindSpore Adam")]
