@@ -25,7 +25,7 @@ train: venv
 	$(PY) scripts/train.py --config $(CONFIG) $(TRAIN_ARGS)
 
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: venv
 	$(PY) bench/bench.py

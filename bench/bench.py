@@ -16,6 +16,7 @@ Every measurement runs in its own subprocess, so that its peak RSS and its oneDN
                   one fused optimizer step
   oneDNN kernels, plain script  the same with nothing setting MS_DEV_HOST_BLOCKING_RUN before the TrainStep
                   (as a notebook that never calls use_device): it should match the row above
+  oneDNN kernels, settings too late  the same after one MindSpore op ran first (the one-line warning's case)
   PyTorch eager   bench/torch_reference.py: the same U-Net, parameter for parameter, in PyTorch eager
   torch.compile   the same, its model and optimizer step under torch.compile (inductor), timed after compiling
 The "recipe loop" row times the fashion_cpu recipe's Trainer (data, noise, EMA, logging; no evaluations or
@@ -45,6 +46,9 @@ VARIANTS = {   # name -> (implementation, environment; None: the variable unset)
     "kernels, MindSpore Adam": ("ddpm_ms-plain-adam", {"DDPM_MS_KERNELS": "onednn"}),
     # a plain script: nothing sets MS_DEV_HOST_BLOCKING_RUN before the TrainStep is built (it sets it itself)
     "oneDNN kernels, plain script": ("ddpm_ms", {"DDPM_MS_KERNELS": "onednn", "MS_DEV_HOST_BLOCKING_RUN": None}),
+    # the same after one MindSpore op ran first: the variable comes too late (ddpm_ms warns)
+    "oneDNN kernels, settings too late": ("ddpm_ms-late", {"DDPM_MS_KERNELS": "onednn",
+                                                           "MS_DEV_HOST_BLOCKING_RUN": None}),
 }
 
 
@@ -59,14 +63,17 @@ def model_kwargs(name):
                 attn_dim_head=m.attn_dim_head, init_dim=m.init_dim)
 
 
-def measure_train(model_kw, batch, steps, fused_adam=True):
+def measure_train(model_kw, batch, steps, fused_adam=True, op_first=False):
     """Images per second of the compiled train step, after one warm-up (compile) step; ``fused_adam`` False: the
-    optimizer step in MindSpore's ops, the layers on the kernels."""
+    optimizer step in MindSpore's ops, the layers on the kernels; ``op_first``: one MindSpore op runs before the
+    TrainStep is built."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from mindspore import amp, nn  # pylint: disable=import-outside-toplevel
     import ddpm_ms  # pylint: disable=import-outside-toplevel
     from ddpm_ms.batches import step_noise  # pylint: disable=import-outside-toplevel
+    if op_first:
+        (ms.Tensor(np.ones(3, np.float32)) + 1).asnumpy()
     ms.set_seed(0)
     model = ddpm_ms.Unet(**model_kw)
     sched = ddpm_ms.NoiseSchedule.from_name("linear", 200)
@@ -158,7 +165,7 @@ def _child(args):
         result = measure_loop(args.model, args.steps)
     elif args.kind == "train":
         result = measure_train(model_kwargs(args.model), args.batch, args.steps,
-                               fused_adam=args.impl != "ddpm_ms-plain-adam")
+                               fused_adam=args.impl != "ddpm_ms-plain-adam", op_first=args.impl == "ddpm_ms-late")
     else:
         result = measure_sample(model_kwargs(args.model), args.batch, args.steps, sampler=args.kind)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -185,7 +192,8 @@ def plan(quick, torch):
     for label, model, batch, steps in (("train tutorial U-Net B=16", "tutorial", 16, 4 if quick else 10),
                                        ("train tutorial U-Net B=64", "tutorial", 64, 3 if quick else 6),
                                        ("train fashion_cpu U-Net B=16", "fashion_cpu", 16, 10 if quick else 30)):
-        plain = ["oneDNN kernels, plain script"] if model == "fashion_cpu" else []   # the recipe's model
+        plain = (["oneDNN kernels, plain script", "oneDNN kernels, settings too late"] if model == "fashion_cpu"
+                 else [])   # the recipe's model
         rows += [(label, "train", v, model, batch, steps) for v in variants + plain]
     rows += [("fashion_cpu recipe loop B=16", "loop", "oneDNN kernels", "fashion_cpu", 16, 40 if quick else 150)]
     rows += [("sample 64 images DDPM-200", "ddpm", v, "tutorial", 64, 20 if quick else 200)

@@ -16,7 +16,8 @@ TINY_YAML = os.path.join(ROOT, "configs", "tiny.yaml")   # the tiny config: seco
 
 
 # The longest files (minutes each on a slow 2-core machine) start first, so that `-n 2 --dist loadfile` does not
-# end with one worker alone on one of them.
+# end with one worker alone on one of them (`make test` passes --no-loadscope-reorder: xdist would otherwise
+# start the files with the most tests first, and these have few).
 LONGEST_FIRST = ("test_faults_phases.py", "test_distributed.py", "test_cli.py", "test_train_eval.py",
                  "test_metrics.py", "test_resume.py", "test_device.py", "test_train_step.py", "test_datasets.py")
 
