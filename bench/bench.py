@@ -176,7 +176,7 @@ def _spawn(kind, variant, model, batch, steps):
     impl, env = VARIANTS[variant]
     cmd = [sys.executable, __file__, "--child", "--kind", kind, "--impl", impl, "--model", model,
            "--batch", str(batch), "--steps", str(steps)]
-    env = {k: v for k, v in dict(os.environ, **BASE_ENV, **env).items() if v is not None}
+    env = {k: v for k, v in {**os.environ, **BASE_ENV, **env}.items() if v is not None}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
