@@ -9,8 +9,9 @@ BENCHMARKS.md). It trains configs/tiny.yaml on the shared data ($DDPM_MS_DATA_DI
      logged its first step, or while a checkpoint is being written (each write is held open for a moment between
      the temporary file and the rename); or killed (SIGKILL) or interrupted (SIGTERM, SIGINT) inside a phase:
      a checkpoint write, an evaluation, a best.ckpt write, a preview grid, the final samples, or the resume itself
-     (each phase is held open for a moment, announced by a marker file or, for a write, its temporary file). After each kill every checkpoint on disk is read back
-     in full and the run is resumed with --resume latest (or restarted with --overwrite when there is none);
+     (each phase is held open for a moment, announced by a marker file or, for a write, its temporary file).
+     After each kill every checkpoint on disk is read back in full and the run is resumed with --resume latest
+     (or restarted with --overwrite when there is none);
   3. compares the final checkpoint and best.ckpt with the reference's, tensor by tensor (weights, Adam moments
      and beta powers, EMA weights and count, loss-scaler state, position), and the metrics rows (losses and FD
      rows, all but the timings) row by row;

@@ -5,9 +5,9 @@
 
 Each run is ``sampler[:steps][:option=value...]`` with a sampler of ddpm_ms.sampling.SAMPLERS (steps default to
 the sampler's; options: spacing=uniform|logsnr, and eta for ddim). For each run it times 64 images twice, on a
-new Denoiser (``first``: the graph compile included) and again (``cached``), then samples 1000 images (--num) in batches
-of --batch-size and scores them with ddpm_ms.metrics (FD, KID, IS-style score, class histogram) against the
-real reference images. It prints a Markdown table and writes compare_samplers.md, compare_samplers.json and
+new Denoiser (``first``: the graph compile included) and again (``cached``), then samples 1000 images (``--num``)
+in batches of --batch-size and scores them with ddpm_ms.metrics (FD, KID, IS-style score, class histogram)
+against the real reference images. It prints a Markdown table and writes compare_samplers.md, compare_samplers.json and
 quality_vs_calls.png (FD against network calls, one line per sampler and spacing) into --out.
 """
 import json
