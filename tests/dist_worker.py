@@ -2,8 +2,10 @@
 
 Before training it dumps the gradient that the train step would apply for this rank's share of one fixed global
 batch (the first ``batch_size x world`` images, with fixed t and noise); then it trains a few steps and dumps
-this rank's parameters.
+this rank's parameters. An argument ``resume=PATH`` continues from that checkpoint after the dump (as
+``--resume PATH`` would) instead of training from the start.
 """
+import json
 import os
 import sys
 
@@ -34,13 +36,16 @@ def dump_gradients(trainer, rank, world, path):
 
 def main(config, out, *overrides):
     rank, world = setup()
-    cfg = load_config(config, [f"train.out_dir={out}", *overrides])
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    cfg = load_config(config, [f"train.out_dir={out}", *(o for o in overrides if not o.startswith("resume="))])
     trainer = Trainer.from_config(cfg, rank=rank, world_size=world)
     dump_gradients(trainer, rank, world, os.path.join(out, f"grads_rank{rank}.npz"))
+    if resume:
+        trainer.resume(resume[0])
     summary = trainer.fit(progress=False)
     np.savez(os.path.join(out, f"params_rank{rank}.npz"),
              **{p.name: p.asnumpy() for p in trainer.run.model.trainable_params()})
-    print(f"rank {rank}/{world}: {summary}")
+    print(json.dumps({"rank": rank, "world": world, "step": summary["step"], "epoch": summary["epoch"]}))
 
 
 if __name__ == "__main__":
