@@ -38,6 +38,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 BASE_ENV = {"MS_DEV_HOST_BLOCKING_RUN": "1"}
+GENERATE_NUM = 1000   # images of the generate rows (an evaluation's count)
 VARIANTS = {   # name -> (implementation, environment; None: the variable unset)
     "MindSpore ops": ("ddpm_ms", {"DDPM_MS_KERNELS": "off"}),
     "oneDNN kernels": ("ddpm_ms", {"DDPM_MS_KERNELS": "onednn"}),
@@ -155,14 +156,39 @@ def measure_sample(model_kw, batch, steps, sampler="ddpm"):
     return {"seconds": run(n), "measured_steps": n, "of_steps": n}
 
 
+def measure_generate(model_kw, num, batch, steps=20, sampler="dpm++2m-sde"):
+    """Seconds for ``num`` images with ``steps`` calls of ``sampler`` in batches of ``batch`` (ddpm_ms.generate, the
+    path of sample, evaluate and the in-training evaluations), after one batch that compiles the graph."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import ddpm_ms  # pylint: disable=import-outside-toplevel
+    ms.set_seed(0)
+    model = ddpm_ms.Unet(**model_kw)
+    model.set_train(False)
+    denoiser = ddpm_ms.Denoiser(model, ddpm_ms.NoiseSchedule.from_name("linear", 200))
+
+    def run(n):
+        t0 = time.perf_counter()
+        ddpm_ms.generate(denoiser, (model.channels, 28, 28), n, batch_size=batch, sampler=sampler, steps=steps,
+                         progress=False)
+        return time.perf_counter() - t0
+
+    first = run(batch)
+    return {"seconds": run(num), "num": num, "batch": batch, "of_steps": steps, "measured_steps": steps,
+            "first_batch_s": first}
+
+
 def _child(args):
     if args.impl.startswith("torch"):
         import torch_reference as ref  # pylint: disable=import-outside-toplevel
         kw = model_kwargs(args.model)
-        result = (ref.measure_train(kw, args.batch, args.steps, compiled=args.impl == "torch-compile")
-                  if args.kind == "train" else ref.measure_sample(kw, args.batch, args.steps))
+        compiled = args.impl == "torch-compile"
+        result = (ref.measure_train(kw, args.batch, args.steps, compiled=compiled) if args.kind == "train" else
+                  ref.measure_generate(kw, GENERATE_NUM, args.batch, args.steps, compiled=compiled)
+                  if args.kind == "dpm++2m-sde" else ref.measure_sample(kw, args.batch, args.steps))
     elif args.kind == "loop":
         result = measure_loop(args.model, args.steps)
+    elif args.kind == "dpm++2m-sde":
+        result = measure_generate(model_kwargs(args.model), GENERATE_NUM, args.batch, args.steps)
     elif args.kind == "train":
         result = measure_train(model_kwargs(args.model), args.batch, args.steps,
                                fused_adam=args.impl != "ddpm_ms-plain-adam", op_first=args.impl == "ddpm_ms-late")
@@ -199,6 +225,9 @@ def plan(quick, torch):
     rows += [("sample 64 images DDPM-200", "ddpm", v, "tutorial", 64, 20 if quick else 200)
              for v in variants if v not in ("torch.compile", "kernels, MindSpore Adam")]
     rows += [("sample 64 images DDIM-50", "ddim", "oneDNN kernels", "tutorial", 64, 50)]
+    sampling = ["oneDNN kernels"] + (["PyTorch eager", "torch.compile"] if torch else [])
+    rows += [(f"sample {GENERATE_NUM} fashion_cpu images DPM-Solver++(2M) SDE-20, B={b}", "dpm++2m-sde", v,
+              "fashion_cpu", b, 20) for b in ((250, 1000) if quick else (125, 250, 500, 1000)) for v in sampling]
     return rows
 
 
@@ -207,7 +236,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="fewer timed steps")
     p.add_argument("--torch", action="store_true", help="add the PyTorch eager rows and the ratio column")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--kind", choices=("train", "loop", "ddpm", "ddim"), help=argparse.SUPPRESS)
+    p.add_argument("--kind", choices=("train", "loop", "ddpm", "ddim", "dpm++2m-sde"), help=argparse.SUPPRESS)
     p.add_argument("--impl", choices=sorted({impl for impl, _ in VARIANTS.values()}), help=argparse.SUPPRESS)
     p.add_argument("--model", default="tutorial", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -241,6 +270,8 @@ def _print_table(results):
             if kind == "loop":
                 timed += (f"; its bare step {r['bare_img_per_s']:.1f} img/s, loop/step "
                           f"{r['img_per_s'] / r['bare_img_per_s']:.2f}x")
+        elif kind == "dpm++2m-sde":
+            text, timed = f"{r['seconds']:.1f} s", f"first batch (compiles) {r['first_batch_s']:.1f} s"
         else:
             text = f"{r['seconds']:.0f} s"
             timed = f"{kind.upper()}-{r['of_steps']}" + (

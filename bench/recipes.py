@@ -7,6 +7,9 @@
 A run is NAME:CONFIG[:KEY=VALUE,...]. Every run needs train.eval_every > 0 (FD/KID of train.eval_num samples
 with the recipe's sampler, logged to metrics.jsonl with the wall time). Prints a Markdown table, writes
 recipes.json and fd_vs_wall.png (FD against wall time, one line per run) in --out. Needs DDPM_MS_DATA_DIR.
+`--done NAME:FOLDER` adds a run already trained (its config.yaml and metrics.jsonl; wall time: its last row):
+
+    python bench/recipes.py --out runs/curves --done 15min:runs/fashion_cpu --done hour:runs/fashion_cpu_hour
 """
 import argparse
 import json
@@ -71,11 +74,19 @@ def plot(results, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, help="NAME:CONFIG[:KEY=VALUE,...]")
+    parser.add_argument("--run", action="append", default=[], help="NAME:CONFIG[:KEY=VALUE,...]")
+    parser.add_argument("--done", action="append", default=[], help="NAME:FOLDER of a finished run")
     parser.add_argument("--out", default="runs/recipes")
     args = parser.parse_args()
+    if not args.run and not args.done:
+        parser.error("give at least one --run or --done")
     os.makedirs(args.out, exist_ok=True)
     results = {}
+    for text in args.done:
+        name, _, folder = text.partition(":")
+        rows = read_metrics(os.path.join(folder, "metrics.jsonl"))
+        wall = max(r.get("wall_s", 0.0) for r in rows)
+        results[name] = describe(os.path.join(folder, "config.yaml"), [], wall, rows)
     for text in args.run:
         name, config, overrides = parse_run(text)
         wall, rows = train(name, config, overrides, args.out)

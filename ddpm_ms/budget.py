@@ -1,11 +1,13 @@
 """Runs sized by wall time: how many steps fit a budget on this machine, from the run's own measured costs.
 
-A budgeted run (``train.minutes``) trains ``train.warmup_steps`` steps with the LR warming up, timing them, then
-times one sample grid, one batch of the evaluation's sampling and one checkpoint (:class:`Costs`). :func:`plan`
+A budgeted run (``train.minutes``) trains with the LR warming up over ``train.warmup_steps`` steps and then held,
+timing its steps, until ``train.measure_share`` of the budget has passed (a machine's speed can move by 10% in
+its first minutes); then it times one sample grid, one batch of the evaluation's sampling and one checkpoint
+(:class:`Costs`). :func:`plan`
 turns those into the step count and the cadence of evaluations and grids that fill the budget, counting what
 is already spent (from the process start: imports, data, compiles) and what is still to come (the final
 evaluation, grid, GIF and checkpoint). The plan is then fixed: written into the config (``train.max_steps``,
-``eval_every``, ``preview_every``), config.yaml and every checkpoint, so a resume continues it and another machine
+``decay_start``, ``eval_every``, ``preview_every``), config.yaml and every checkpoint, so a resume continues it and another machine
 replays it. Nothing here imports MindSpore.
 """
 import math
@@ -43,11 +45,13 @@ class Costs:
 @dataclass
 class Plan:
     """A budgeted run's fixed plan: ``total_steps``; evaluations every ``eval_every`` epochs (past the run's
-    epochs: only the last one; 0: none) and grids every ``preview_every`` epochs; ``predicted_s``, the run's predicted wall time."""
+    epochs: only the last one; 0: none) and grids every ``preview_every`` epochs; ``predicted_s``, the run's
+    predicted wall time; ``decay_start``, the step it was made at, where the LR's cosine starts."""
     total_steps: int
     eval_every: int
     preview_every: int
     predicted_s: float
+    decay_start: int
 
     def to_dict(self):
         """JSON-ready."""
@@ -102,4 +106,4 @@ def plan(budget_s, elapsed_s, done, steps_per_epoch, costs, ckpt_every, evaluate
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return Plan(lo, eval_every, preview_every,
                 round(predicted_seconds(lo, elapsed_s, done, steps_per_epoch, costs, ckpt_every, eval_every,
-                                        preview_every, evaluate), 1))
+                                        preview_every, evaluate), 1), done)

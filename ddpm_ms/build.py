@@ -50,12 +50,15 @@ def build_loss_weights(sched, diffusion_cfg):
 
 def lr_schedule(train_cfg, steps_per_epoch, scale=1):
     """The LR Adam steps with: the tutorial's per-epoch cosine list, or for a budgeted run (train.minutes) the
-    in-graph warm-up + cosine of :mod:`ddpm_ms.lr` over train.max_steps (the plan; set later when not yet made).
+    in-graph warm-up, hold and cosine of :mod:`ddpm_ms.lr` to train.max_steps (the plan; set later when not yet made).
     ``scale`` multiplies both LRs (train.lr_scaling)."""
     t = train_cfg
     if t.minutes is None:
         return [v * scale for v in lr_mod.tutorial_cosine(t.lr, t.min_lr, t.epochs, steps_per_epoch)]
-    return lr_mod.WarmupCosineLR(t.lr * scale, t.min_lr * scale, t.warmup_steps, t.max_steps or t.warmup_steps + 1)
+    # a planned run's cosine starts at train.decay_start (older plans: at the warm-up's end); unplanned: LR held
+    start = t.decay_start if t.decay_start is not None else (t.warmup_steps if t.max_steps else None)
+    return lr_mod.WarmupCosineLR(t.lr * scale, t.min_lr * scale, t.warmup_steps, t.max_steps or t.warmup_steps + 1,
+                                 start)
 
 
 def total_steps(train_cfg, steps_per_epoch):
@@ -134,7 +137,8 @@ def build_callbacks(cfg, run, folder, is_main=True, peer_watch=None):
     t = cfg.train
     out = []
     if t.minutes is not None and t.max_steps is None:    # plans first, so the others see the planned total
-        out.append(cb.Budget(t.minutes * 60.0, t.warmup_steps, run.lr, monitor_share=t.monitor_share))
+        out.append(cb.Budget(t.minutes * 60.0, t.warmup_steps, run.lr, monitor_share=t.monitor_share,
+                             measure_share=t.measure_share))
     out += [cb.PeerFinish(peer_watch)] if peer_watch is not None else []
     out += [cb.EMAUpdate(run.ema, every=cfg.ema.update_every)] if run.ema is not None else []
     if is_main:

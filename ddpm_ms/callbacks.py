@@ -200,7 +200,7 @@ class Evaluation(Callback):
         return row
 
     def on_epoch_end(self, trainer):
-        if trainer.state.epoch % self.every == 0:
+        if trainer.state.epoch % self.every == 0 and trainer.total_steps is not None:   # None: not planned yet
             self.evaluate(trainer)
 
     def on_plan(self, trainer, plan):
@@ -247,7 +247,7 @@ class PreviewGrids(Callback):
 
     def on_epoch_end(self, trainer):
         s = trainer.state
-        if s.epoch % self.every:
+        if s.epoch % self.every or trainer.total_steps is None:     # None: a budget not planned yet
             return
         grid = self.previewer(self.num, seed=s.epoch, progress=trainer.progress)
         save_grid(grid, self.folder.file(f"samples_epoch{s.epoch:03d}.png"), nrow=self.previewer.columns,
@@ -277,34 +277,40 @@ class Curves(Callback):
 
 
 class Budget(Callback):
-    """Sizes a run by wall time (train.minutes): times the warm-up steps, then a grid, the evaluation's sampling
-    and a checkpoint, and fixes the :class:`~ddpm_ms.budget.Plan` that fits ``budget_s`` (see
-    :mod:`ddpm_ms.budget`). The plan goes into the config (train.max_steps, eval_every, preview_every),
-    config.yaml, a metrics row, the LR schedule (``lr_schedule.set_total``) and every later checkpoint; each
-    callback hears it through ``on_plan``. A resume from a checkpoint written after the plan takes it from there.
-    It runs first among the callbacks, so the others see the planned total at the same step.
+    """Sizes a run by wall time (train.minutes): times the steps from the start until ``measure_share`` of
+    ``budget_s`` has passed (and the ``warmup_steps`` are done; the LR holds at its peak after them), then a
+    grid, the evaluation's sampling and a checkpoint, and fixes the :class:`~ddpm_ms.budget.Plan` that fits the
+    budget (see :mod:`ddpm_ms.budget`). Before the plan no grids or evaluations run. The plan goes into the
+    config (train.max_steps, decay_start, eval_every, preview_every), config.yaml, a metrics row, the LR schedule
+    (``lr_schedule.set_plan``) and every later checkpoint; each callback hears it through ``on_plan``. A resume
+    from a checkpoint written after the plan takes it from there. It runs first among the callbacks, so the others
+    see the planned total at the same step.
     """
 
-    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05):
+    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05, measure_share=0.0):
         self.budget_s, self.warmup, self.lr_schedule, self.monitor_share = budget_s, warmup_steps, lr_schedule, monitor_share
+        self.measure_s = measure_share * budget_s
         self.stamps, self.plan, self.costs = [], None, None     # costs: the measured budget.Costs
 
     def on_resume(self, trainer, rows):
         saved = trainer.resumed_config.train
         if saved.max_steps is not None and saved.minutes is not None:
-            self._fix(trainer, budget.Plan(saved.max_steps, saved.eval_every, saved.preview_every, None), log=False)
+            start = saved.decay_start if saved.decay_start is not None else saved.warmup_steps   # older plans: W
+            self._fix(trainer, budget.Plan(saved.max_steps, saved.eval_every, saved.preview_every, None, start),
+                      log=False)
 
     def on_step(self, trainer, loss, finite):
         if self.plan is not None:
             return
         self.stamps.append(time.perf_counter())
-        if trainer.state.step >= self.warmup:
+        if trainer.state.step >= self.warmup and trainer.wall_s >= self.measure_s:
             self._fix(trainer, self._measure_and_plan(trainer))
 
     def step_seconds(self):
-        """Seconds per step: the mean over the second half of the warm-up (the compile and the first, slower
-        steps left out: in the 15-minute recipe steps 50-200 ran 5% slower than the run's average), without its
-        slowest 2% (an epoch end's grid or shuffle, which the plan counts apart)."""
+        """Seconds per step: the mean over the second half of the steps timed (the compile and the first, slower
+        steps left out: in the 15-minute recipe steps 50-200 ran 5% slower than the run's average; on a machine
+        whose speed drifts, the recent half is the better guess), without the slowest 2% (an epoch end's shuffle,
+        and the like)."""
         half = self.stamps[len(self.stamps) // 2:]
         gaps = sorted(b - a for a, b in zip(half, half[1:]))
         gaps = gaps[:len(gaps) - math.ceil(0.02 * len(gaps))] or gaps
@@ -327,8 +333,9 @@ class Budget(Callback):
         self.plan = plan
         t = trainer.config.train
         t.max_steps, t.eval_every, t.preview_every = plan.total_steps, plan.eval_every, plan.preview_every
+        t.decay_start = plan.decay_start
         trainer.total_steps = plan.total_steps
-        self.lr_schedule.set_total(plan.total_steps)
+        self.lr_schedule.set_plan(plan.decay_start, plan.total_steps)
         trainer.emit("on_plan", plan)
         if log:
             trainer.folder.log({"step": trainer.state.step, "epoch": trainer.state.epoch, "plan": plan.to_dict(),

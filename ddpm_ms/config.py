@@ -101,7 +101,9 @@ class TrainConfig:
     preview_every: int = 1              # epochs between sample grids
     best_margin: float = 0.0            # best.ckpt is replaced only by an FD lower by more than this fraction
     minutes: Optional[float] = None     # wall-time budget: the run plans its own max_steps (ddpm_ms.budget)
-    warmup_steps: int = 200             # budgeted runs: LR warm-up steps, while the speed is measured
+    warmup_steps: int = 200             # budgeted runs: LR warm-up steps (the speed is measured from then on)
+    measure_share: float = 0.25         # budgeted runs: this share of the budget passes before the plan (LR held at lr)
+    decay_start: Optional[int] = None   # budgeted runs: the step the cosine starts at (the plan's; None: warmup_steps)
     monitor_share: float = 0.045        # budgeted runs: this share of the budget on evaluations and grids (5% with room)
 
 
@@ -276,6 +278,10 @@ def _check_train(t, d):
     _check(0 < t.monitor_share < 1, "train.monitor_share", f"must be in (0, 1), got {t.monitor_share}")
     _check(t.minutes is None or t.max_steps is None or t.max_steps > t.warmup_steps, "train.max_steps",
            f"must exceed train.warmup_steps={t.warmup_steps} in a budgeted run, got {t.max_steps}")
+    _check(0 <= t.measure_share <= 0.5, "train.measure_share", f"must be in [0, 0.5], got {t.measure_share}")
+    _check(t.decay_start is None or (t.warmup_steps <= t.decay_start and
+                                     (t.max_steps is None or t.decay_start < t.max_steps)), "train.decay_start",
+           f"must be in [train.warmup_steps={t.warmup_steps}, train.max_steps={t.max_steps}), got {t.decay_start}")
     for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps", "preview_every",
                 "warmup_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")

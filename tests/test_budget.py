@@ -69,11 +69,14 @@ def test_warmup_cosine_closed_form():
     np.testing.assert_allclose(warmup_cosine([200, 2700, 5200], lr, lo, w, n), [lr, (lr + lo) / 2, lo])
     s = 200 + 5000 / 3
     np.testing.assert_allclose(warmup_cosine(s, lr, lo, w, n), lo + (lr - lo) * 0.75)   # cos(pi/3) = 1/2
+    # held at lr from the warm-up's end to the plan's step P = 1200, then the cosine over [P, N]
+    np.testing.assert_allclose(warmup_cosine([199, 200, 700, 1200, 3200, 5200], lr, lo, w, n, decay_start=1200),
+                               [lr, lr, lr, lr, (lr + lo) / 2, lo])
 
 
 def test_the_compiled_step_follows_the_plan_set_after_it_compiled():
-    """WarmupCosineLR inside a jit'd Adam step: the LR Adam applies before and after set_total (an assign into a
-    graph that has already compiled) equals warmup_cosine, step by step."""
+    """WarmupCosineLR inside a jit'd Adam step: the LR Adam applies while unplanned (held after the warm-up) and
+    after set_plan (an assign into a graph that has already compiled) equals warmup_cosine, step by step."""
     import mindspore as ms
     from mindspore import Tensor, nn
     from ddpm_ms.lr import WarmupCosineLR, warmup_cosine
@@ -93,12 +96,13 @@ def test_the_compiled_step_follows_the_plan_set_after_it_compiled():
 
     x = Tensor(np.ones((2, 3), np.float32))
     got = []
-    for s in range(9):
-        if s == 2:
-            sched.set_total(10)
+    for s in range(11):
+        if s == 6:                     # warm-up 0-3, held at 1e-2 on 4 and 5, the cosine from 6 to 12
+            sched.set_plan(6, 12)
         got.append(float(step(x).asnumpy()))
-    np.testing.assert_allclose(got, warmup_cosine(np.arange(9), 1e-2, 1e-4, 4, 10), rtol=1e-5)
-    assert sched.numpy(6) == pytest.approx(got[6], rel=1e-5)
+    np.testing.assert_allclose(got, warmup_cosine(np.arange(11), 1e-2, 1e-4, 4, 12, decay_start=6), rtol=1e-5)
+    np.testing.assert_allclose(got[3:7], 1e-2, rtol=1e-6)
+    assert got[7] < got[6] and sched.numpy(8) == pytest.approx(got[8], rel=1e-5)
 
 
 class _Folder:
@@ -136,9 +140,13 @@ SLEEP_S = 0.2
 BUDGET_S = 60.0
 
 
+MEASURE_SHARE = 0.4     # the plan after 24 s: past the compile and the 12 warm-up steps, so the LR holds a while
+
+
 def _budgeted(tiny_config, out, *extra):
-    return tiny_config(f"train.minutes={BUDGET_S / 60}", "train.warmup_steps=12", "data.num_samples=400", "train.gif=false",
-                       "train.sample_num=4", "train.log_every=1", "train.ckpt_every=1000", *extra, out=out)
+    return tiny_config(f"train.minutes={BUDGET_S / 60}", "train.warmup_steps=12", f"train.measure_share={MEASURE_SHARE}",
+                       "data.num_samples=400", "train.gif=false", "train.sample_num=4", "train.log_every=1",
+                       "train.ckpt_every=1000", *extra, out=out)
 
 
 def _slowed(trainer, seconds):
@@ -163,38 +171,45 @@ def test_a_budgeted_run_plans_from_its_speed_and_resumes_its_plan_exactly(tiny_c
     from ddpm_ms.lr import warmup_cosine
     from ddpm_ms.trainer import Trainer
 
-    class KillAt(Callback):                      # SIGTERM to ourselves at a step after the plan
-        def __init__(self, step):
-            self.step = step
+    class KillAfterPlan(Callback):               # SIGTERM to ourselves two steps after the plan
+        plan_step = None
+
+        def on_plan(self, trainer, plan):
+            self.plan_step = trainer.state.step
 
         def on_step(self, trainer, loss, finite):
-            if trainer.state.step == self.step:
+            if self.plan_step is not None and trainer.state.step == self.plan_step + 2:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     out = tmp_path / "killed"
     tr = _slowed(Trainer.from_config(_budgeted(tiny_config, out)), SLEEP_S)
     assert tr.total_steps is None and isinstance(tr.callbacks[0], Budget)
-    tr.callbacks.append(KillAt(14))                 # two steps after the plan (step 12)
+    killer = KillAfterPlan()
+    tr.callbacks.append(killer)
     first = tr.fit(progress=False)
-    assert first["interrupted"] == signal.SIGTERM and first["step"] == 14
+    p = killer.plan_step                            # the plan waits for the warm-up and MEASURE_SHARE of the budget
+    assert first["interrupted"] == signal.SIGTERM and first["step"] == p + 2 and p >= 12
     keeper = tr.callbacks[0]
     # the plan follows the measured speed: the slowed step is >= SLEEP_S, and the steps fill the budget with it
     assert keeper.costs.step_s >= SLEEP_S
     n = keeper.plan.total_steps
     row = next(r for r in tr.folder.rows() if "plan" in r)
-    assert row["plan"]["total_steps"] == n and row["budget_s"] == BUDGET_S and n > 16
-    args = (row["wall_s"], 12, tr.batches.steps_per_epoch, keeper.costs, 1000, keeper.plan.eval_every,
+    assert row["plan"]["total_steps"] == n and row["plan"]["decay_start"] == p and row["budget_s"] == BUDGET_S
+    assert row["wall_s"] >= MEASURE_SHARE * BUDGET_S and n > p + 4
+    args = (row["wall_s"], p, tr.batches.steps_per_epoch, keeper.costs, 1000, keeper.plan.eval_every,
             keeper.plan.preview_every, False)
     assert predicted_seconds(n, *args) <= BUDGET_S < predicted_seconds(n + 1, *args)
-    assert n - 12 < (BUDGET_S - row["wall_s"]) / SLEEP_S       # no more steps than the sleep alone allows
-    # ... and is recorded: config.yaml, the checkpoint, the LR
+    assert n - p < (BUDGET_S - row["wall_s"]) / SLEEP_S       # no more steps than the sleep alone allows
+    # ... and is recorded: config.yaml, the checkpoint, the LR (held at lr until the plan, then the cosine)
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
-    assert saved["max_steps"] == n and saved["minutes"] == BUDGET_S / 60
-    data = ckpt.read_checkpoint(str(out / ckpt.checkpoint_name(14)))
+    assert saved["max_steps"] == n and saved["decay_start"] == p and saved["minutes"] == BUDGET_S / 60
+    data = ckpt.read_checkpoint(str(out / ckpt.checkpoint_name(p + 2)))
     assert ckpt.checkpoint_config(data).train.max_steps == n
-    assert float(data["ddpm_ms_lr_total_steps"].asnumpy()) == n
-    lr_row = next(r for r in tr.folder.rows() if r.get("step") == 14 and "lr" in r)
-    assert lr_row["lr"] == pytest.approx(float(warmup_cosine(13, 1e-3, 1e-5, 12, n)), rel=1e-6)
+    assert float(data["ddpm_ms_lr_total_steps"].asnumpy()) == n and float(data["ddpm_ms_lr_decay_start"].asnumpy()) == p
+    lrs = {r["step"]: r["lr"] for r in tr.folder.rows() if "lr" in r}
+    for step in (6, 12, p, p + 2):                  # a row at step k logs the LR of 0-based step k - 1
+        assert lrs[step] == pytest.approx(float(warmup_cosine(step - 1, 1e-3, 1e-5, 12, n, decay_start=p)), rel=1e-6)
+    assert lrs[p] == pytest.approx(1e-3) and lrs[p + 2] < 1e-3
     # resumed with the same config (minutes, no max_steps): it continues the plan, without measuring again
     resumed = Trainer.from_config(_budgeted(tiny_config, out), resume="latest")
     assert resumed.total_steps == n
@@ -202,7 +217,7 @@ def test_a_budgeted_run_plans_from_its_speed_and_resumes_its_plan_exactly(tiny_c
     assert done["step"] == n and resumed.callbacks[0].stamps == []
     # the plan replayed uninterrupted (train.max_steps, as on another machine) gives the same weights, bit for bit
     replay = Trainer.from_config(_budgeted(tiny_config, tmp_path / "replay", f"train.max_steps={n}",
-                                           f"train.eval_every={saved['eval_every']}",
+                                           f"train.decay_start={p}", f"train.eval_every={saved['eval_every']}",
                                            f"train.preview_every={saved['preview_every']}"))
     assert replay.total_steps == n and not any(isinstance(c, Budget) for c in replay.callbacks)
     assert replay.fit(progress=False)["step"] == n
