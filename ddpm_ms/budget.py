@@ -1,14 +1,13 @@
 """Runs sized by wall time: how many steps fit a budget on this machine, from the run's own measured costs.
 
 A budgeted run (``train.minutes``) trains with the LR warming up over ``train.warmup_steps`` steps and then held,
-timing its steps, until ``train.measure_share`` of the budget has passed (a machine's speed can move by 10% in
-its first minutes); then it times one sample grid, one batch of the evaluation's sampling and one checkpoint
-(:class:`Costs`). :func:`plan`
-turns those into the step count and the cadence of evaluations and grids that fill the budget, counting what
-is already spent (from the process start: imports, data, compiles) and what is still to come (the final
-evaluation, grid, GIF and checkpoint). The plan is then fixed: written into the config (``train.max_steps``,
-``decay_start``, ``eval_every``, ``preview_every``), config.yaml and every checkpoint, so a resume continues it and another machine
-replays it. Nothing here imports MindSpore.
+timing its steps, until ``train.measure_share`` of the budget has passed (a machine's speed can move by 10% in its
+first minutes); then it times one sample grid, one batch of the evaluation's sampling and one checkpoint
+(:class:`Costs`). :func:`plan` turns those into the step count and the cadence of evaluations and grids that fill
+the budget, counting what is already spent (from the process start: imports, data, compiles) and what is still to
+come (the final evaluation, grid, GIF and checkpoint). The plan is then fixed: written into the config
+(``train.max_steps``, ``decay_start``, ``eval_every``, ``preview_every``), config.yaml and every checkpoint, so a
+resume continues it and another machine replays it. Nothing here imports MindSpore.
 """
 import math
 import os

@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .model import Unet
 from .monitor import Previewer, QualityProbe
 from .run_folder import RunFolder
+from .samplers import Guidance
 from .sampling import Denoiser
 from .schedule import NoiseSchedule
 from .train_step import TrainStep, mixed_precision
@@ -115,7 +116,8 @@ def build_previewer(run, cfg):
     size, t = cfg.data.image_size, cfg.train
     denoiser = Denoiser.from_config(run.model, run.sched, cfg, jit=t.jit)
     return Previewer(run.model, denoiser, image_shape=(cfg.model.channels, size, size), sampler=t.sample_sampler,
-                     steps=t.sample_steps, spacing=t.sample_spacing, guidance=t.guidance,
+                     steps=t.sample_steps, spacing=t.sample_spacing,
+                     guidance=Guidance(t.guidance, t.guidance_interval),
                      num_classes=cfg.model.num_classes, ema=run.ema)
 
 

@@ -107,6 +107,34 @@ def check_sampler_args(parser, args, num_timesteps=None):
         parser.error(f"--steps {args.steps} exceeds the checkpoint's {num_timesteps} diffusion timesteps")
 
 
+def add_guidance_args(parser):
+    """--guidance and --guidance-interval, defined once for every script that samples a class-conditional model;
+    :func:`resolve_guidance` fills in what is not given from the checkpoint."""
+    parser.add_argument("--guidance", type=non_negative_float,
+                        help="classifier-free guidance w for a class-conditional checkpoint (default: its "
+                             "train.guidance; 0 unconditional, 1 conditional)")
+    parser.add_argument("--guidance-interval", type=int, nargs=2, metavar=("LO", "HI"),
+                        help="guide only on timesteps LO..HI, w = 1 elsewhere (default: the checkpoint's "
+                             "train.guidance_interval, else every timestep)")
+
+
+def resolve_guidance(parser, args, config):
+    """The :class:`ddpm_ms.samplers.Guidance` of the guidance flags, the checkpoint's ``config`` filling the gaps."""
+    from .samplers import Guidance, interval_problem  # pylint: disable=import-outside-toplevel
+    t, interval = config.train, args.guidance_interval
+    problem = interval_problem(interval, config.diffusion.timesteps)
+    if problem is not None:
+        parser.error(f"--guidance-interval {problem} (the checkpoint's)")
+    interval = interval if interval is not None else t.guidance_interval
+    return Guidance(t.guidance if args.guidance is None else args.guidance,
+                    None if interval is None else tuple(int(v) for v in interval))
+
+
+def guidance_settings(guidance):
+    """A Guidance as JSON-ready settings."""
+    return {"guidance": guidance.w, "guidance_interval": None if guidance.interval is None else list(guidance.interval)}
+
+
 def sampler_options(args):
     """The keyword arguments of :func:`ddpm_ms.sampling.generate` that the sampler flags give."""
     options = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}

@@ -15,6 +15,7 @@ from .errors import ConfigError
 from .paths import save_text
 from .registries import (AMP_LEVELS, BETA_SCHEDULES, BLOCK_TYPES, DATASETS, DEVICES, LOSS_WEIGHTINGS, LOSSES,
                          OBJECTIVES, SAMPLERS, SPACINGS)
+from .samplers import interval_problem
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig", "EMAConfig",
            "from_dict", "load_config", "parse_override", "validate"]
@@ -92,6 +93,7 @@ class TrainConfig:
     gif: bool = True
     cond_drop_prob: float = 0.1
     guidance: float = 3.0
+    guidance_interval: Optional[Tuple[int, ...]] = None   # [lo, hi]: guidance only on these timesteps (None: all)
     lr_scaling: str = "none"            # "linear": lr x number of msrun workers
     max_nonfinite_steps: int = 25       # stop (keeping the last good checkpoint) after this many in a row
     device: str = "auto"                # auto (MindSpore's default), CPU, GPU or Ascend
@@ -269,6 +271,8 @@ def _check_train(t, d):
            f"must be in [1, diffusion.timesteps={d.timesteps}], got {t.sample_steps}")
     _one_of(t.sample_spacing, SPACINGS, "train.sample_spacing")
     _check(t.guidance >= 0, "train.guidance", f"must be >= 0, got {t.guidance}")
+    problem = interval_problem(t.guidance_interval, d.timesteps)
+    _check(problem is None, "train.guidance_interval", f"{problem} (diffusion.timesteps)")
     _one_of(t.device, DEVICES, "train.device")
     _one_of(t.amp, AMP_LEVELS, "train.amp")
     _check(t.eval_every >= 0, "train.eval_every", f"must be >= 0 (0: no evaluation), got {t.eval_every}")

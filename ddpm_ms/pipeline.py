@@ -7,7 +7,7 @@
 import numpy as np
 
 from . import build
-from .samplers import generate
+from .samplers import Guidance, generate
 from .sampling import Denoiser
 
 
@@ -65,9 +65,11 @@ class Pipeline:
                  guidance=None, callback=None, progress=True, **options):
         """``num`` images [num, C, H, W] float32 (see :func:`ddpm_ms.samplers.generate` for the arguments).
 
-        ``classes`` as in :meth:`labels`; ``guidance`` w defaults to the config's train.guidance.
+        ``classes`` as in :meth:`labels`; ``guidance`` (a w or a :class:`~ddpm_ms.samplers.Guidance`) defaults to
+        the config's train.guidance on its train.guidance_interval.
         """
-        w = self.config.train.guidance if guidance is None else guidance
+        t = self.config.train
+        w = Guidance(t.guidance, t.guidance_interval) if guidance is None else guidance
         return generate(self.denoiser, self.image_shape, num, seed=seed, batch_size=batch_size, sampler=sampler,
                         steps=steps, spacing=spacing, labels=self.labels(num, classes), guidance=w,
                         callback=callback, progress=progress, **options)

@@ -17,6 +17,7 @@ A sampler is this function plus one line in :data:`SAMPLERS`, which the config, 
 ``compare-samplers`` read. Nothing here imports MindSpore.
 """
 import inspect
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -307,6 +308,32 @@ class Recorder:
         return np.stack(self.values[key])
 
 
+class Guidance(NamedTuple):
+    """Classifier-free guidance ``w`` applied only on the timesteps ``interval`` = (lo, hi), both included, and the
+    conditional model alone (w = 1) on the others (Kynkaanniemi et al. 2024, "Applying guidance in a limited
+    interval": at high noise guidance costs diversity, at low noise it does little). ``interval`` None: every t."""
+    w: float
+    interval: Optional[Tuple[int, int]] = None
+
+    def at(self, t):
+        """w at timestep ``t`` (an int, or for a batch its largest)."""
+        if self.interval is None:
+            return float(self.w)
+        return float(self.w) if self.interval[0] <= int(np.max(t)) <= self.interval[1] else 1.0
+
+
+def interval_problem(interval, num_timesteps):
+    """What is wrong with a guidance ``interval`` for a model of ``num_timesteps`` T, or None if it is fine."""
+    if interval is None or (len(interval) == 2 and 0 <= interval[0] <= interval[1] < num_timesteps):
+        return None
+    return f"must be LO HI with 0 <= LO <= HI < T = {num_timesteps} timesteps, got {list(interval)}"
+
+
+def guidance_at(guidance, t):
+    """The w of a float or a :class:`Guidance` at timestep ``t``."""
+    return guidance.at(t) if isinstance(guidance, Guidance) else float(guidance)
+
+
 def batch_rng(seed, i):
     """The generator of batch ``i`` of a ``seed``: one SeedSequence stream per (seed, i), so that the batches of
     two seeds never coincide (with ``seed + i``, seeds 0 and 1 shared all batches but one)."""
@@ -331,8 +358,8 @@ def generate(denoiser, image_shape, num, seed=0, batch_size=64, sampler="ddpm", 
     ``denoiser(x_t, t, labels=None, guidance=1.0) -> (x0, eps)`` with ``denoiser.alphas_cumprod`` [T] (a
     :class:`ddpm_ms.sampling.Denoiser`). Batch i draws x_T and its noise from :func:`batch_rng` (seed, i). ``steps`` (default:
     the sampler's) network calls at ``spacing`` timesteps; ``options`` are the sampler's (e.g. ``eta`` for
-    ddim). ``labels`` [num] int with ``guidance`` w sample a class-conditional model. ``callback(info)`` sees
-    every step, with ``info["batch"]``.
+    ddim). ``labels`` [num] int with ``guidance`` (a w or a :class:`Guidance`) sample a class-conditional model.
+    ``callback(info)`` sees every step, with ``info["batch"]``.
     """
     entry = SAMPLERS[sampler]
     unknown = sorted(set(options) - set(entry.options))

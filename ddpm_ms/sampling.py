@@ -12,7 +12,7 @@ from mindspore import Tensor, ops
 
 from .device import ensure_fast_cpu_settings
 from .diffusion import objective_named, predict_noise_from_start
-from .samplers import generate
+from .samplers import generate, guidance_at
 
 
 class Denoiser:
@@ -23,7 +23,8 @@ class Denoiser:
     With ``clip_denoised`` (improved-diffusion's default) x_0 is clipped to [-1, 1] and eps re-derived from it,
     which keeps an imperfect model's chain in the data range. A class-conditional model (``null_class`` = its
     "no label" index) is called as ``denoiser(x_t, t, labels, guidance)``: classifier-free guidance
-    out_u + w (out_c - out_u) (Ho & Salimans 2022) from one batched call; w=0 is unconditional, w=1 conditional.
+    out_u + w (out_c - out_u) (Ho & Salimans 2022) from one batched call; w=0 is unconditional, w=1 conditional
+    (one call of the conditional model alone). ``guidance`` is a float or a :class:`Guidance`.
     (The conversions are linear in ``out`` at a given x_t, so guiding eps, x0 or v is the same.)
 
     The caller holds the Denoiser: it compiles one graph per input shape on first use (``jit``) and reuses it.
@@ -42,6 +43,8 @@ class Denoiser:
         def model_out(x, t, *cond):
             if not cond:
                 return model(x, t)
+            if len(cond) == 1:      # w = 1: the conditional model alone
+                return model(x, t, cond[0])
             y, w = cond
             y_both = ops.concat((y, ops.full_like(y, null_class)))
             out_c, out_u = ops.chunk(model(ops.concat((x, x)), ops.concat((t, t)), y_both), 2, 0)
@@ -80,12 +83,14 @@ class Denoiser:
         if labels is not None:
             if self.null_class is None:
                 raise ValueError("labels need a class-conditional Denoiser (null_class)")
-            args += (Tensor(np.asarray(labels, np.int32)), Tensor(np.float32(guidance)))
+            w = guidance_at(guidance, t)
+            args += (Tensor(np.asarray(labels, np.int32)),) + (() if w == 1.0 else (Tensor(np.float32(w)),))
         x0, eps = self._predict(*args)
         return x0.asnumpy(), eps.asnumpy()
 
     def bind(self, labels=None, guidance=1.0):
-        """``denoise(x_t, t)`` with the labels [B] and guidance w fixed (itself when ``labels`` is None)."""
+        """``denoise(x_t, t)`` with the labels [B] and guidance (a w or a :class:`Guidance`) fixed (itself when
+        ``labels`` is None)."""
         return self if labels is None else partial(self, labels=labels, guidance=guidance)
 
 

@@ -144,8 +144,8 @@ MEASURE_SHARE = 0.4     # the plan after 24 s: past the compile and the 12 warm-
 
 
 def _budgeted(tiny_config, out, *extra):
-    return tiny_config(f"train.minutes={BUDGET_S / 60}", "train.warmup_steps=12", f"train.measure_share={MEASURE_SHARE}",
-                       "data.num_samples=400", "train.gif=false", "train.sample_num=4", "train.log_every=1",
+    return tiny_config(f"train.minutes={BUDGET_S / 60}", "train.warmup_steps=12",
+                       f"train.measure_share={MEASURE_SHARE}", "data.num_samples=400", "train.gif=false", "train.sample_num=4", "train.log_every=1",
                        "train.ckpt_every=1000", *extra, out=out)
 
 

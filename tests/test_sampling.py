@@ -92,6 +92,20 @@ def test_guidance_interpolates_between_uncond_and_cond(mode, cond_net):
         np.testing.assert_allclose(d(x, t, y, w)[1], want, rtol=1e-4, atol=1e-5)
 
 
+def test_guidance_on_an_interval_guides_only_its_timesteps(cond_net):
+    """Guidance(w, (lo, hi)) is w on lo..hi and the conditional model alone (w = 1) elsewhere."""
+    from ddpm_ms.samplers import Guidance
+    x = np.random.default_rng(1).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    y = np.array([4, 7], np.int32)
+    d = Denoiser(cond_net, NoiseSchedule.from_name("linear", 10), clip_denoised=False, null_class=10)
+    g = Guidance(3.0, (4, 6))
+    for t, w in ((3, 1.0), (4, 3.0), (6, 3.0), (7, 1.0)):
+        np.testing.assert_allclose(d(x, t, y, g)[1], d(x, t, y, w)[1], rtol=1e-5, atol=1e-6)
+    cond = cond_net(Tensor(x), Tensor(np.full(2, 7, np.int32)), Tensor(y)).asnumpy()
+    np.testing.assert_allclose(d(x, 7, y, g)[1], cond, rtol=1e-4, atol=1e-5)
+    assert np.abs(d(x, 5, y, g)[1] - cond).max() > 1e-3          # w = 3 on the interval: not the conditional
+
+
 @pytest.mark.parametrize("sampler,objective", [("ddim", "eps"), ("dpm++2m", "eps"), ("ddpm", "x0"), ("ddim", "v")])
 def test_guidance_0_and_1_sample_like_the_unconditional_and_conditional_model(cond_net, sampler, objective):
     s = NoiseSchedule.from_name("linear", 10)

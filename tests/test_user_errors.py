@@ -53,6 +53,8 @@ CASES = [   # (id, command, args (with {d} for the bad-files folder), needles)
     ("cosine starting before the warm-up ends", "train",
      ["--config", TINY_YAML, "--set", "train.minutes=5", "--set", "train.max_steps=500", "--set",
       "train.decay_start=10"], ["train.decay_start", "warmup_steps"]),
+    ("guidance interval upside down", "train", ["--config", TINY_YAML, "--set", "train.guidance_interval=[8,2]"],
+     ["train.guidance_interval"]),
     ("best margin a whole FD", "train", ["--config", TINY_YAML, "--set", "train.best_margin=2"],
      ["train.best_margin"]),
     ("unknown spacing", "train", ["--config", TINY_YAML, "--set", "train.sample_spacing=log"],
@@ -90,6 +92,7 @@ CKPT_CASES = [   # the same, past loading a checkpoint ({ckpt}: the tiny run's)
      ["--class"]),
     ("init image missing", "sample", ["--init-image", "{d}/nope.npy"], ["not found"]),
     ("steps above T", "sample", ["--steps", "500"], ["exceeds"]),
+    ("guidance interval past T", "sample", ["--guidance-interval", "5", "500"], ["--guidance-interval", "timesteps"]),
 ]
 
 

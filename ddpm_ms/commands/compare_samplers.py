@@ -16,7 +16,7 @@ import time
 from argparse import RawDescriptionHelpFormatter
 
 # pylint: disable=import-outside-toplevel
-from ..cli import ArgumentParser, add_device_arg, non_negative_float, positive_int
+from ..cli import ArgumentParser, add_device_arg, add_guidance_args, positive_int, resolve_guidance
 
 DEFAULT_RUNS = ("ddpm", "ddim:10", "ddim:20", "ddim:50", "ddim:50:eta=1", "dpm++2m:10", "dpm++2m:20",
                 "dpm++2m:20:spacing=logsnr", "dpm++2m-sde:10", "dpm++2m-sde:20", "dpm++2m-sde:20:spacing=logsnr",
@@ -62,7 +62,7 @@ def main(argv=None, prog=None):
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), metavar="SAMPLER[:STEPS][:K=V]",
                         help=f"what to compare (default: {' '.join(DEFAULT_RUNS)})")
     parser.add_argument("--batch-size", type=positive_int, default=250, help="images per batch")
-    parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="for a class-conditional model")
+    add_guidance_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num", type=positive_int, help="images scored per row (default 1000: what reported "
                                                           "numbers use)")
@@ -90,6 +90,7 @@ def main(argv=None, prog=None):
     out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "compare_samplers"),
                           "--out")
     cfg, k = pipe.config, pipe.num_classes
+    guidance = resolve_guidance(parser, args, cfg)
     evaluator = Evaluator(resolve_fashion_dir(args.data_root or cfg.data.root))
     num = args.num or NUM_EVAL
     labels = pipe.labels(num)
@@ -99,15 +100,17 @@ def main(argv=None, prog=None):
 
     rows = []
     for run in tqdm(runs, desc="samplers"):
-        first, cached = time_64(make_pipeline, run, args.guidance)
-        images = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, guidance=args.guidance, **run)
+        first, cached = time_64(make_pipeline, run, guidance)
+        images = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, guidance=guidance, **run)
         score = evaluator.evaluate(images, num, labels=labels)
         rows.append({"run": run, "first_s": first, "cached_s": cached, **score})
         tqdm.write(f"{label(run)}: FD {score['fd']:.1f}, {cached:.1f} s / 64 images")
     md = table(rows)
     print(md)
     save_text(os.path.join(out, "compare_samplers.md"), f"Checkpoint: {args.ckpt}; {num} images per row, seed "
-              f"{args.seed}{f', guidance {args.guidance}' if k else ''}.\n\n{md}\n")
+              f"{args.seed}{f', guidance {guidance.w:g}' if k else ''}"
+              f"{f' on timesteps {guidance.interval[0]}-{guidance.interval[1]}' if k and guidance.interval else ''}"
+              f".\n\n{md}\n")
     save_text(os.path.join(out, "compare_samplers.json"), json.dumps({"ckpt": args.ckpt, "rows": rows}, indent=1))
     plot_quality(rows, os.path.join(out, "quality_vs_calls.png"))
     print(f"wrote compare_samplers.md, compare_samplers.json and quality_vs_calls.png to {out}")

@@ -12,8 +12,8 @@ import os
 from argparse import RawDescriptionHelpFormatter
 
 # pylint: disable=import-outside-toplevel
-from ..cli import (ArgumentParser, add_device_arg, add_sampler_args, check_sampler_args, non_negative_float,
-                         positive_int, sampler_options, sampler_settings)
+from ..cli import (ArgumentParser, add_device_arg, add_guidance_args, add_sampler_args, check_sampler_args,
+                   guidance_settings, positive_int, resolve_guidance, sampler_options, sampler_settings)
 
 
 def require_fashion(parser, cfg):
@@ -33,8 +33,7 @@ def main(argv=None, prog=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=250)
     parser.add_argument("--no-ema", action="store_true")
-    parser.add_argument("--guidance", type=non_negative_float, default=3.0,
-                        help="classifier-free guidance w for a class-conditional --ckpt (labels 0..9 in turn)")
+    add_guidance_args(parser)     # a class-conditional --ckpt samples labels 0..9 in turn
     parser.add_argument("--no-clip", action="store_true", help="sample without clipping the predicted x_0")
     parser.add_argument("--num", type=positive_int, help="images to score (default 1000: what reported numbers use)")
     parser.add_argument("--data-root", help="Fashion-MNIST folder (default: the usual lookup)")
@@ -75,14 +74,16 @@ def main(argv=None, prog=None):
         require_fashion(parser, pipe.config)
         check_sampler_args(parser, args, pipe.num_timesteps)
         labels = pipe.labels(num)
-        images = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, guidance=args.guidance,
+        guidance = resolve_guidance(parser, args, pipe.config)
+        images = pipe.generate(num, seed=args.seed, batch_size=args.batch_size, guidance=guidance,
                                **sampler_options(args))
     try:
         result = evaluator.evaluate(images, num, labels=labels)
     except ValueError as e:
         parser.error(str(e))
     if args.ckpt:   # how the scored samples were made
-        result.update(sampler_settings(args), guidance=args.guidance if labels is not None else None,
+        result.update(sampler_settings(args), **(guidance_settings(guidance) if labels is not None else
+                                                 {"guidance": None, "guidance_interval": None}),
                       ema=not args.no_ema, clip_denoised=not args.no_clip, seed=args.seed)
     print(json.dumps(result))
     return 0

@@ -15,8 +15,8 @@ import os
 from argparse import RawDescriptionHelpFormatter
 
 # pylint: disable=import-outside-toplevel
-from ..cli import (ArgumentParser, add_device_arg, add_sampler_args, check_sampler_args, non_negative_float,
-                   positive_int, sampler_options)
+from ..cli import (ArgumentParser, add_device_arg, add_guidance_args, add_sampler_args, check_sampler_args,
+                   positive_int, resolve_guidance, sampler_options)
 
 
 def read_images(parser, spec, cfg, flag="--image"):
@@ -135,7 +135,7 @@ def main(argv=None, prog=None):
     add_sampler_args(parser)
     parser.add_argument("--class", dest="cls", type=int, metavar="INDEX",
                         help="condition on this class (conditional checkpoints; default: each original's)")
-    parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance w")
+    add_guidance_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output folder (default: inpaint/ next to the checkpoint)")
     parser.add_argument("--evaluate", action="store_true", help="FD and class agreement (data:START:STOP images)")
@@ -155,6 +155,7 @@ def main(argv=None, prog=None):
     use_device(args.device)
     pipe = Pipeline.from_checkpoint(args.ckpt)
     check_sampler_args(parser, args, pipe.num_timesteps)
+    args.guidance = resolve_guidance(parser, args, pipe.config)      # a Guidance from here on
     images, labels = read_images(parser, args.image, pipe.config)
     mask = read_mask(parser, args.mask, images.shape, args.seed)
     out = make_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "inpaint"), "--out")

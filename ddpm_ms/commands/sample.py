@@ -12,8 +12,8 @@ import os
 from argparse import RawDescriptionHelpFormatter
 
 # pylint: disable=import-outside-toplevel
-from ..cli import (ArgumentParser, add_device_arg, add_sampler_args, check_sampler_args, non_negative_float,
-                   positive_int, sampler_options, unit_float)
+from ..cli import (ArgumentParser, add_device_arg, add_guidance_args, add_sampler_args, check_sampler_args,
+                   positive_int, resolve_guidance, sampler_options, unit_float)
 
 
 def parse_class(text, num_classes, class_names):
@@ -121,7 +121,7 @@ def build_parser(prog=None):
     parser.add_argument("--out", help="output folder (default: samples/ next to the checkpoint)")
     add_sampler_args(parser)
     parser.add_argument("--class", dest="cls", metavar="NAME|INDEX", help="class to generate (conditional models)")
-    parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance w")
+    add_guidance_args(parser)
     parser.add_argument("--per-class", action="store_true", help="a grid of every class, one labelled row each")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
     parser.add_argument("--no-clip", action="store_true",
@@ -189,6 +189,7 @@ def main(argv=None, prog=None):
     use_device(args.device)
     pipe = Pipeline.from_checkpoint(args.ckpt, use_ema=not args.no_ema, clip_denoised=not args.no_clip)
     check_sampler_args(parser, args, pipe.num_timesteps)
+    args.guidance = resolve_guidance(parser, args, pipe.config)      # a Guidance from here on
     labels, rows = choose_labels(parser, args, pipe.num_classes)
     num = args.num if labels is None else len(labels)
     if not 0 <= args.gif_index < batch_plan(num, args.batch_size)[1]:
