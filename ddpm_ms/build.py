@@ -57,7 +57,7 @@ def lr_schedule(train_cfg, steps_per_epoch, scale=1):
     if t.minutes is None:
         return [v * scale for v in lr_mod.tutorial_cosine(t.lr, t.min_lr, t.epochs, steps_per_epoch)]
     # a planned run's cosine starts at train.decay_start (older plans: at the warm-up's end); unplanned: LR held
-    start = t.decay_start if t.decay_start is not None else (t.warmup_steps if t.max_steps else None)
+    start = t.decay_start if t.decay_start is not None else (t.warmup_steps if t.max_steps else lr_mod.HOLD)
     return lr_mod.WarmupCosineLR(t.lr * scale, t.min_lr * scale, t.warmup_steps, t.max_steps or t.warmup_steps + 1,
                                  start)
 

@@ -124,7 +124,7 @@ def resolve_guidance(parser, args, config):
     t, interval = config.train, args.guidance_interval
     problem = interval_problem(interval, config.diffusion.timesteps)
     if problem is not None:
-        parser.error(f"--guidance-interval {problem} (the checkpoint's)")
+        parser.error(f"--guidance-interval {problem}")
     interval = interval if interval is not None else t.guidance_interval
     return Guidance(t.guidance if args.guidance is None else args.guidance,
                     None if interval is None else tuple(int(v) for v in interval))

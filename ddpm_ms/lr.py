@@ -35,16 +35,16 @@ def warmup_cosine(step, lr, min_lr, warmup, total, decay_start=None):
 
 class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
     """:func:`warmup_cosine` in the graph: ``lr_at(global_step)`` -> float32 scalar. ``set_plan(P, N)`` fixes the
-    cosine's start P and the total N; ``decay_start`` None holds the LR until then (:data:`HOLD`)."""
+    cosine's start P and the total N; until then P is :data:`HOLD` and the LR holds at ``lr``."""
 
-    def __init__(self, lr, min_lr, warmup, total, decay_start=None):
+    def __init__(self, lr, min_lr, warmup, total, decay_start=HOLD):
         super().__init__()
         self.lr, self.min_lr, self.warmup = float(lr), float(min_lr), float(warmup)
         self.total_steps = Parameter(Tensor(float(total), mstype.float32), name="ddpm_ms_lr_total_steps",
                                      requires_grad=False)
         # absent from checkpoints written before it existed: those keep the config's value (their cosine began at W)
-        self.decay_start = Parameter(Tensor(HOLD if decay_start is None else float(decay_start), mstype.float32),
-                                     name="ddpm_ms_lr_decay_start", requires_grad=False)
+        self.decay_start = Parameter(Tensor(float(decay_start), mstype.float32), name="ddpm_ms_lr_decay_start",
+                                     requires_grad=False)
 
     def set_plan(self, decay_start, total):
         """Fix the cosine's start P and the schedule's length N (the plan), in place so the compiled step sees them

@@ -140,7 +140,7 @@ SLEEP_S = 0.2
 BUDGET_S = 60.0
 
 
-MEASURE_SHARE = 0.4     # the plan after 24 s: past the compile and the 12 warm-up steps, so the LR holds a while
+MEASURE_SHARE = 0.5     # the plan after 30 s: past the compile and the 12 warm-up steps, so the LR holds a while
 
 
 def _budgeted(tiny_config, out, *extra):
@@ -188,7 +188,7 @@ def test_a_budgeted_run_plans_from_its_speed_and_resumes_its_plan_exactly(tiny_c
     tr.callbacks.append(killer)
     first = tr.fit(progress=False)
     p = killer.plan_step                            # the plan waits for the warm-up and MEASURE_SHARE of the budget
-    assert first["interrupted"] == signal.SIGTERM and first["step"] == p + 2 and p >= 12
+    assert first["interrupted"] == signal.SIGTERM and first["step"] == p + 2 and p >= 14   # >= 2 steps held
     keeper = tr.callbacks[0]
     # the plan follows the measured speed: the slowed step is >= SLEEP_S, and the steps fill the budget with it
     assert keeper.costs.step_s >= SLEEP_S
