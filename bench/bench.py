@@ -13,7 +13,8 @@ Every measurement runs in its own subprocess, so that its peak RSS and its oneDN
   kernels, MindSpore Adam  the kernel library's layers, but the optimizer step in MindSpore's ops (nn.Adam,
                   the loss scaler's unscale and finiteness check): what the fused optimizer step gains
   oneDNN kernels  ddpm_ms as it runs by default on CPU: the kernel library (ddpm_ms.kernels), AVX-512 allowed,
-                  one fused optimizer step
+                  one fused optimizer step, NHWC activations between the layers
+  oneDNN kernels, NCHW  the same with MindSpore's NCHW activations (DDPM_MS_LAYOUT=NCHW): what channels-last gains
   oneDNN kernels, plain script  the same with nothing setting MS_DEV_HOST_BLOCKING_RUN before the TrainStep
                   (as a notebook that never calls use_device): it should match the row above
   oneDNN kernels, settings too late  the same after one MindSpore op ran first (the one-line warning's case)
@@ -42,6 +43,8 @@ GENERATE_NUM = 1000   # images of the generate rows (an evaluation's count)
 VARIANTS = {   # name -> (implementation, environment; None: the variable unset)
     "MindSpore ops": ("ddpm_ms", {"DDPM_MS_KERNELS": "off"}),
     "oneDNN kernels": ("ddpm_ms", {"DDPM_MS_KERNELS": "onednn"}),
+    # the kernels with MindSpore's NCHW activations between them (each convolution reorders in and out)
+    "oneDNN kernels, NCHW": ("ddpm_ms", {"DDPM_MS_KERNELS": "onednn", "DDPM_MS_LAYOUT": "NCHW"}),
     "PyTorch eager": ("torch", {}),
     "torch.compile": ("torch-compile", {}),
     "kernels, MindSpore Adam": ("ddpm_ms-plain-adam", {"DDPM_MS_KERNELS": "onednn"}),
@@ -212,7 +215,7 @@ def _spawn(kind, variant, model, batch, steps):
 
 def plan(quick, torch):
     """(label, kind, variant, model, batch, timed steps) of every row."""
-    variants = ["MindSpore ops", "kernels, MindSpore Adam", "oneDNN kernels"] + (
+    variants = ["MindSpore ops", "kernels, MindSpore Adam", "oneDNN kernels, NCHW", "oneDNN kernels"] + (
         ["PyTorch eager", "torch.compile"] if torch else [])
     rows = []
     for label, model, batch, steps in (("train tutorial U-Net B=16", "tutorial", 16, 4 if quick else 10),
@@ -225,7 +228,7 @@ def plan(quick, torch):
     rows += [("sample 64 images DDPM-200", "ddpm", v, "tutorial", 64, 20 if quick else 200)
              for v in variants if v not in ("torch.compile", "kernels, MindSpore Adam")]
     rows += [("sample 64 images DDIM-50", "ddim", "oneDNN kernels", "tutorial", 64, 50)]
-    sampling = ["oneDNN kernels"] + (["PyTorch eager", "torch.compile"] if torch else [])
+    sampling = ["oneDNN kernels, NCHW", "oneDNN kernels"] + (["PyTorch eager", "torch.compile"] if torch else [])
     rows += [(f"sample {GENERATE_NUM} fashion_cpu images DPM-Solver++(2M) SDE-20, B={b}", "dpm++2m-sde", v,
               "fashion_cpu", b, 20) for b in ((250, 1000) if quick else (125, 250, 500, 1000)) for v in sampling]
     return rows

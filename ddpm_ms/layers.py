@@ -4,7 +4,14 @@ MindSpore's own ops elsewhere.
 
 The path is chosen when the layer is built (``ddpm_ms.kernels.library()``); a layer whose geometry or input dtype
 the kernels do not cover runs MindSpore's op. Checkpoints are the same either way.
+
+So is the activation layout: NCHW, as MindSpore's layers, unless the layer is built inside
+``with activation_layout('NHWC'):`` (what :class:`ddpm_ms.Unet` does on the kernels), when its input and output are
+NHWC [B,H,W,C] and its parameters are still MindSpore's. Off the kernels an NHWC layer runs MindSpore's NCHW op
+between two transposes.
 """
+from contextlib import contextmanager
+
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import initializer
@@ -12,6 +19,45 @@ from mindspore.common.initializer import initializer
 from . import kernels
 from .kernels import ops as kops
 from .kernels.table import CONV_GEOMETRIES, NORM_EPS
+
+
+_build = {"layout": "NCHW"}
+
+
+@contextmanager
+def activation_layout(layout):
+    """Layers built inside the block take and give activations in ``layout`` ('NCHW' or 'NHWC')."""
+    previous = _build["layout"]
+    _build["layout"] = layout
+    try:
+        yield
+    finally:
+        _build["layout"] = previous
+
+
+def current_layout(layout=None):
+    """``layout`` if given, else the layout of layers built now (see :func:`activation_layout`)."""
+    return layout or _build["layout"]
+
+
+def to_nchw(layout, x):
+    """x [B,C,H,W] or [B,H,W,C] (``layout``, a constant) -> [B,C,H,W]."""
+    return x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
+
+
+def from_nchw(layout, x):
+    """x [B,C,H,W] -> ``layout``."""
+    return x if layout == "NCHW" else x.transpose(0, 2, 3, 1)
+
+
+def channel_axis(layout):
+    """The channel axis of a 4-d activation in ``layout``."""
+    return 1 if layout == "NCHW" else 3
+
+
+def per_channel(layout, v):
+    """v [B,C] -> broadcastable against a [B,C,H,W] (or [B,H,W,C]) activation."""
+    return v[:, :, None, None] if layout == "NCHW" else v[:, None, None, :]
 
 
 def kernel_op(factory, *args, when=True):
@@ -54,40 +100,45 @@ def _fast_conv(cell, x):
     """The cell's kernel op on (x, weight), plus its bias."""
     y = cell.fast(x, cell.weight)
     if cell.has_bias:
-        y = cell.bias_add(y, cell.bias)
+        y = cell.bias_add(y, cell.bias) if cell.layout == "NCHW" else y + cell.bias
     return y
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` with the same parameters; runs on the oneDNN kernel on CPU. [B,IC,H,W] -> [B,OC,OH,OW]."""
+    """``nn.Conv2d`` with the same parameters; runs on the oneDNN kernel on CPU. [B,IC,H,W] -> [B,OC,OH,OW]
+    (NHWC in and out if built for it: ``layout`` or :func:`activation_layout`)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, layout=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.layout = current_layout(layout)
         geometry = _geometry(self)
-        self.fast = kernel_op(kops.conv2d, *(geometry or (1, 0)), self.group, when=geometry is not None)
+        self.fast = kernel_op(kops.conv2d, *(geometry or (1, 0)), self.group, self.layout, when=geometry is not None)
         self.fast_pad = geometry[1] if geometry else 0
 
     def construct(self, x):
-        exact = (x.shape[2] + 2 * self.fast_pad - self.kernel_size[0]) % self.stride[0] == 0
+        height = x.shape[2] if self.layout == "NCHW" else x.shape[1]
+        exact = (height + 2 * self.fast_pad - self.kernel_size[0]) % self.stride[0] == 0
         if not fast_path(self, x) or not exact:
-            return super().construct(x)
+            return from_nchw(self.layout, super().construct(to_nchw(self.layout, x)))
         return _fast_conv(self, x)
 
 
 class Conv2dTranspose(nn.Conv2dTranspose):
     """``nn.Conv2dTranspose`` with the same parameters; runs on the oneDNN kernels on CPU.
 
-    [B,IC,H,W] -> [B,OC,(H-1)S-2P+K,(W-1)S-2P+K].
+    [B,IC,H,W] -> [B,OC,(H-1)S-2P+K,(W-1)S-2P+K] (NHWC in and out if built for it, as :class:`Conv2d`).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, layout=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.layout = current_layout(layout)
         geometry = _geometry(self) if self.pad_mode == "pad" and self.output_padding == 0 else None
-        self.fast = kernel_op(kops.conv_transpose2d, *(geometry or (1, 0)), self.group, when=geometry is not None)
+        self.fast = kernel_op(kops.conv_transpose2d, *(geometry or (1, 0)), self.group, self.layout,
+                              when=geometry is not None)
 
     def construct(self, x):
         if not fast_path(self, x):
-            return super().construct(x)
+            return from_nchw(self.layout, super().construct(to_nchw(self.layout, x)))
         return _fast_conv(self, x)
 
 
@@ -132,30 +183,40 @@ class DepthwiseConv2d(Conv2d):
         if not fast_path(self, x):
             # the weight in x's dtype (float16 under mixed precision) through an explicit Cast, whose gradient
             # gives the float32 Parameter a float32 grad (the hand-written bprop cannot know the Parameter's dtype)
-            return self.depthwise(x, self.weight.astype(x.dtype))
+            y = self.depthwise(to_nchw(self.layout, x), self.weight.astype(x.dtype))
+            return from_nchw(self.layout, y)
         return self.fast(x, self.weight)
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters); [B,C,H,W] -> [B,C,H,W].
+    """``nn.GroupNorm`` (same parameters); [B,C,H,W] -> [B,C,H,W] (NHWC if built for it, as :class:`Conv2d`).
 
     On CPU it runs the kernel library's GroupNorm (forward and backward). Elsewhere, in training it is
     ``nn.GroupNorm``, and in inference it runs on the LayerNorm kernel: normalising [B, G, C/G, H, W] over its
     last three axes is the same function, and on CPU its forward is about 2x faster.
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, layout=None):
         super().__init__(num_groups, num_channels, eps=eps, affine=affine)
-        self.fast = kernel_op(kops.group_norm, when=eps == NORM_EPS)
+        self.layout = current_layout(layout)
+        self.fast = kernel_op(kops.group_norm, self.layout, when=eps == NORM_EPS)
+
+    def _grouped(self, p):
+        g = self.num_groups
+        return p.reshape(g, self.num_channels // g)
 
     def construct(self, x):
-        b, c, h, w = x.shape
-        g = self.num_groups
         if fast_path(self, x):
-            y, _, _ = self.fast(x, self.gamma.reshape(g, c // g), self.beta.reshape(g, c // g))
+            y, _, _ = self.fast(x, self._grouped(self.gamma), self._grouped(self.beta))
             return y
+        return from_nchw(self.layout, self._plain(to_nchw(self.layout, x)))
+
+    def _plain(self, x):
+        """MindSpore's ops on x [B,C,H,W]."""
         if self.training:
             return self._cal_output(x)
+        b, c, h, w = x.shape
+        g = self.num_groups
         shape = (g, c // g, h, w)
         y, _, _ = ops.LayerNorm(begin_norm_axis=2, begin_params_axis=1, epsilon=self.eps)(
             x.reshape((b,) + shape), self.gamma.reshape(g, c // g, 1, 1).broadcast_to(shape),
@@ -166,46 +227,48 @@ class GroupNorm(nn.GroupNorm):
 class GroupNormSiLU(GroupNorm):
     """silu(GroupNorm(x) * (1 + scale) + shift): a ResNet block's norm, time modulation and activation.
 
-    The parameters are GroupNorm's. ``construct(x [B,C,H,W], scale=None, shift=None)``, scale and shift
-    [B,C,1,1] or both None. On CPU it is one kernel (forward and backward); elsewhere the three steps.
+    The parameters are GroupNorm's. ``construct(x [B,C,H,W], scale=None, shift=None)`` (x NHWC if built for it),
+    scale and shift [B,C,1,1] or both None. On CPU it is one kernel (forward and backward); elsewhere the three steps.
     """
 
-    def __init__(self, num_groups, num_channels):
-        super().__init__(num_groups, num_channels)
-        self.fused = kernel_op(kops.group_norm_silu)
+    def __init__(self, num_groups, num_channels, layout=None):
+        super().__init__(num_groups, num_channels, layout=layout)
+        self.fused = kernel_op(kops.group_norm_silu, self.layout)
 
     def construct(self, x, scale=None, shift=None):
         if self.fused is not None and x.dtype == ms.float32:   # the fused op (self.fast is the plain GroupNorm)
-            b, c, _, _ = x.shape
-            g = self.num_groups
+            b, c = x.shape[0], self.num_channels
             if scale is None:
                 scale = ops.zeros((b, c), x.dtype)
                 shift = ops.zeros((b, c), x.dtype)
-            y, _, _ = self.fused(x, self.gamma.reshape(g, c // g), self.beta.reshape(g, c // g),
+            y, _, _ = self.fused(x, self._grouped(self.gamma), self._grouped(self.beta),
                                  scale.reshape(b, c), shift.reshape(b, c))
             return y
-        x = super().construct(x)
+        x = self._plain(to_nchw(self.layout, x))
         if scale is not None:
             x = x * (scale + 1) + shift
-        return ops.silu(x)
+        return from_nchw(self.layout, ops.silu(x))
 
 
 class LayerNorm(nn.Cell):
-    """Channel LayerNorm with a gain only: (x - mean_c) / sqrt(var_c + eps) * g. [B,C,H,W] -> [B,C,H,W]."""
+    """Channel LayerNorm with a gain only: (x - mean_c) / sqrt(var_c + eps) * g. [B,C,H,W] -> [B,C,H,W]
+    (NHWC if built for it, as :class:`Conv2d`)."""
 
-    def __init__(self, dim, eps=1e-5):
+    def __init__(self, dim, eps=1e-5, layout=None):
         super().__init__()
         self.g = Parameter(initializer("ones", (1, dim, 1, 1)), name="g")
         self.eps = eps
-        self.fast = kernel_op(kops.channel_norm, when=eps == NORM_EPS)
+        self.layout = current_layout(layout)
+        self.fast = kernel_op(kops.channel_norm, self.layout, when=eps == NORM_EPS)
 
     def construct(self, x):
         if fast_path(self, x):
             y, _, _ = self.fast(x, self.g.reshape(-1))
             return y
+        x = to_nchw(self.layout, x)
         mean = x.mean(1, keep_dims=True)
         var = ((x - mean) ** 2).mean(1, keep_dims=True)
-        return (x - mean) * ops.rsqrt(var + self.eps) * self.g
+        return from_nchw(self.layout, (x - mean) * ops.rsqrt(var + self.eps) * self.g)
 
 
 def softmax_axis2(x):

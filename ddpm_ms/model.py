@@ -16,8 +16,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from . import kernels
 from .layers import (GELU, Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm, GroupNormSiLU, LayerNorm, SiLU,
-                     Softmax)
+                     Softmax, activation_layout, channel_axis, current_layout, from_nchw, per_channel, to_nchw)
 
 BLOCK_TYPES = ("convnext", "resnet")
 
@@ -119,23 +120,28 @@ class ConvNextBlock(nn.Cell):
             Conv2d(dim_out * mult, dim_out, 3, padding=1, pad_mode="pad"),
         ])
         self.res_conv = Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+        self.layout = current_layout()
 
     def construct(self, x, time_emb=None):
         h = self.ds_conv(x)
         if self.mlp is not None and time_emb is not None:
-            h = h + self.mlp(time_emb)[:, :, None, None]
+            h = h + per_channel(self.layout, self.mlp(time_emb))
         h = self.net(h)
         return h + self.res_conv(x)
 
 
 class _MultiHeadQKV(nn.Cell):
-    """Shared 1x1 q/k/v projection: x [B, dim, H, W] -> q, k, v each [B, heads, dim_head, H*W]."""
+    """Shared 1x1 q/k/v projection: x [B, dim, H, W] -> q, k, v each [B, heads, dim_head, H*W].
+
+    An attention layer works in NCHW inside; built for NHWC activations, it transposes its input and output.
+    """
 
     def __init__(self, dim, heads=4, dim_head=32):
         super().__init__()
         self.scale = dim_head ** -0.5
         self.heads = heads
-        self.to_qkv = Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False)
+        self.layout = current_layout()
+        self.to_qkv = Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False, layout="NCHW")
         self.matmul_at = ops.BatchMatMul(transpose_a=True)    # a^T b without a Transpose op
         self.matmul_bt = ops.BatchMatMul(transpose_b=True)    # a b^T
 
@@ -149,16 +155,17 @@ class Attention(_MultiHeadQKV):
 
     def __init__(self, dim, heads=4, dim_head=32):
         super().__init__(dim, heads, dim_head)
-        self.to_out = Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True)
+        self.to_out = Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True, layout="NCHW")
         self.softmax = Softmax(-1)
 
     def construct(self, x):
+        x = to_nchw(self.layout, x)
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
         sim = self.matmul_at(q * self.scale, k)       # b h i j = (q s)^T k
         attn = self.softmax(sim)
         out = self.matmul_bt(v, attn)                 # b h d i = (attn v^T)^T
-        return self.to_out(out.reshape((b, -1, h, w)))
+        return from_nchw(self.layout, self.to_out(out.reshape((b, -1, h, w))))
 
 
 class LinearAttention(_MultiHeadQKV):
@@ -169,11 +176,12 @@ class LinearAttention(_MultiHeadQKV):
         self.softmax_q = Softmax(-2)
         self.softmax_k = Softmax(-1)
         self.to_out = nn.SequentialCell([
-            Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True),
-            LayerNorm(dim),
+            Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True, layout="NCHW"),
+            LayerNorm(dim, layout="NCHW"),
         ])
 
     def construct(self, x):
+        x = to_nchw(self.layout, x)
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
         q = self.softmax_q(q)
@@ -182,7 +190,7 @@ class LinearAttention(_MultiHeadQKV):
         # context instead: out = (k (v/hw)^T)^T (q s) = (s/hw) (k v^T)^T q
         context = self.matmul_bt(k, v) * (self.scale / (h * w))   # b h d e
         out = self.matmul_at(context, q)                           # b h e n
-        return self.to_out(out.reshape((b, -1, h, w)))
+        return from_nchw(self.layout, self.to_out(out.reshape((b, -1, h, w))))
 
 
 class PreNorm(nn.Cell):
@@ -230,59 +238,62 @@ class Unet(nn.Cell):
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
         if num_classes is not None and not with_time_emb:
             raise ValueError("num_classes needs with_time_emb=True")
-        self.channels = channels
-        self.num_classes = num_classes
-        init_dim = dim // 3 * 2 if init_dim is None else init_dim
-        self.init_conv = Conv2d(channels, init_dim, 7, padding=3, pad_mode="pad", has_bias=True)
+        # activations NHWC between the layers on the kernels (no reorder around a convolution), else NCHW
+        self.layout = kernels.layout()
+        with activation_layout(self.layout):
+            self.channels = channels
+            self.num_classes = num_classes
+            init_dim = dim // 3 * 2 if init_dim is None else init_dim
+            self.init_conv = Conv2d(channels, init_dim, 7, padding=3, pad_mode="pad", has_bias=True)
 
-        dims = [init_dim, *[dim * m for m in dim_mults]]
-        in_out = list(zip(dims[:-1], dims[1:]))
+            dims = [init_dim, *[dim * m for m in dim_mults]]
+            in_out = list(zip(dims[:-1], dims[1:]))
 
-        def block(d_in, d_out, time_dim):
-            if block_type == "convnext":
-                return ConvNextBlock(d_in, d_out, time_emb_dim=time_dim, mult=convnext_mult)
-            return ResnetBlock(d_in, d_out, time_emb_dim=time_dim, groups=resnet_groups)
+            def block(d_in, d_out, time_dim):
+                if block_type == "convnext":
+                    return ConvNextBlock(d_in, d_out, time_emb_dim=time_dim, mult=convnext_mult)
+                return ResnetBlock(d_in, d_out, time_emb_dim=time_dim, groups=resnet_groups)
 
-        time_dim = None
-        self.time_mlp = None
-        self.class_emb = None
-        if with_time_emb:
-            time_dim = dim * 4
-            self.time_mlp = nn.SequentialCell([
-                SinusoidalPositionEmbeddings(dim),
-                nn.Dense(dim, time_dim),
-                GELU(),
-                nn.Dense(time_dim, time_dim),
-            ])
-            if num_classes is not None:
-                self.class_emb = nn.Embedding(num_classes + 1, time_dim)
+            time_dim = None
+            self.time_mlp = None
+            self.class_emb = None
+            if with_time_emb:
+                time_dim = dim * 4
+                self.time_mlp = nn.SequentialCell([
+                    SinusoidalPositionEmbeddings(dim),
+                    nn.Dense(dim, time_dim),
+                    GELU(),
+                    nn.Dense(time_dim, time_dim),
+                ])
+                if num_classes is not None:
+                    self.class_emb = nn.Embedding(num_classes + 1, time_dim)
 
-        num_resolutions = len(in_out)
-        attn = (attn_heads, attn_dim_head)
-        downs = []
-        for ind, (d_in, d_out) in enumerate(in_out):
-            is_last = ind >= num_resolutions - 1
-            downs.append(_Stage(block(d_in, d_out, time_dim), block(d_out, d_out, time_dim), d_out,
-                                Downsample(d_out) if not is_last else nn.Identity(), *attn))
-        ups = []
-        for ind, (d_in, d_out) in enumerate(reversed(in_out[1:])):
-            is_last = ind >= num_resolutions - 1   # never true: every up stage upsamples, as in the tutorial
-            ups.append(_Stage(block(d_out * 2, d_in, time_dim), block(d_in, d_in, time_dim), d_in,
-                              Upsample(d_in) if not is_last else nn.Identity(), *attn))
-        self.downs = nn.CellList(downs)
-        self.ups = nn.CellList(ups)
+            num_resolutions = len(in_out)
+            attn = (attn_heads, attn_dim_head)
+            downs = []
+            for ind, (d_in, d_out) in enumerate(in_out):
+                is_last = ind >= num_resolutions - 1
+                downs.append(_Stage(block(d_in, d_out, time_dim), block(d_out, d_out, time_dim), d_out,
+                                    Downsample(d_out) if not is_last else nn.Identity(), *attn))
+            ups = []
+            for ind, (d_in, d_out) in enumerate(reversed(in_out[1:])):
+                is_last = ind >= num_resolutions - 1   # never true: every up stage upsamples, as in the tutorial
+                ups.append(_Stage(block(d_out * 2, d_in, time_dim), block(d_in, d_in, time_dim), d_in,
+                                  Upsample(d_in) if not is_last else nn.Identity(), *attn))
+            self.downs = nn.CellList(downs)
+            self.ups = nn.CellList(ups)
 
-        mid_dim = dims[-1]
-        self.mid_block1 = block(mid_dim, mid_dim, time_dim)
-        self.mid_attn = Residual(PreNorm(mid_dim, Attention(mid_dim, *attn)))
-        self.mid_block2 = block(mid_dim, mid_dim, time_dim)
+            mid_dim = dims[-1]
+            self.mid_block1 = block(mid_dim, mid_dim, time_dim)
+            self.mid_attn = Residual(PreNorm(mid_dim, Attention(mid_dim, *attn)))
+            self.mid_block2 = block(mid_dim, mid_dim, time_dim)
 
-        out_dim = channels if out_dim is None else out_dim
-        self.final_block = block(dim, dim, None)
-        self.final_conv = Conv2d(dim, out_dim, 1)
+            out_dim = channels if out_dim is None else out_dim
+            self.final_block = block(dim, dim, None)
+            self.final_conv = Conv2d(dim, out_dim, 1)
 
     def construct(self, x, time, y=None):
-        x = self.init_conv(x)
+        x = self.init_conv(from_nchw(self.layout, x))
         t = None
         if self.time_mlp is not None:
             t = self.time_mlp(time)
@@ -297,9 +308,9 @@ class Unet(nn.Cell):
         x = self.mid_block2(x, t)
         i = len(skips) - 1
         for stage in self.ups:
-            _, x = stage(ops.concat((x, skips[i]), 1), t)
+            _, x = stage(ops.concat((x, skips[i]), channel_axis(self.layout)), t)
             i -= 1
-        return self.final_conv(self.final_block(x))
+        return to_nchw(self.layout, self.final_conv(self.final_block(x)))
 
 
 def count_params(net):

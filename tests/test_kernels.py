@@ -35,8 +35,10 @@ def kernel_mode():
 
 
 def _tutorial_layer_shapes():
-    """(kind, input shape, layer args) of every distinct conv, norm and softmax in the tutorial U-Net, batch 2."""
-    net = ddpm_ms.Unet(dim=28, channels=1, dim_mults=(1, 2, 4))
+    """(kind, input shape, layer args) of every distinct conv, norm and softmax in the tutorial U-Net, batch 2
+    (NCHW shapes: the U-Net built in NCHW)."""
+    with kernels.using(None, layout="NCHW"):
+        net = ddpm_ms.Unet(dim=28, channels=1, dim_mults=(1, 2, 4))
     seen = {}
 
     def hook(cell, inputs):
@@ -72,15 +74,31 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
-def _reference_and_fast(kind, shape, args, lib):
-    """(reference fn, fast fn, inputs): each fn maps inputs to a weighted sum of its output."""
+def _in_layout(op, layout):
+    """op (on activations in ``layout``) as a function of an NCHW first input, giving NCHW."""
+    if layout == "NCHW":
+        return op
+
+    def fn(x, *rest):
+        return layers.to_nchw(layout, op(layers.from_nchw(layout, x), *rest))
+    return fn
+
+
+def _reference_and_fast(kind, shape, args, lib, layout="NCHW"):
+    """(reference fn, fast fn, inputs): each fn maps inputs to a weighted sum of its output; the fast op runs on
+    ``layout`` activations (the inputs and outputs are NCHW either way)."""
+    ref, fast, inputs = _reference_and_fast_op(kind, shape, args, lib, layout)
+    return ref, _in_layout(fast, layout), inputs
+
+
+def _reference_and_fast_op(kind, shape, args, lib, layout):
     rng = np.random.default_rng(abs(hash((kind, shape))) % 2**32)
     x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
     if kind == "gn":
         c, g = shape[1], args
         gamma = ms.Tensor(rng.standard_normal(c).astype(np.float32))
         beta = ms.Tensor(rng.standard_normal(c).astype(np.float32))
-        op = ddpm_ms.kernels.ops.group_norm(lib)
+        op = ddpm_ms.kernels.ops.group_norm(lib, layout)
 
         def ref(x, gamma, beta):
             return ops.group_norm(x, g, gamma, beta, 1e-5)
@@ -91,7 +109,7 @@ def _reference_and_fast(kind, shape, args, lib):
         return ref, fast, (x, gamma, beta)
     if kind == "ln":
         g = ms.Tensor(rng.uniform(0.5, 1.5, (1, shape[1], 1, 1)).astype(np.float32))
-        op = ddpm_ms.kernels.ops.channel_norm(lib)
+        op = ddpm_ms.kernels.ops.channel_norm(lib, layout)
 
         def ref(x, g):
             mean = x.mean(1, keep_dims=True)
@@ -120,12 +138,12 @@ def _reference_and_fast(kind, shape, args, lib):
     if kind == "conv":
         w = ms.Tensor(rng.standard_normal((out_c, in_c // groups, k, k)).astype(np.float32) * 0.1)
         ref_op = ops.Conv2D(out_c, k, pad_mode="pad", pad=p, stride=s, group=groups)
-        fast_op = ddpm_ms.kernels.ops.conv2d(lib, s, p, groups)
+        fast_op = ddpm_ms.kernels.ops.conv2d(lib, s, p, groups, layout)
         return ref_op, fast_op, (x, w)
     w = ms.Tensor(rng.standard_normal((in_c, out_c // groups, k, k)).astype(np.float32) * 0.1)
     out_shape = (shape[0], out_c, (shape[2] - 1) * s - 2 * p + k, (shape[3] - 1) * s - 2 * p + k)
     ref_op = ops.Conv2DTranspose(out_c, k, pad_mode="pad", pad=p, stride=s, group=groups)
-    fast_op = ddpm_ms.kernels.ops.conv_transpose2d(lib, s, p, groups)
+    fast_op = ddpm_ms.kernels.ops.conv_transpose2d(lib, s, p, groups, layout)
 
     def ref(x, w):
         return ref_op(x, w, out_shape)
@@ -151,10 +169,15 @@ def _probed(fn, probe):
     return loss
 
 
-@pytest.mark.parametrize("kind,shape,args", SHAPES, ids=[f"{k}{s}{a}" for k, s, a in SHAPES])
-def test_kernel_matches_mindspore(kind, shape, args, lib, mode):
-    """Output within 1e-5 and input/weight gradients within 1e-4 of MindSpore's op with autodiff (relative to max)."""
-    ref, fast, inputs = _reference_and_fast(kind, shape, args, lib)
+LAYOUT_CASES = [(layout, *case) for layout in kernels.LAYOUTS for case in SHAPES
+                if layout == "NCHW" or case[0] in ("conv", "convT", "gn", "ln")]   # softmax, GELU: any layout
+
+
+@pytest.mark.parametrize("layout,kind,shape,args", LAYOUT_CASES, ids=[f"{l}-{k}{s}{a}" for l, k, s, a in LAYOUT_CASES])
+def test_kernel_matches_mindspore(layout, kind, shape, args, lib, mode):
+    """Output within 1e-5 and input/weight gradients within 1e-4 of MindSpore's op with autodiff (relative to max),
+    the kernel on NCHW and on NHWC activations."""
+    ref, fast, inputs = _reference_and_fast(kind, shape, args, lib, layout)
     probe = ms.Tensor(np.random.default_rng(7).standard_normal(ref(*inputs).shape).astype(np.float32))
     results = []
     for fn in (ref, fast):
@@ -168,8 +191,9 @@ def test_kernel_matches_mindspore(kind, shape, args, lib, mode):
         assert _rel(a, b) < 1e-4
 
 
+@pytest.mark.parametrize("layout", kernels.LAYOUTS)
 @pytest.mark.parametrize("shape,groups", [((4, 32, 14, 14), 8), ((2, 16, 28, 28), 8), ((3, 12, 7, 7), 1)])
-def test_group_norm_silu_matches_mindspore(shape, groups, lib, mode):
+def test_group_norm_silu_matches_mindspore(shape, groups, layout, lib, mode):
     """The fused norm + time modulation + SiLU of a ResNet block against GroupNorm, mul-add and SiLU with autodiff."""
     rng = np.random.default_rng(5)
     n, c = shape[:2]
@@ -177,14 +201,16 @@ def test_group_norm_silu_matches_mindspore(shape, groups, lib, mode):
         rng.standard_normal(shape) * 3 + 1, rng.standard_normal(c), rng.standard_normal(c),
         rng.standard_normal((n, c)) * 0.5, rng.standard_normal((n, c))))
     probe = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
-    op = ddpm_ms.kernels.ops.group_norm_silu(lib)
+    op = ddpm_ms.kernels.ops.group_norm_silu(lib, layout)
 
     def ref(x, gamma, beta, scale, shift):
         y = ops.group_norm(x, groups, gamma, beta, 1e-5)
         return ops.silu(y * (scale.reshape(n, c, 1, 1) + 1) + shift.reshape(n, c, 1, 1))
 
     def fast(x, gamma, beta, scale, shift):
-        return op(x, gamma.reshape(groups, c // groups), beta.reshape(groups, c // groups), scale, shift)[0]
+        y = op(layers.from_nchw(layout, x), gamma.reshape(groups, c // groups), beta.reshape(groups, c // groups),
+               scale, shift)[0]
+        return layers.to_nchw(layout, y)
 
     results = []
     for fn in (ref, fast):
@@ -198,14 +224,15 @@ def test_group_norm_silu_matches_mindspore(shape, groups, lib, mode):
         assert _rel(a, b) < 1e-4
 
 
-def _two_paths(kernel_mode, **kw):
-    """The same U-Net built on the fast and the fallback path, with the same weights."""
+def _two_paths(layout="NHWC", **kw):
+    """The same U-Net built on the fast path (activations in ``layout``) and the fallback path, same weights."""
     nets = []
     for m in ("onednn", "off"):
-        kernel_mode(m)
-        ms.set_seed(3)
-        nets.append(ddpm_ms.Unet(**kw))
+        with kernels.using(m, layout=layout if m == "onednn" else None):
+            ms.set_seed(3)
+            nets.append(ddpm_ms.Unet(**kw))
     fast, plain = nets
+    assert (fast.layout, plain.layout) == (layout, "NCHW")
     assert sum(1 for _, c in fast.cells_and_names() if getattr(c, "fast", None) is not None) > 10
     assert all(getattr(c, "fast", None) is None for _, c in plain.cells_and_names())
     for a, b in zip(fast.get_parameters(), plain.get_parameters()):
@@ -220,10 +247,11 @@ def _loss_of(net, sched):
     return loss
 
 
+@pytest.mark.parametrize("layout", kernels.LAYOUTS)
 @pytest.mark.parametrize("block_type", ["convnext", "resnet"])
-def test_whole_unet_loss_and_grads_match_fallback(block_type, lib, kernel_mode, mode):
-    fast, plain = _two_paths(kernel_mode, dim=16, dim_mults=(1, 2), channels=1, block_type=block_type,
-                             attn_dim_head=16)
+def test_whole_unet_loss_and_grads_match_fallback(block_type, layout, lib, mode):
+    """The U-Net on the kernels, its activations NHWC or NCHW, against MindSpore's ops: loss and every gradient."""
+    fast, plain = _two_paths(layout, dim=16, dim_mults=(1, 2), channels=1, block_type=block_type, attn_dim_head=16)
     sched = ddpm_ms.NoiseSchedule.from_name("linear", 50)
     rng = np.random.default_rng(0)
     x0 = ms.Tensor(rng.uniform(-1, 1, (4, 1, 16, 16)).astype(np.float32))
@@ -273,6 +301,48 @@ def test_bad_mode_is_one_line_error(monkeypatch, kernel_mode):
         ddpm_ms.Unet(**TINY)
 
 
+def test_bad_layout_is_one_line_error(monkeypatch, lib, kernel_mode):
+    monkeypatch.setenv("DDPM_MS_LAYOUT", "NWHC")
+    kernel_mode("onednn")
+    with pytest.raises(kbuild.KernelBuildError, match="DDPM_MS_LAYOUT must be one of NHWC, NCHW, got 'NWHC'"):
+        ddpm_ms.Unet(**TINY)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        kernels.set_layout("nhwc")
+
+
+def test_layout_follows_the_path_and_the_setting(monkeypatch, lib, kernel_mode):
+    """NHWC on the kernels by default, NCHW when asked or on MindSpore's ops; a layer built alone is NCHW."""
+    monkeypatch.delenv("DDPM_MS_LAYOUT", raising=False)
+    kernel_mode("onednn")
+    net = ddpm_ms.Unet(**TINY)
+    assert net.layout == "NHWC" and net.init_conv.layout == "NHWC" and net.init_conv.fast.func.endswith("_nhwc")
+    assert layers.Conv2d(4, 4, 3, pad_mode="pad", padding=1).layout == "NCHW"   # a drop-in for nn.Conv2d
+    monkeypatch.setenv("DDPM_MS_LAYOUT", "NCHW")
+    assert ddpm_ms.Unet(**TINY).layout == "NCHW"
+    monkeypatch.delenv("DDPM_MS_LAYOUT")
+    with kernels.using(None, layout="NCHW"):
+        assert ddpm_ms.Unet(**TINY).layout == "NCHW"
+    assert kernels.layout() == "NHWC"
+    kernel_mode("off")
+    assert ddpm_ms.Unet(**TINY).layout == "NCHW"
+
+
+def test_nhwc_layer_off_its_kernel_runs_mindspores_op(lib, kernel_mode):
+    """An NHWC conv whose input does not fit its kernel (odd size, stride 2) runs MindSpore's op between transposes."""
+    kernel_mode("onednn")
+    rng = np.random.default_rng(4)
+    with layers.activation_layout("NHWC"):
+        conv = layers.Conv2d(3, 5, 4, 2, pad_mode="pad", padding=1, has_bias=True)
+    ref = nn.Conv2d(3, 5, 4, 2, pad_mode="pad", padding=1, has_bias=True)
+    for p, q in zip(conv.get_parameters(), ref.get_parameters()):
+        q.set_data(ms.Tensor(rng.standard_normal(p.shape).astype(np.float32)))
+        p.set_data(q.data)
+    x = ms.Tensor(rng.standard_normal((2, 3, 7, 7)).astype(np.float32))
+    y = conv(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert conv.fast is not None and y.shape == (2, 5, 3, 3)
+    np.testing.assert_allclose(y.asnumpy(), ref(x).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_concurrent_builds_make_one_library(tmp_path, lib):
     """Two processes building into an empty cache at once both get the same, complete library."""
     env = dict(os.environ, DDPM_MS_KERNEL_CACHE=str(tmp_path),
@@ -296,9 +366,10 @@ def test_build_key_follows_source_and_flags(monkeypatch):
     assert key != kbuild.build_key("g++")
 
 
-def test_checkpoint_loads_across_paths(tmp_path, lib, kernel_mode):
-    """Weights saved from the fast path load into the fallback model and give the same output."""
-    fast, plain = _two_paths(kernel_mode, **TINY)
+@pytest.mark.parametrize("layout", kernels.LAYOUTS)
+def test_checkpoint_loads_across_paths(tmp_path, lib, layout):
+    """Weights saved from the fast path (either layout) load into the fallback model and give the same output."""
+    fast, plain = _two_paths(layout, **TINY)
     rng = np.random.default_rng(1)
     for p in fast.get_parameters():     # move off the shared initialisation
         p.set_data(ms.Tensor(p.asnumpy() + rng.normal(0, 0.01, p.shape).astype(np.float32)))
@@ -330,7 +401,8 @@ def test_library_exports_exactly_the_kernel_table(lib):
     from ddpm_ms.kernels import table
     abi, names = kbuild.exported_names(lib)
     assert abi == table.ABI and names == table.entry_points()
-    assert len(names) == 4 * len(table.CONV_GEOMETRIES) + 16
+    # 4 conv entries per geometry and 6 norm entries, in each layout; softmax, activations, Adam and the EMA once
+    assert len(names) == (4 * len(table.CONV_GEOMETRIES) + 6) * len(table.LAYOUTS) + 10
     assert layers.CONV_GEOMETRIES is table.CONV_GEOMETRIES
 
 

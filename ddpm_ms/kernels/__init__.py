@@ -14,6 +14,10 @@ Which path runs is chosen when a layer is built:
 
 ``set_mode`` does the same from Python (for layers built afterwards). Both paths hold the same parameters, so a
 checkpoint written on one loads on the other, and on GPU or Ascend.
+
+On the kernels, a model's activations are NHWC (channels-last) between its layers, so no convolution reorders its
+input or output; ``DDPM_MS_LAYOUT=NCHW`` (or ``set_layout('NCHW')``) keeps MindSpore's NCHW. The model's inputs,
+outputs and parameters are NCHW/OIHW either way (:func:`layout`).
 """
 import os
 from contextlib import contextmanager
@@ -22,8 +26,10 @@ import sys
 from .builder import KernelBuildError, build
 
 MODES = ("auto", "onednn", "off")
+LAYOUTS = ("NHWC", "NCHW")
 _ENV = "DDPM_MS_KERNELS"
-_state = {"mode": None, "lib": None, "reason": None, "warned": False}
+_LAYOUT_ENV = "DDPM_MS_LAYOUT"
+_state = {"mode": None, "lib": None, "reason": None, "warned": False, "layout": None}
 
 
 def mode():
@@ -41,15 +47,37 @@ def set_mode(m):
     _state.update(mode=m, lib=None, reason=None, warned=False)
 
 
+def set_layout(layout):
+    """The activation layout of models built from now on, on the kernels: 'NHWC' or 'NCHW' (None: the environment)."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    _state["layout"] = layout
+
+
+def layout():
+    """The activation layout of layers built now: 'NCHW' on MindSpore's ops; on the kernels ``set_layout``'s, else
+    ``$DDPM_MS_LAYOUT``, else 'NHWC'."""
+    if library() is None:
+        return "NCHW"
+    chosen = _state["layout"] or os.environ.get(_LAYOUT_ENV, "NHWC").upper()
+    if chosen not in LAYOUTS:
+        raise KernelBuildError(f"{_LAYOUT_ENV} must be one of {', '.join(LAYOUTS)}, got {chosen!r}")
+    return chosen
+
+
 @contextmanager
-def using(m):
-    """Build layers in mode ``m`` inside the block (e.g. 'off' for a graph to export), then restore the mode."""
-    previous = _state["mode"]
+def using(m, layout=None):  # pylint: disable=redefined-outer-name
+    """Build layers in mode ``m`` (and ``layout``, if given) inside the block (e.g. 'off' for a graph to export),
+    then restore both."""
+    previous, previous_layout = _state["mode"], _state["layout"]
     set_mode(m)
+    if layout is not None:
+        set_layout(layout)
     try:
         yield
     finally:
         set_mode(previous)
+        set_layout(previous_layout)
 
 
 def _device():
@@ -99,7 +127,9 @@ def library():
 def status():
     """One line: which path layers built now get, and why."""
     lib = library()
-    return f"oneDNN kernels ({lib})" if lib else f"MindSpore ops ({_state['reason'] or _ENV + '=off'})"
+    return (f"oneDNN kernels, {layout()} activations ({lib})" if lib
+            else f"MindSpore ops ({_state['reason'] or _ENV + '=off'})")
 
 
-__all__ = ["KernelBuildError", "MODES", "build", "library", "mode", "set_mode", "status"]
+__all__ = ["KernelBuildError", "LAYOUTS", "MODES", "build", "layout", "library", "mode", "set_layout", "set_mode",
+           "status"]

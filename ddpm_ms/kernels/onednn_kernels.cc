@@ -2,13 +2,16 @@
 //
 // Convolutions run on the oneDNN that ships inside the mindspore wheel (lib/libdnnl.so.3), given NHWC activations
 // (NCHW for 1x1) and weights in oneDNN's own ("any") layout, so that it picks its brgemm / depthwise JIT kernels instead of the
-// reference or im2col path that MindSpore's NCHW/OIHW Conv2D reaches. GroupNorm is written out here (NCHW, no
-// reorders), parallel over (sample, group).
+// reference or im2col path that MindSpore's NCHW/OIHW Conv2D reaches. The norms are written out here, parallel over
+// samples.
+//
+// Every activation-layout op has two entry points: the plain name takes NCHW tensors, the one ending in _nhwc takes
+// NHWC tensors ([N, H, W, C], a channels-last model: no reorder around its convolutions at all).
 //
 // Every entry point has MindSpore's AOT signature
 //   int F(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra)
-// with the inputs first, then the outputs. Tensors are float32, NCHW activations and OIHW weights, as MindSpore
-// stores them. Stride S and padding P are part of each convolution's name (ConvFwd_s2p1), so every geometry has its
+// with the inputs first, then the outputs. Tensors are float32, NCHW (or NHWC) activations and OIHW weights, as
+// MindSpore stores them. Stride S and padding P are part of each convolution's name (ConvFwd_s2p1), so every geometry has its
 // own op name (and so its own shape function on the Python side); the groups are IC / w.shape[1].
 //
 //   ConvFwd_sSpP(x, w) -> y                  y = conv(x, w)
@@ -28,6 +31,7 @@
 //   EltwiseFwd_silu(x) -> y, EltwiseBwd_silu(dy, x) -> dx          x * sigmoid(x)
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -212,20 +216,29 @@ float *Scratch(int slot, size_t bytes) {  // per-thread reorder buffers, grown o
 
 // ---------------------------------------------------------------- convolutions
 struct ConvGeometry {
-  memory::dims x, w, y, stride, pad_l, pad_r, dilation;
+  memory::dims x, w, y, stride, pad_l, pad_r, dilation;  // x and y in oneDNN's logical order [N, C, H, W]
   int groups;
+  tag act;  // how MindSpore holds x and y: nchw or nhwc
 };
 
-// x [N, IC, H, W], w [OC, IC/G, KH, KW], y [N, OC, OH, OW]; the right/bottom padding follows from the shapes.
-ConvGeometry MakeGeometry(const int64_t *xs, const int64_t *ws, const int64_t *ys, int64_t S, int64_t P) {
+// A 4-d activation shape in the logical order [N, C, H, W], from NCHW or NHWC.
+memory::dims LogicalDims(const int64_t *s, bool nhwc) {
+  return nhwc ? memory::dims{s[0], s[3], s[1], s[2]} : memory::dims{s[0], s[1], s[2], s[3]};
+}
+
+// x [N, IC, H, W], w [OC, IC/G, KH, KW], y [N, OC, OH, OW] (x and y NHWC if nhwc); the right/bottom padding follows
+// from the shapes.
+ConvGeometry MakeGeometry(const int64_t *xs_, const int64_t *ws, const int64_t *ys_, int64_t S, int64_t P, bool nhwc) {
+  const memory::dims xs = LogicalDims(xs_, nhwc), ys = LogicalDims(ys_, nhwc);
   for (int i = 2; i < 4; i++)
     if (ws[1] <= 0 || xs[1] % ws[1] != 0 || ys[i] != (xs[i] + 2 * P - ws[i]) / S + 1)
       throw std::runtime_error("shapes x, w, y do not fit one convolution with stride " + std::to_string(S) +
                                " and padding " + std::to_string(P));
   ConvGeometry g;
   g.groups = static_cast<int>(xs[1] / ws[1]);
-  g.x = {xs[0], xs[1], xs[2], xs[3]};
-  g.y = {ys[0], ys[1], ys[2], ys[3]};
+  g.act = nhwc ? tag::nhwc : tag::nchw;
+  g.x = xs;
+  g.y = ys;
   g.w = g.groups == 1 ? memory::dims{ws[0], ws[1], ws[2], ws[3]}
                       : memory::dims{g.groups, ws[0] / g.groups, ws[1], ws[2], ws[3]};
   g.stride = {S, S};
@@ -249,7 +262,7 @@ std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, co
   // NHWC lets oneDNN pick its brgemm / depthwise JIT kernels. A 1x1 convolution runs as a matmul on MindSpore's NCHW
   // buffers as they are, which saves its reorders (measured: 9% more training img/s on the fashion_cpu U-Net).
   const bool pointwise = g.w.back() == 1 && g.w[g.w.size() - 2] == 1 && g.stride[0] == 1;
-  const tag act = pointwise ? tag::nchw : tag::nhwc;
+  const tag act = pointwise ? g.act : tag::nhwc;
   memory::desc x_md(g.x, dt::f32, act), y_md(g.y, dt::f32, act), w_any(g.w, dt::f32, tag::any);
   dnnl::primitive_attr attr;
   auto fwd = dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
@@ -287,7 +300,7 @@ std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, co
 
 std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g) {
   static Cache<std::string, ConvPrimitive> cache;
-  std::string key = std::to_string(static_cast<int>(kind));
+  std::string key = std::to_string(static_cast<int>(kind)) + (g.act == tag::nhwc ? "h" : "c");
   for (const auto *v : {&g.x, &g.w, &g.y, &g.stride, &g.pad_l, &g.pad_r})
     for (auto d : *v) key += "," + std::to_string(d);
   return cache.Get(key, [&] { return MakeConv(kind, g, key); });
@@ -324,15 +337,15 @@ bool AllFloat32(int nparam, const char **dtypes, const char *who) {
   return true;
 }
 
-int ConvFwd(int64_t S, int64_t P, void **params, int64_t **shapes) {  // x, w -> y
-  ConvGeometry g = MakeGeometry(shapes[0], shapes[1], shapes[2], S, P);
+int ConvFwd(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {  // x, w -> y
+  ConvGeometry g = MakeGeometry(shapes[0], shapes[1], shapes[2], S, P, nhwc);
   auto c = GetConv(ConvKind::kFwd, g);
-  float *x = In(static_cast<float *>(params[0]), g.x, tag::nchw, c->x, 0);
+  float *x = In(static_cast<float *>(params[0]), g.x, g.act, c->x, 0);
   float *w = In(static_cast<float *>(params[1]), g.w, PlainWeights(g), c->w, 1);
-  float *y = OutBuffer(static_cast<float *>(params[2]), g.y, tag::nchw, c->y, 2);
+  float *y = OutBuffer(static_cast<float *>(params[2]), g.y, g.act, c->y, 2);
   memory mx(c->x, Engine(), x), mw(c->w, Engine(), w), my(c->y, Engine(), y);
   c->prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, my}});
-  Out(y, c->y, static_cast<float *>(params[2]), g.y, tag::nchw);
+  Out(y, c->y, static_cast<float *>(params[2]), g.y, g.act);
   return 0;
 }
 
@@ -340,71 +353,130 @@ int ConvFwd(int64_t S, int64_t P, void **params, int64_t **shapes) {  // x, w ->
 void RunBwdData(const ConvPrimitive &c, const ConvGeometry &g, float *dy, void *w_plain, void *dx_plain, int w_slot,
                 int dx_slot) {
   float *w = In(static_cast<float *>(w_plain), g.w, PlainWeights(g), c.w, w_slot);
-  float *dx = OutBuffer(static_cast<float *>(dx_plain), g.x, tag::nchw, c.x, dx_slot);
+  float *dx = OutBuffer(static_cast<float *>(dx_plain), g.x, g.act, c.x, dx_slot);
   memory mdy(c.y, Engine(), dy), mw(c.w, Engine(), w), mdx(c.x, Engine(), dx);
   c.prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}});
-  Out(dx, c.x, static_cast<float *>(dx_plain), g.x, tag::nchw);
+  Out(dx, c.x, static_cast<float *>(dx_plain), g.x, g.act);
 }
 
 // dy (already in c->y's layout), plain x -> plain dw; scratch slots for x and dw.
 void RunBwdWeights(const ConvPrimitive &c, const ConvGeometry &g, float *dy, void *x_plain, void *dw_plain, int x_slot,
                    int dw_slot) {
-  float *x = In(static_cast<float *>(x_plain), g.x, tag::nchw, c.x, x_slot);
+  float *x = In(static_cast<float *>(x_plain), g.x, g.act, c.x, x_slot);
   float *dw = OutBuffer(static_cast<float *>(dw_plain), g.w, PlainWeights(g), c.w, dw_slot);
   memory mx(c.x, Engine(), x), mdy(c.y, Engine(), dy), mdw(c.w, Engine(), dw);
   c.prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
   Out(dw, c.w, static_cast<float *>(dw_plain), g.w, PlainWeights(g));
 }
 
-int ConvBwdData(int64_t S, int64_t P, void **params, int64_t **shapes) {  // dy, w -> dx
-  ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P);
+int ConvBwdData(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {  // dy, w -> dx
+  ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P, nhwc);
   auto c = GetConv(ConvKind::kBwdData, g);
-  RunBwdData(*c, g, In(static_cast<float *>(params[0]), g.y, tag::nchw, c->y, 0), params[1], params[2], 1, 2);
+  RunBwdData(*c, g, In(static_cast<float *>(params[0]), g.y, g.act, c->y, 0), params[1], params[2], 1, 2);
   return 0;
 }
 
-int ConvBwdWeights(int64_t S, int64_t P, void **params, int64_t **shapes) {  // x, dy -> dw
-  ConvGeometry g = MakeGeometry(shapes[0], shapes[2], shapes[1], S, P);
+int ConvBwdWeights(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {  // x, dy -> dw
+  ConvGeometry g = MakeGeometry(shapes[0], shapes[2], shapes[1], S, P, nhwc);
   auto c = GetConv(ConvKind::kBwdWeights, g);
-  RunBwdWeights(*c, g, In(static_cast<float *>(params[1]), g.y, tag::nchw, c->y, 1), params[0], params[2], 0, 2);
+  RunBwdWeights(*c, g, In(static_cast<float *>(params[1]), g.y, g.act, c->y, 1), params[0], params[2], 0, 2);
   return 0;
 }
 
 // dy, w, x -> dx, dw: both gradients in one call, so dy is reordered once and MindSpore launches one op.
-int ConvBwd(int64_t S, int64_t P, void **params, int64_t **shapes) {
-  ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P);
+int ConvBwd(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {
+  ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P, nhwc);
   auto cd = GetConv(ConvKind::kBwdData, g);
   auto cw = GetConv(ConvKind::kBwdWeights, g);
-  float *dy = In(static_cast<float *>(params[0]), g.y, tag::nchw, cd->y, 0);
+  float *dy = In(static_cast<float *>(params[0]), g.y, g.act, cd->y, 0);
   RunBwdData(*cd, g, dy, params[1], params[3], 1, 2);
   // slot 2 is free again: dx has been written out
-  float *dy_w = cw->y == cd->y ? dy : In(static_cast<float *>(params[0]), g.y, tag::nchw, cw->y, 2);
+  float *dy_w = cw->y == cd->y ? dy : In(static_cast<float *>(params[0]), g.y, g.act, cw->y, 2);
   RunBwdWeights(*cw, g, dy_w, params[2], params[4], 3, 1);
   return 0;
 }
 
+// DDPM_MS_KERNEL_PROFILE=1: the calls and seconds of every entry point, printed to stderr when the process exits
+// (what bench/profile.py reads). Off, it costs one branch per call.
+class Profile {
+ public:
+  static Profile *Get() {
+    static Profile *p = getenv("DDPM_MS_KERNEL_PROFILE") ? new Profile() : nullptr;
+    return p;
+  }
+  void Add(const char *who, double seconds) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto &e = table_[who];
+    e.first += 1;
+    e.second += seconds;
+  }
+  void Reset() {
+    std::lock_guard<std::mutex> lk(mu_);
+    table_.clear();
+  }
+  static void Print() {
+    Profile *p = Get();
+    std::lock_guard<std::mutex> lk(p->mu_);
+    for (const auto &kv : p->table_)
+      fprintf(stderr, "ddpm_ms kernel profile %s %lld %.6f\n", kv.first.c_str(), kv.second.first, kv.second.second);
+  }
+
+ private:
+  Profile() { atexit(Print); }
+  std::mutex mu_;
+  std::map<std::string, std::pair<long long, double>> table_;
+};
+
 template <class F>
 int Guard(const char *who, int nparam, const char **dtypes, F body) {
   if (!AllFloat32(nparam, dtypes, who)) return 1;
+  Profile *profile = Profile::Get();
+  const auto start = profile ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
   try {
-    return body();
+    const int rc = body();
+    if (profile) profile->Add(who, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return rc;
   } catch (std::exception &ex) {
     fprintf(stderr, "ddpm_ms kernel %s: %s\n", who, ex.what());
     return 1;
   }
 }
 
-// ---------------------------------------------------------------- group normalisation
+// ---------------------------------------------------------------- normalisations
+// A sample's C x HW values as they lie in memory: element (c, i) (channel c, pixel i) at c * HW + i in NCHW, at
+// i * C + c in NHWC. Sweep visits every element in memory order, so each loop streams through the sample once.
+struct Plane {
+  int64_t C, HW;
+  bool nhwc;
+  int64_t Size() const { return C * HW; }
+  template <class F>
+  void Sweep(F f) const {  // f(c, i, k): channel, pixel, offset in the sample
+    if (nhwc) {
+      for (int64_t i = 0, k = 0; i < HW; i++)
+        for (int64_t c = 0; c < C; c++, k++) f(c, i, k);
+    } else {
+      for (int64_t c = 0, k = 0; c < C; c++)
+        for (int64_t i = 0; i < HW; i++, k++) f(c, i, k);
+    }
+  }
+};
+
+// The plane of a 4-d activation shape, NCHW or NHWC.
+Plane MakePlane(const int64_t *xs, bool nhwc) {
+  return nhwc ? Plane{xs[3], xs[1] * xs[2], true} : Plane{xs[1], xs[2] * xs[3], false};
+}
+
 // x [N, C, H, W] in G groups of C/G channels: for sample n and group g, mu and sigma^2 over its (C/G)*H*W values,
 // y = (x - mu) / sqrt(sigma^2 + eps) * gamma[c] + beta[c]. Sums in double, so that the result matches a
 // two-pass float reference to ~1e-7 whatever the group size.
 constexpr double kEps = DDPM_MS_NORM_EPS;  // kernels/table.py NORM_EPS (nn.GroupNorm's default)
 
 struct GnShape {
-  int64_t N, C, G, CG, HW;
+  int64_t N, G, CG;
+  Plane p;
 };
-GnShape MakeGnShape(const int64_t *xs, const int64_t *gs) {
-  return {xs[0], xs[1], gs[0], gs[1], xs[2] * xs[3]};
+GnShape MakeGnShape(const int64_t *xs, const int64_t *gs, bool nhwc) {
+  return {xs[0], gs[0], gs[1], MakePlane(xs, nhwc)};
 }
 
 // The GroupNorm of a ResNet block can be fused with what follows it, a per-(sample, channel) modulation by the time
@@ -415,32 +487,42 @@ struct Modulation {
   float Shift(int64_t nc) const { return shift ? shift[nc] : 0.f; }
 };
 
+// z = x * a[c] + b[c] for sample n: the GroupNorm with its statistics mean, rstd [N, G], then the modulation.
+void NormAffine(const GnShape &s, int64_t n, const float *mean, const float *rstd, const float *gamma,
+                const float *beta, const Modulation &mod, float *a, float *b) {
+  const int64_t C = s.p.C;
+  for (int64_t c = 0; c < C; c++) {
+    const float mu = mean[n * s.G + c / s.CG], r = rstd[n * s.G + c / s.CG], f = mod.Factor(n * C + c);
+    a[c] = r * gamma[c] * f;
+    b[c] = (beta[c] - mu * r * gamma[c]) * f + mod.Shift(n * C + c);
+  }
+}
+
 // z = GroupNorm(x) * (1 + scale) + shift into z; mean and rstd per (n, g).
 void GroupNormForward(const GnShape &s, const float *x, const float *gamma, const float *beta, const Modulation &mod,
                       float *z, float *mean, float *rstd) {
-  const int64_t block = s.CG * s.HW;
-  ParallelFor(s.N * s.G, [&](int64_t ng) {
-    const float *xb = x + ng * block;
-    double sum = 0;
-    for (int64_t i = 0; i < block; i++) sum += xb[i];
-    const double mu = sum / block;
-    double sq = 0;
-    for (int64_t i = 0; i < block; i++) {
-      double d = xb[i] - mu;
-      sq += d * d;
+  const int64_t C = s.p.C, block = s.CG * s.p.HW;
+  ParallelFor(s.N, [&](int64_t n) {
+    const float *xn = x + n * s.p.Size();
+    std::vector<double> acc(C, 0.0), mu(C), stat(s.G, 0.0);
+    s.p.Sweep([&](int64_t c, int64_t, int64_t k) { acc[c] += xn[k]; });
+    for (int64_t c = 0; c < C; c++) stat[c / s.CG] += acc[c];
+    for (int64_t c = 0; c < C; c++) mu[c] = stat[c / s.CG] / block;
+    std::fill(acc.begin(), acc.end(), 0.0);
+    s.p.Sweep([&](int64_t c, int64_t, int64_t k) {
+      const double d = xn[k] - mu[c];
+      acc[c] += d * d;
+    });
+    std::fill(stat.begin(), stat.end(), 0.0);
+    for (int64_t c = 0; c < C; c++) stat[c / s.CG] += acc[c];
+    for (int64_t g = 0; g < s.G; g++) {
+      mean[n * s.G + g] = static_cast<float>(mu[g * s.CG]);
+      rstd[n * s.G + g] = static_cast<float>(1.0 / std::sqrt(stat[g] / block + kEps));
     }
-    const double r = 1.0 / std::sqrt(sq / block + kEps);
-    mean[ng] = static_cast<float>(mu);
-    rstd[ng] = static_cast<float>(r);
-    const int64_t n = ng / s.G, g = ng % s.G;
-    for (int64_t c = 0; c < s.CG; c++) {
-      const int64_t ch = g * s.CG + c, nc = n * s.C + ch;
-      const float f = mod.Factor(nc), a = static_cast<float>(r) * gamma[ch] * f;
-      const float b = (beta[ch] - static_cast<float>(mu * r) * gamma[ch]) * f + mod.Shift(nc);
-      const float *xc = xb + c * s.HW;
-      float *zc = z + ng * block + c * s.HW;
-      for (int64_t i = 0; i < s.HW; i++) zc[i] = xc[i] * a + b;
-    }
+    std::vector<float> a(C), b(C);
+    NormAffine(s, n, mean, rstd, gamma, beta, mod, a.data(), b.data());
+    float *zn = z + n * s.p.Size();
+    s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = xn[k] * a[c] + b[c]; });
   });
 }
 
@@ -450,42 +532,45 @@ void GroupNormForward(const GnShape &s, const float *x, const float *gamma, cons
 void GroupNormBackward(const GnShape &s, const float *dz, const float *x, const float *mean, const float *rstd,
                        const float *gamma, const float *beta, const Modulation &mod, float *dx, float *dgamma,
                        float *dbeta, float *dscale, float *dshift) {
-  const int64_t block = s.CG * s.HW;
-  std::vector<double> part_dg(s.N * s.C), part_db(s.N * s.C);  // per (n, c), summed over n below
-  ParallelFor(s.N * s.G, [&](int64_t ng) {
-    const int64_t n = ng / s.G, g = ng % s.G;
-    const float mu = mean[ng], r = rstd[ng];
-    const float *xb = x + ng * block, *dzb = dz + ng * block;
-    double sum_gdz = 0, sum_gdz_xhat = 0;
-    for (int64_t c = 0; c < s.CG; c++) {
-      const float *xc = xb + c * s.HW, *dzc = dzb + c * s.HW;
-      double sa = 0, sb = 0;
-      for (int64_t i = 0; i < s.HW; i++) {
-        sa += dzc[i];
-        sb += static_cast<double>(dzc[i]) * ((xc[i] - mu) * r);
-      }
-      const int64_t ch = g * s.CG + c, nc = n * s.C + ch;
+  const int64_t C = s.p.C, block = s.CG * s.p.HW;
+  std::vector<double> part_dg(s.N * C), part_db(s.N * C);  // per (n, c), summed over n below
+  ParallelFor(s.N, [&](int64_t n) {
+    const float *xn = x + n * s.p.Size(), *dzn = dz + n * s.p.Size();
+    std::vector<float> mu(C), r(C), m(C), m1(C), m2(C);
+    for (int64_t c = 0; c < C; c++) {
+      mu[c] = mean[n * s.G + c / s.CG];
+      r[c] = rstd[n * s.G + c / s.CG];
+      m[c] = gamma[c] * mod.Factor(n * C + c);
+    }
+    std::vector<double> sa(C, 0.0), sb(C, 0.0), sum_gdz(s.G, 0.0), sum_gdz_xhat(s.G, 0.0);
+    s.p.Sweep([&](int64_t c, int64_t, int64_t k) {
+      sa[c] += dzn[k];
+      sb[c] += static_cast<double>(dzn[k]) * ((xn[k] - mu[c]) * r[c]);
+    });
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t nc = n * C + c;
       const double f = mod.Factor(nc);
-      part_db[nc] = f * sa;
-      part_dg[nc] = f * sb;
-      if (dshift) dshift[nc] = static_cast<float>(sa);
-      if (dscale) dscale[nc] = static_cast<float>(gamma[ch] * sb + beta[ch] * sa);
-      sum_gdz += gamma[ch] * f * sa;
-      sum_gdz_xhat += gamma[ch] * f * sb;
+      part_db[nc] = f * sa[c];
+      part_dg[nc] = f * sb[c];
+      if (dshift) dshift[nc] = static_cast<float>(sa[c]);
+      if (dscale) dscale[nc] = static_cast<float>(gamma[c] * sb[c] + beta[c] * sa[c]);
+      sum_gdz[c / s.CG] += gamma[c] * f * sa[c];
+      sum_gdz_xhat[c / s.CG] += gamma[c] * f * sb[c];
     }
-    const float m1 = static_cast<float>(sum_gdz / block), m2 = static_cast<float>(sum_gdz_xhat / block);
-    for (int64_t c = 0; c < s.CG; c++) {
-      const float m = gamma[g * s.CG + c] * mod.Factor(n * s.C + g * s.CG + c);
-      const float *xc = xb + c * s.HW, *dzc = dzb + c * s.HW;
-      float *dxc = dx + ng * block + c * s.HW;
-      for (int64_t i = 0; i < s.HW; i++) dxc[i] = r * (m * dzc[i] - m1 - (xc[i] - mu) * r * m2);
+    for (int64_t c = 0; c < C; c++) {
+      m1[c] = static_cast<float>(sum_gdz[c / s.CG] / block);
+      m2[c] = static_cast<float>(sum_gdz_xhat[c / s.CG] / block);
     }
+    float *dxn = dx + n * s.p.Size();
+    s.p.Sweep([&](int64_t c, int64_t, int64_t k) {
+      dxn[k] = r[c] * (m[c] * dzn[k] - m1[c] - (xn[k] - mu[c]) * r[c] * m2[c]);
+    });
   });
-  for (int64_t c = 0; c < s.C; c++) {
+  for (int64_t c = 0; c < C; c++) {
     double a = 0, b = 0;
     for (int64_t n = 0; n < s.N; n++) {
-      a += part_dg[n * s.C + c];
-      b += part_db[n * s.C + c];
+      a += part_dg[n * C + c];
+      b += part_db[n * C + c];
     }
     dgamma[c] = static_cast<float>(a);
     dbeta[c] = static_cast<float>(b);
@@ -493,8 +578,8 @@ void GroupNormBackward(const GnShape &s, const float *dz, const float *x, const 
 }
 
 // x, gamma[G,C/G], beta[G,C/G] -> y, mean, rstd
-int GroupNormFwd(void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[0], shapes[1]);
+int GroupNormFwd(bool nhwc, void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[0], shapes[1], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   GroupNormForward(s, in(0), in(1), in(2), Modulation(), out(3), out(4), out(5));
@@ -502,8 +587,8 @@ int GroupNormFwd(void **params, int64_t **shapes) {
 }
 
 // dy, x, mean, rstd, gamma -> dx, dgamma, dbeta (beta enters no gradient without a modulation)
-int GroupNormBwd(void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[1], shapes[4]);
+int GroupNormBwd(bool nhwc, void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[1], shapes[4], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   GroupNormBackward(s, in(0), in(1), in(2), in(3), in(4), nullptr, Modulation(), out(5), out(6), out(7), nullptr,
@@ -513,76 +598,59 @@ int GroupNormBwd(void **params, int64_t **shapes) {
 
 // ---------------------------------------------------------------- channel LayerNorm
 // x [N, C, H, W]: for each pixel, mu and sigma^2 over its C channels; y = (x - mu) / sqrt(sigma^2 + eps) * g[c].
-// The loops run over the H*W pixels of a sample at once (contiguous), accumulating over c.
-struct PixelStats {  // per-thread accumulators over the H*W pixels of one sample
-  std::vector<double> a, b;
-  explicit PixelStats(int64_t hw) : a(hw, 0.0), b(hw, 0.0) {}
-};
-
-int ChannelNormFwd(void **params, int64_t **shapes) {
-  const int64_t N = shapes[0][0], C = shapes[0][1], HW = shapes[0][2] * shapes[0][3];
+// Per sample, the per-pixel sums accumulate in memory order (see Plane).
+int ChannelNormFwd(bool nhwc, void **params, int64_t **shapes) {
+  const int64_t N = shapes[0][0];
+  const Plane p = MakePlane(shapes[0], nhwc);
   const float *x = static_cast<const float *>(params[0]), *gain = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]), *mean = static_cast<float *>(params[3]),
         *rstd = static_cast<float *>(params[4]);
   ParallelFor(N, [&](int64_t n) {
-    const float *xn = x + n * C * HW;
-    PixelStats s(HW);
-    for (int64_t c = 0; c < C; c++)
-      for (int64_t i = 0; i < HW; i++) s.a[i] += xn[c * HW + i];
-    for (int64_t i = 0; i < HW; i++) s.a[i] /= C;
-    for (int64_t c = 0; c < C; c++)
-      for (int64_t i = 0; i < HW; i++) {
-        double d = xn[c * HW + i] - s.a[i];
-        s.b[i] += d * d;
-      }
-    float *mn = mean + n * HW, *rn = rstd + n * HW;
-    for (int64_t i = 0; i < HW; i++) {
-      mn[i] = static_cast<float>(s.a[i]);
-      rn[i] = static_cast<float>(1.0 / std::sqrt(s.b[i] / C + kEps));
+    const float *xn = x + n * p.Size();
+    std::vector<double> a(p.HW, 0.0), b(p.HW, 0.0);
+    p.Sweep([&](int64_t, int64_t i, int64_t k) { a[i] += xn[k]; });
+    for (int64_t i = 0; i < p.HW; i++) a[i] /= p.C;
+    p.Sweep([&](int64_t, int64_t i, int64_t k) {
+      const double d = xn[k] - a[i];
+      b[i] += d * d;
+    });
+    float *mn = mean + n * p.HW, *rn = rstd + n * p.HW;
+    for (int64_t i = 0; i < p.HW; i++) {
+      mn[i] = static_cast<float>(a[i]);
+      rn[i] = static_cast<float>(1.0 / std::sqrt(b[i] / p.C + kEps));
     }
-    for (int64_t c = 0; c < C; c++) {
-      const float gc = gain[c];
-      const float *xc = xn + c * HW;
-      float *yc = y + (n * C + c) * HW;
-      for (int64_t i = 0; i < HW; i++) yc[i] = (xc[i] - mn[i]) * rn[i] * gc;
-    }
+    float *yn = y + n * p.Size();
+    p.Sweep([&](int64_t c, int64_t i, int64_t k) { yn[k] = (xn[k] - mn[i]) * rn[i] * gain[c]; });
   });
   return 0;
 }
 
 // With xhat = (x - mu) * rstd and gdy = g[c] * dy, per pixel:
 //   dx = rstd * (gdy - mean_c(gdy) - xhat * mean_c(gdy * xhat)),   dg[c] = sum_{n,hw} dy * xhat.
-int ChannelNormBwd(void **params, int64_t **shapes) {
-  const int64_t N = shapes[1][0], C = shapes[1][1], HW = shapes[1][2] * shapes[1][3];
+int ChannelNormBwd(bool nhwc, void **params, int64_t **shapes) {
+  const int64_t N = shapes[1][0];
+  const Plane p = MakePlane(shapes[1], nhwc);
+  const int64_t C = p.C;
   const float *dy = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]),
               *mean = static_cast<const float *>(params[2]), *rstd = static_cast<const float *>(params[3]),
               *gain = static_cast<const float *>(params[4]);
   float *dx = static_cast<float *>(params[5]), *dg = static_cast<float *>(params[6]);
   std::vector<double> part_dg(N * C);
   ParallelFor(N, [&](int64_t n) {
-    const float *xn = x + n * C * HW, *dyn = dy + n * C * HW, *mn = mean + n * HW, *rn = rstd + n * HW;
-    PixelStats s(HW);  // a: sum_c gdy, b: sum_c gdy * xhat
-    for (int64_t c = 0; c < C; c++) {
-      const float gc = gain[c];
-      const float *xc = xn + c * HW, *dyc = dyn + c * HW;
-      double sdg = 0;
-      for (int64_t i = 0; i < HW; i++) {
-        const float xhat = (xc[i] - mn[i]) * rn[i];
-        s.a[i] += gc * dyc[i];
-        s.b[i] += gc * dyc[i] * xhat;
-        sdg += static_cast<double>(dyc[i]) * xhat;
-      }
-      part_dg[n * C + c] = sdg;
-    }
-    for (int64_t c = 0; c < C; c++) {
-      const float gc = gain[c];
-      const float *xc = xn + c * HW, *dyc = dyn + c * HW;
-      float *dxc = dx + (n * C + c) * HW;
-      for (int64_t i = 0; i < HW; i++) {
-        const float xhat = (xc[i] - mn[i]) * rn[i];
-        dxc[i] = rn[i] * (gc * dyc[i] - static_cast<float>(s.a[i] / C) - xhat * static_cast<float>(s.b[i] / C));
-      }
-    }
+    const float *xn = x + n * p.Size(), *dyn = dy + n * p.Size(), *mn = mean + n * p.HW, *rn = rstd + n * p.HW;
+    std::vector<double> a(p.HW, 0.0), b(p.HW, 0.0), sdg(C, 0.0);  // a: sum_c gdy, b: sum_c gdy * xhat
+    p.Sweep([&](int64_t c, int64_t i, int64_t k) {
+      const float xhat = (xn[k] - mn[i]) * rn[i];
+      a[i] += gain[c] * dyn[k];
+      b[i] += gain[c] * dyn[k] * xhat;
+      sdg[c] += static_cast<double>(dyn[k]) * xhat;
+    });
+    std::copy(sdg.begin(), sdg.end(), part_dg.begin() + n * C);
+    float *dxn = dx + n * p.Size();
+    p.Sweep([&](int64_t c, int64_t i, int64_t k) {
+      const float xhat = (xn[k] - mn[i]) * rn[i];
+      dxn[k] = rn[i] * (gain[c] * dyn[k] - static_cast<float>(a[i] / C) - xhat * static_cast<float>(b[i] / C));
+    });
   });
   for (int64_t c = 0; c < C; c++) {
     double a = 0;
@@ -705,13 +773,13 @@ int EltwiseBwd(dnnl::algorithm alg, float alpha, void **params, int *ndims, int6
 }
 
 // x, gamma[G,C/G], beta[G,C/G], scale[N,C], shift[N,C] -> y = silu(GroupNorm(x) * (1 + scale) + shift), mean, rstd
-int GroupNormSiluFwd(void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[0], shapes[1]);
+int GroupNormSiluFwd(bool nhwc, void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[0], shapes[1], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   Modulation mod{in(3), in(4)};
   GroupNormForward(s, in(0), in(1), in(2), mod, out(5), out(6), out(7));
-  const int64_t n = s.N * s.C * s.HW;
+  const int64_t n = s.N * s.p.Size();
   auto p = GetEltwise(dnnl::algorithm::eltwise_swish, 1.f, n);
   memory m(memory::desc({n}, dt::f32, tag::a), Engine(), out(5));
   p->fwd.execute(Stream(), {{DNNL_ARG_SRC, m}, {DNNL_ARG_DST, m}});   // in place
@@ -720,24 +788,19 @@ int GroupNormSiluFwd(void **params, int64_t **shapes) {
 
 // dy, x, mean, rstd, gamma, beta, scale, shift -> dx, dgamma, dbeta, dscale, dshift; the pre-activation z is
 // recomputed from x and the statistics rather than kept from the forward.
-int GroupNormSiluBwd(void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[1], shapes[4]);
+int GroupNormSiluBwd(bool nhwc, void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[1], shapes[4], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   Modulation mod{in(6), in(7)};
-  const int64_t n = s.N * s.C * s.HW;
+  const int64_t n = s.N * s.p.Size();
   float *z = Scratch(0, n * sizeof(float)), *dz = Scratch(1, n * sizeof(float));
-  const int64_t block = s.CG * s.HW;
-  ParallelFor(s.N * s.G, [&](int64_t ng) {   // z from x and the forward's mean and rstd
-    const int64_t nn = ng / s.G, g = ng % s.G;
-    const float mu = in(2)[ng], r = in(3)[ng];
-    for (int64_t c = 0; c < s.CG; c++) {
-      const int64_t ch = g * s.CG + c, nc = nn * s.C + ch;
-      const float f = mod.Factor(nc), a = r * in(4)[ch] * f, b = (in(5)[ch] - mu * r * in(4)[ch]) * f + mod.Shift(nc);
-      const float *xc = in(1) + ng * block + c * s.HW;
-      float *zc = z + ng * block + c * s.HW;
-      for (int64_t i = 0; i < s.HW; i++) zc[i] = xc[i] * a + b;
-    }
+  ParallelFor(s.N, [&](int64_t nn) {   // z from x and the forward's mean and rstd
+    std::vector<float> a(s.p.C), b(s.p.C);
+    NormAffine(s, nn, in(2), in(3), in(4), in(5), mod, a.data(), b.data());
+    const float *xn = in(1) + nn * s.p.Size();
+    float *zn = z + nn * s.p.Size();
+    s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = xn[k] * a[c] + b[c]; });
   });
   auto p = GetEltwise(dnnl::algorithm::eltwise_swish, 1.f, n);
   memory::desc md({n}, dt::f32, tag::a);
@@ -877,21 +940,26 @@ struct NameRecord {
 
 // The geometries (stride S, padding P) come from kernels/table.py (CONV_GEOMETRIES) through the build's
 // -DDDPM_MS_CONV_GEOMETRIES="X(1,0) X(1,1) ...".
-#define DDPM_MS_CONV(S, P)                                                           \
-  DDPM_MS_EXPORT(ConvFwd_s##S##p##P, ConvFwd(S, P, params, shapes))                  \
-  DDPM_MS_EXPORT(ConvBwdData_s##S##p##P, ConvBwdData(S, P, params, shapes))          \
-  DDPM_MS_EXPORT(ConvBwdWeights_s##S##p##P, ConvBwdWeights(S, P, params, shapes))    \
-  DDPM_MS_EXPORT(ConvBwd_s##S##p##P, ConvBwd(S, P, params, shapes))
+#define DDPM_MS_CONV_LAYOUT(S, P, SUFFIX, NHWC)                                                      \
+  DDPM_MS_EXPORT(ConvFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, params, shapes))                 \
+  DDPM_MS_EXPORT(ConvBwdData_s##S##p##P##SUFFIX, ConvBwdData(S, P, NHWC, params, shapes))         \
+  DDPM_MS_EXPORT(ConvBwdWeights_s##S##p##P##SUFFIX, ConvBwdWeights(S, P, NHWC, params, shapes))   \
+  DDPM_MS_EXPORT(ConvBwd_s##S##p##P##SUFFIX, ConvBwd(S, P, NHWC, params, shapes))
+#define DDPM_MS_CONV(S, P) DDPM_MS_CONV_LAYOUT(S, P, , false) DDPM_MS_CONV_LAYOUT(S, P, _nhwc, true)
 #define X(S, P) DDPM_MS_CONV(S, P)
 DDPM_MS_CONV_GEOMETRIES
 #undef X
 
-DDPM_MS_EXPORT(GroupNormFwd, GroupNormFwd(params, shapes))
-DDPM_MS_EXPORT(GroupNormBwd, GroupNormBwd(params, shapes))
-DDPM_MS_EXPORT(GroupNormSiluFwd, GroupNormSiluFwd(params, shapes))
-DDPM_MS_EXPORT(GroupNormSiluBwd, GroupNormSiluBwd(params, shapes))
-DDPM_MS_EXPORT(ChannelNormFwd, ChannelNormFwd(params, shapes))
-DDPM_MS_EXPORT(ChannelNormBwd, ChannelNormBwd(params, shapes))
+// The norms, in both layouts: Name (NCHW) and Name_nhwc.
+#define DDPM_MS_NORM(name)                                    \
+  DDPM_MS_EXPORT(name, name(false, params, shapes))           \
+  DDPM_MS_EXPORT(name##_nhwc, name(true, params, shapes))
+DDPM_MS_NORM(GroupNormFwd)
+DDPM_MS_NORM(GroupNormBwd)
+DDPM_MS_NORM(GroupNormSiluFwd)
+DDPM_MS_NORM(GroupNormSiluBwd)
+DDPM_MS_NORM(ChannelNormFwd)
+DDPM_MS_NORM(ChannelNormBwd)
 DDPM_MS_EXPORT(SoftmaxFwd_last, SoftmaxFwd(true, params, ndims, shapes))
 DDPM_MS_EXPORT(SoftmaxBwd_last, SoftmaxBwd(true, params, ndims, shapes))
 DDPM_MS_EXPORT(SoftmaxFwd_penult, SoftmaxFwd(false, params, ndims, shapes))
@@ -902,6 +970,11 @@ DDPM_MS_EXPORT(EltwiseFwd_silu, EltwiseFwd(dnnl::algorithm::eltwise_swish, 1.f, 
 DDPM_MS_EXPORT(EltwiseBwd_silu, EltwiseBwd(dnnl::algorithm::eltwise_swish, 1.f, params, ndims, shapes))
 DDPM_MS_EXPORT(AdamStep, AdamStep(nparam, params, ndims, shapes))
 DDPM_MS_EXPORT(EmaUpdate, EmaUpdate(nparam, params, ndims, shapes))
+
+// Forget the profile so far (DDPM_MS_KERNEL_PROFILE): called after the warm-up steps that build the primitives.
+extern "C" void DdpmMsKernelProfileReset() {
+  if (Profile::Get()) Profile::Get()->Reset();
+}
 
 // A version stamp the loader checks after dlopen, so a stale cached build is never used.
 extern "C" int DdpmMsKernelAbi() { return DDPM_MS_ABI; }

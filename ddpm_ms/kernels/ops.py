@@ -1,7 +1,8 @@
 """The kernel library's entry points as MindSpore ``ops.Custom`` AOT primitives with hand-written backwards.
 
-Every op is float32 and NCHW/OIHW, like MindSpore's own. Each factory is cached, so a geometry gets one primitive
-(and one shape function) however many layers use it.
+Every op is float32 with OIHW weights, like MindSpore's own; the convolutions and norms take their activations in
+the ``layout`` they were made for, NCHW (MindSpore's) or NHWC (channels-last: no reorder around a convolution).
+Each factory is cached, so a geometry gets one primitive (and one shape function) however many layers use it.
 
 MindSpore compiles a graph's Custom ops by their ``func`` string: two primitives with the same string but
 different shape functions would get one of the two. Each geometry therefore has its own entry point
@@ -11,11 +12,21 @@ import functools
 
 from mindspore import ops
 
-from .table import SOFTMAX_AXES
+from .table import LAYOUTS, SOFTMAX_AXES
 
 
 def _same_dtype(*dtypes):
     return dtypes[0]
+
+
+def to_nchw(shape, layout):
+    """A 4-d activation shape in NCHW order, from ``layout``'s."""
+    return tuple(shape) if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+
+
+def from_nchw(shape, layout):
+    """An NCHW-ordered 4-d shape in ``layout``'s order."""
+    return tuple(shape) if layout == "NCHW" else (shape[0], shape[2], shape[3], shape[1])
 
 
 def _conv_out(size, kernel, stride, pad):
@@ -28,24 +39,29 @@ def _conv_in(size, kernel, stride, pad):
 
 
 class ConvOps:
-    """The convolution primitives of one geometry (stride, padding, groups).
+    """The convolution primitives of one geometry (stride, padding, groups) and activation layout.
 
     ``fwd(x [N,IC,H,W], w [OC,IC/G,K,K]) -> y``, ``bwd_data(dy, w) -> dx``, ``bwd_weights(x, dy) -> dw`` and
-    ``bwd(dy, w, x) -> (dx, dw)``, the last two in one call.
+    ``bwd(dy, w, x) -> (dx, dw)``, the last two in one call; x, y, dx and dy in ``layout`` (NHWC: [N,H,W,C]).
     """
 
-    def __init__(self, lib, stride, pad, groups):
-        name = f"s{stride}p{pad}"
+    def __init__(self, lib, stride, pad, groups, layout):
+        name = f"s{stride}p{pad}{LAYOUTS[layout]}"
 
         def fwd_shape(xs, ws):
-            return (xs[0], ws[0], _conv_out(xs[2], ws[2], stride, pad), _conv_out(xs[3], ws[3], stride, pad))
+            x = to_nchw(xs, layout)
+            return from_nchw((x[0], ws[0], _conv_out(x[2], ws[2], stride, pad), _conv_out(x[3], ws[3], stride, pad)),
+                             layout)
 
         def bwd_data_shape(dys, ws):
-            return (dys[0], ws[1] * groups, _conv_in(dys[2], ws[2], stride, pad), _conv_in(dys[3], ws[3], stride, pad))
+            dy = to_nchw(dys, layout)
+            return from_nchw((dy[0], ws[1] * groups, _conv_in(dy[2], ws[2], stride, pad),
+                              _conv_in(dy[3], ws[3], stride, pad)), layout)
 
         def bwd_weights_shape(xs, dys):
-            return (dys[1], xs[1] // groups, xs[2] + 2 * pad - (dys[2] - 1) * stride,
-                    xs[3] + 2 * pad - (dys[3] - 1) * stride)
+            x, dy = to_nchw(xs, layout), to_nchw(dys, layout)
+            return (dy[1], x[1] // groups, x[2] + 2 * pad - (dy[2] - 1) * stride,
+                    x[3] + 2 * pad - (dy[3] - 1) * stride)
 
         self.fwd = _custom(f"{lib}:ConvFwd_{name}", fwd_shape, groups)
         self.bwd_data = _custom(f"{lib}:ConvBwdData_{name}", bwd_data_shape, groups)
@@ -68,15 +84,16 @@ def _custom(func, shape_fn, groups, bprop=None, dtype=_same_dtype):
 
 
 @functools.lru_cache(maxsize=None)
-def conv_ops(lib, stride, pad, groups):
-    """The cached ConvOps of one geometry."""
-    return ConvOps(lib, stride, pad, groups)
+def conv_ops(lib, stride, pad, groups, layout="NCHW"):
+    """The cached ConvOps of one geometry and layout."""
+    return ConvOps(lib, stride, pad, groups, layout)
 
 
 @functools.lru_cache(maxsize=None)
-def conv2d(lib, stride, pad, groups):
-    """y = conv2d(x, w), differentiable in x and w: ``op(x [N,IC,H,W], w [OC,IC/G,K,K]) -> [N,OC,OH,OW]``."""
-    c = conv_ops(lib, stride, pad, groups)
+def conv2d(lib, stride, pad, groups, layout="NCHW"):
+    """y = conv2d(x, w), differentiable in x and w: ``op(x [N,IC,H,W], w [OC,IC/G,K,K]) -> [N,OC,OH,OW]``
+    (x and y [N,H,W,C] for layout NHWC)."""
+    c = conv_ops(lib, stride, pad, groups, layout)
 
     def bprop(x, w, out, dout):
         return c.bwd(dout, w, x)
@@ -85,13 +102,14 @@ def conv2d(lib, stride, pad, groups):
 
 
 @functools.lru_cache(maxsize=None)
-def conv_transpose2d(lib, stride, pad, groups):
+def conv_transpose2d(lib, stride, pad, groups, layout="NCHW"):
     """The transposed convolution (the data gradient of conv2d), differentiable:
-    ``op(x [N,IC,H,W], w [IC,OC/G,K,K]) -> [N,OC,(H-1)S-2P+K,...]``; w is laid out as MindSpore's Conv2dTranspose's.
+    ``op(x [N,IC,H,W], w [IC,OC/G,K,K]) -> [N,OC,(H-1)S-2P+K,...]`` (NHWC for layout NHWC); w is laid out as
+    MindSpore's Conv2dTranspose's.
 
     Its gradients are the same kernels with the roles swapped: dx = conv2d(dy, w), dw = bwd_weights(dy, x).
     """
-    c = conv_ops(lib, stride, pad, groups)
+    c = conv_ops(lib, stride, pad, groups, layout)
 
     def bprop(x, w, out, dout):
         return c.fwd(dout, w), c.bwd_weights(dout, x)
@@ -108,7 +126,7 @@ def _with_bprop(op, bprop):
     return new
 
 
-def _norm_ops(lib, name, stats_shape, num_grads):
+def _norm_ops(lib, name, layout, stats_shape, num_grads):
     """(forward, backward) primitives of a normalisation kernel.
 
     forward ``(x, p, ...) -> (y, mean, rstd)`` with ``stats_shape(x_shape, p_shape)`` for mean and rstd;
@@ -127,17 +145,19 @@ def _norm_ops(lib, name, stats_shape, num_grads):
     def bwd_dtype(dyd, *_):
         return (dyd,) * num_grads
 
-    return (ops.Custom(f"{lib}:{name}Fwd", fwd_shape, fwd_dtype, "aot"),
-            ops.Custom(f"{lib}:{name}Bwd", bwd_shape, bwd_dtype, "aot"))
+    suffix = LAYOUTS[layout]
+    return (ops.Custom(f"{lib}:{name}Fwd{suffix}", fwd_shape, fwd_dtype, "aot"),
+            ops.Custom(f"{lib}:{name}Bwd{suffix}", bwd_shape, bwd_dtype, "aot"))
 
 
 @functools.lru_cache(maxsize=None)
-def group_norm(lib):
-    """``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G]) -> (y [N,C,H,W], mean [N,G], rstd [N,G])``, differentiable.
+def group_norm(lib, layout="NCHW"):
+    """``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G]) -> (y [N,C,H,W], mean [N,G], rstd [N,G])``, differentiable
+    (x and y NHWC for layout NHWC).
 
     Passing gamma and beta as [G, C/G] lets the shape function read G from the shapes alone.
     """
-    fwd, bwd = _norm_ops(lib, "GroupNorm", lambda xs, gs: (xs[0], gs[0]), 3)
+    fwd, bwd = _norm_ops(lib, "GroupNorm", layout, lambda xs, gs: (xs[0], gs[0]), 3)
 
     def bprop(x, gamma, beta, out, dout):
         _, mean, rstd = out
@@ -147,11 +167,12 @@ def group_norm(lib):
 
 
 @functools.lru_cache(maxsize=None)
-def group_norm_silu(lib):
+def group_norm_silu(lib, layout="NCHW"):
     """A ResNet block's GroupNorm, time modulation and SiLU in one op, differentiable in all five inputs:
     ``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G], scale [N,C], shift [N,C]) -> (y, mean [N,G], rstd [N,G])``,
-    y = silu(GroupNorm(x) * (1 + scale) + shift).
+    y = silu(GroupNorm(x) * (1 + scale) + shift) (x and y NHWC for layout NHWC).
     """
+    suffix = LAYOUTS[layout]
     def fwd_shape(xs, gs, *_):
         return xs, (xs[0], gs[0]), (xs[0], gs[0])
 
@@ -164,21 +185,25 @@ def group_norm_silu(lib):
     def bwd_dtype(dyd, *_):
         return (dyd,) * 5
 
-    bwd = ops.Custom(f"{lib}:GroupNormSiluBwd", bwd_shape, bwd_dtype, "aot")
+    bwd = ops.Custom(f"{lib}:GroupNormSiluBwd{suffix}", bwd_shape, bwd_dtype, "aot")
 
     def bprop(x, gamma, beta, scale, shift, out, dout):
         _, mean, rstd = out
         return bwd(dout[0], x, mean, rstd, gamma, beta, scale, shift)
 
-    return ops.Custom(f"{lib}:GroupNormSiluFwd", fwd_shape, fwd_dtype, "aot", bprop=bprop)
+    return ops.Custom(f"{lib}:GroupNormSiluFwd{suffix}", fwd_shape, fwd_dtype, "aot", bprop=bprop)
 
 
 @functools.lru_cache(maxsize=None)
-def channel_norm(lib):
+def channel_norm(lib, layout="NCHW"):
     """LayerNorm over the channels of each pixel, with a gain only, differentiable:
-    ``op(x [N,C,H,W], g [C]) -> (y [N,C,H,W], mean [N,H*W], rstd [N,H*W])``.
+    ``op(x [N,C,H,W], g [C]) -> (y [N,C,H,W], mean [N,H*W], rstd [N,H*W])`` (x and y NHWC for layout NHWC).
     """
-    fwd, bwd = _norm_ops(lib, "ChannelNorm", lambda xs, _gs: (xs[0], xs[2] * xs[3]), 2)
+    def stats_shape(xs, _gs):
+        x = to_nchw(xs, layout)
+        return (x[0], x[2] * x[3])
+
+    fwd, bwd = _norm_ops(lib, "ChannelNorm", layout, stats_shape, 2)
 
     def bprop(x, g, out, dout):
         _, mean, rstd = out

@@ -17,10 +17,11 @@ How to add a kernel:
 from dataclasses import dataclass
 from typing import Tuple
 
-ABI = 2                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
+ABI = 3                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
 NORM_EPS = 1e-5                                          # the GroupNorm/LayerNorm kernels' eps (nn.GroupNorm's)
 CONV_GEOMETRIES = ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1))   # (stride, padding) of the conv entry points
 SOFTMAX_AXES = {-1: "last", -2: "penult"}
+LAYOUTS = {"NCHW": "", "NHWC": "_nhwc"}                  # activation layout -> entry-point suffix (convs, norms)
 ACTIVATIONS = ("gelu", "silu")
 
 
@@ -33,16 +34,20 @@ class Kernel:
 
 
 def _conv_entries():
-    return tuple(f"{kind}_s{s}p{p}" for s, p in CONV_GEOMETRIES
+    return tuple(f"{kind}_s{s}p{p}{suffix}" for s, p in CONV_GEOMETRIES for suffix in LAYOUTS.values()
                  for kind in ("ConvFwd", "ConvBwdData", "ConvBwdWeights", "ConvBwd"))
+
+
+def _in_layouts(*names):
+    return tuple(f"{n}{suffix}" for n in names for suffix in LAYOUTS.values())
 
 
 KERNELS = (
     Kernel("conv2d", _conv_entries(), "convolution, NHWC on oneDNN's JIT kernels (the transposed one reuses them)"),
-    Kernel("group_norm", ("GroupNormFwd", "GroupNormBwd"), "GroupNorm, parallel over (sample, group)"),
-    Kernel("group_norm_silu", ("GroupNormSiluFwd", "GroupNormSiluBwd"),
+    Kernel("group_norm", _in_layouts("GroupNormFwd", "GroupNormBwd"), "GroupNorm, parallel over samples"),
+    Kernel("group_norm_silu", _in_layouts("GroupNormSiluFwd", "GroupNormSiluBwd"),
            "a ResNet block's GroupNorm, time modulation and SiLU in one op"),
-    Kernel("channel_norm", ("ChannelNormFwd", "ChannelNormBwd"), "the tutorial's channel LayerNorm"),
+    Kernel("channel_norm", _in_layouts("ChannelNormFwd", "ChannelNormBwd"), "the tutorial's channel LayerNorm"),
     Kernel("softmax", tuple(f"Softmax{d}_{a}" for a in SOFTMAX_AXES.values() for d in ("Fwd", "Bwd")),
            "softmax over the last or second-to-last axis"),
     Kernel("eltwise", tuple(f"Eltwise{d}_{a}" for a in ACTIVATIONS for d in ("Fwd", "Bwd")), "GELU (tanh) and SiLU"),
