@@ -23,6 +23,7 @@ from .distributed import PeerWatch
 from .ema import EMA
 from .errors import ConfigError
 from .model import Unet
+from .registries import LOSS_WEIGHTINGS
 from .monitor import Previewer, QualityProbe
 from .run_folder import RunFolder
 from .samplers import Guidance
@@ -45,8 +46,8 @@ def build_schedule(diffusion_cfg):
 def build_loss_weights(sched, diffusion_cfg):
     """The per-timestep loss weights [T] float64 a DiffusionConfig asks for (diffusion.loss_weighting)."""
     d = diffusion_cfg
-    return loss_weights(sched, d.objective, d.loss_weighting, p2_gamma=d.p2_gamma, p2_k=d.p2_k,
-                        min_snr_gamma=d.min_snr_gamma)
+    params = {key: getattr(d, key) for key in LOSS_WEIGHTINGS[d.loss_weighting].params}   # the keys it reads
+    return loss_weights(sched, d.objective, d.loss_weighting, **params)
 
 
 def lr_schedule(train_cfg, steps_per_epoch, scale=1):

@@ -47,10 +47,13 @@ class DiffusionConfig:
     beta_end: float = 0.02
     objective: str = "eps"              # what the network predicts: eps, x0 or v (registries.OBJECTIVES)
     loss_type: str = "huber"
-    loss_weighting: str = "none"        # none, p2 (p2_gamma, p2_k) or min_snr (min_snr_gamma)
+    loss_weighting: str = "none"        # none, p2 (p2_gamma, p2_k), min_snr (min_snr_gamma) or edm (edm_*)
     p2_gamma: float = 0.0
     p2_k: float = 1.0
     min_snr_gamma: float = 5.0
+    edm_p_mean: float = -1.2            # EDM's ln sigma ~ N(P_mean, P_std^2) and sigma_data (Karras et al. 2022)
+    edm_p_std: float = 1.2
+    edm_sigma_data: float = 0.5
 
 
 @dataclass
@@ -233,6 +236,8 @@ def _check_diffusion(d):
     _one_of(d.objective, OBJECTIVES, "diffusion.objective")
     _one_of(d.loss_weighting, LOSS_WEIGHTINGS, "diffusion.loss_weighting")
     _check(d.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be > 0, got {d.min_snr_gamma}")
+    for key in ("edm_p_std", "edm_sigma_data"):
+        _check(getattr(d, key) > 0, f"diffusion.{key}", f"must be > 0, got {getattr(d, key)}")
     for key in sorted({k for _, entry in LOSS_WEIGHTINGS.items() for k in entry.params}):
         _check(key in LOSS_WEIGHTINGS[d.loss_weighting].params or getattr(d, key) == getattr(default, key),
                f"diffusion.{key}",

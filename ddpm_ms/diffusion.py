@@ -162,7 +162,7 @@ def objective_named(name):
 def loss_weights(sched, objective="eps", weighting="none", **params):
     """Per-timestep loss weights [T] float64 for an objective, from ``sched.np["snr"]`` (:mod:`ddpm_ms.weighting`).
 
-    ``params``: p2_gamma, p2_k (p2) or min_snr_gamma (min_snr).
+    ``params``: the diffusion.* keys the weighting reads (``LOSS_WEIGHTINGS[weighting].params``).
     """
     OBJECTIVES[objective]   # pylint: disable=pointless-statement  # one-line error for an unknown name
     return LOSS_WEIGHTINGS.load(weighting)(sched.np["snr"], objective, **params)

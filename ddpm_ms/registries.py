@@ -33,6 +33,9 @@ LOSS_WEIGHTINGS.add("none", "ddpm_ms.weighting:no_weighting", "1 on the objectiv
 LOSS_WEIGHTINGS.add("p2", "ddpm_ms.weighting:p2_weighting", "P2 (Choi et al. 2022)", params=("p2_gamma", "p2_k"))
 LOSS_WEIGHTINGS.add("min_snr", "ddpm_ms.weighting:min_snr_weighting", "Min-SNR-gamma (Hang et al. 2023)",
                     params=("min_snr_gamma",))
+LOSS_WEIGHTINGS.add("edm", "ddpm_ms.weighting:edm_weighting",
+                    "EDM's loss weight and noise-level distribution (Karras et al. 2022)",
+                    params=("edm_p_mean", "edm_p_std", "edm_sigma_data"))
 
 BLOCK_TYPES = ("convnext", "resnet")
 DEVICES = ("auto", "CPU", "GPU", "Ascend")

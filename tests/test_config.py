@@ -41,6 +41,8 @@ def test_unknown_key_is_named(tmp_path):
     ("diffusion:\n  loss_weighting: min_snr\n  min_snr_gamma: 0\n", "diffusion.min_snr_gamma"),
     ("diffusion:\n  p2_gamma: 1.0\n", "diffusion.p2_gamma"),                       # only read by p2
     ("diffusion:\n  loss_weighting: p2\n  min_snr_gamma: 3\n", "diffusion.min_snr_gamma"),
+    ("diffusion:\n  loss_weighting: edm\n  edm_p_std: 0\n", "diffusion.edm_p_std"),
+    ("diffusion:\n  loss_weighting: none\n  edm_sigma_data: 1.0\n", "diffusion.edm_sigma_data"),
     ("data:\n  index_range: [5000, 100]\n", "data.index_range"),
     ("data:\n  index_range: [0, 100, 200]\n", "data.index_range"),
     ("data:\n  index_range: [0, 100]\n  num_samples: 200\n", "data.num_samples"),

@@ -124,6 +124,37 @@ def test_min_snr_weights_are_the_papers_formula(objective):
         loss_weights(s, objective, "snr+1")
 
 
+def test_edm_weights_are_the_papers_weight_times_its_noise_distribution():
+    """Karras et al. 2022: lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 on the x0 loss, times the mass of
+    ln sigma ~ N(-1.2, 1.2^2) that falls to each timestep (uniform t), sigma_t^2 = (1 - ab) / ab; mean 1 over t."""
+    import math
+    s = NoiseSchedule.from_name("cosine", 200)
+    ab = s.np["alphas_cumprod"]
+    log_sigma = [0.5 * math.log((1 - a) / a) for a in ab]
+
+    def cdf(u):
+        return 0.5 * (1 + math.erf((u + 1.2) / (1.2 * math.sqrt(2))))
+
+    mass = []
+    for t in range(200):   # the normal's mass between the midpoints around ln sigma_t
+        lo = cdf((log_sigma[t - 1] + log_sigma[t]) / 2) if t > 0 else 0.0
+        hi = cdf((log_sigma[t] + log_sigma[t + 1]) / 2) if t < 199 else 1.0
+        mass.append(hi - lo)
+    assert sum(mass) == pytest.approx(1.0, abs=1e-12)
+    sigma2 = (1 - ab) / ab
+    want_x0 = (sigma2 + 0.25) / (sigma2 * 0.25) * np.array(mass)
+    got_x0 = loss_weights(s, "x0", "edm", edm_p_mean=-1.2, edm_p_std=1.2, edm_sigma_data=0.5)
+    np.testing.assert_allclose(got_x0, want_x0 / want_x0.mean(), rtol=1e-9)
+    assert got_x0.mean() == pytest.approx(1.0)
+    # the same weighting of the eps error for the other objectives: w_eps = w_x0 / SNR, w_v = w_eps (SNR / (SNR + 1))
+    snr = s.np["snr"]
+    for objective, ratio in (("eps", 1 / snr), ("v", 1 / (snr + 1))):
+        w = want_x0 * ratio
+        np.testing.assert_allclose(loss_weights(s, objective, "edm"), w / w.mean(), rtol=1e-9)
+    # the peak of the noise distribution moves with P_mean
+    assert np.argmax(loss_weights(s, "x0", "edm", edm_p_mean=1.0) / (1 + 4 * snr)) > np.argmax(got_x0 / (1 + 4 * snr))
+
+
 @pytest.mark.parametrize("objective", ["x0", "v"])
 def test_weighted_l2_loss_is_the_same_eps_loss_for_every_objective(objective):
     """With min-SNR weights, an objective's weighted l2 loss of a prediction equals the eps objective's weighted
