@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-GROUPS = (("conv forward", r"^ConvFwd"), ("conv backward", r"^ConvBwd"), ("GroupNorm + SiLU", r"^GroupNormSilu"),
+GROUPS = (("conv forward", r"^ConvFwd"), ("conv backward", r"^ConvBwd"), ("GroupNorm + SiLU", r"^GroupNorm(Mod)?Silu"),
           ("GroupNorm", r"^GroupNorm(Fwd|Bwd)"), ("channel LayerNorm", r"^ChannelNorm"), ("softmax", r"^Softmax"),
           ("GELU / SiLU", r"^Eltwise"), ("optimizer step", r"^AdamStep"), ("EMA", r"^EmaUpdate"))
 

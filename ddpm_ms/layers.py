@@ -227,25 +227,27 @@ class GroupNorm(nn.GroupNorm):
 class GroupNormSiLU(GroupNorm):
     """silu(GroupNorm(x) * (1 + scale) + shift): a ResNet block's norm, time modulation and activation.
 
-    The parameters are GroupNorm's. ``construct(x [B,C,H,W], scale=None, shift=None)`` (x NHWC if built for it),
-    scale and shift [B,C,1,1] or both None. On CPU it is one kernel (forward and backward); elsewhere the three steps.
+    The parameters are GroupNorm's. ``construct(x [B,C,H,W], scale_shift=None)`` (x NHWC if built for it),
+    scale_shift [B, 2C] the time MLP's output, (scale, shift) its halves, or None (no modulation). On CPU it is one
+    kernel (forward and backward); elsewhere the three steps.
     """
 
     def __init__(self, num_groups, num_channels, layout=None):
         super().__init__(num_groups, num_channels, layout=layout)
-        self.fused = kernel_op(kops.group_norm_silu, self.layout)
+        self.fused = kernel_op(kops.group_norm_silu, self.layout, True)
+        self.fused_plain = kernel_op(kops.group_norm_silu, self.layout, False)
 
-    def construct(self, x, scale=None, shift=None):
+    def construct(self, x, scale_shift=None):
         if self.fused is not None and x.dtype == ms.float32:   # the fused op (self.fast is the plain GroupNorm)
-            b, c = x.shape[0], self.num_channels
-            if scale is None:
-                scale = ops.zeros((b, c), x.dtype)
-                shift = ops.zeros((b, c), x.dtype)
-            y, _, _ = self.fused(x, self._grouped(self.gamma), self._grouped(self.beta),
-                                 scale.reshape(b, c), shift.reshape(b, c))
+            gamma, beta = self._grouped(self.gamma), self._grouped(self.beta)
+            if scale_shift is None:
+                y, _, _ = self.fused_plain(x, gamma, beta)
+            else:
+                y, _, _ = self.fused(x, gamma, beta, scale_shift)
             return y
         x = self._plain(to_nchw(self.layout, x))
-        if scale is not None:
+        if scale_shift is not None:
+            scale, shift = ops.chunk(scale_shift[:, :, None, None], 2, 1)
             x = x * (scale + 1) + shift
         return from_nchw(self.layout, ops.silu(x))
 

@@ -65,7 +65,8 @@ class SinusoidalPositionEmbeddings(nn.Cell):
 
 
 class Block(nn.Cell):
-    """Conv3x3 -> GroupNorm -> optional (scale+1, shift) -> SiLU. Shapes [B,dim,H,W] -> [B,dim_out,H,W].
+    """Conv3x3 -> GroupNorm -> optional (scale+1, shift) -> SiLU. Shapes [B,dim,H,W] -> [B,dim_out,H,W];
+    ``scale_shift`` [B, 2 dim_out]: (scale, shift) as its halves, or None.
 
     The last three are one layer (:class:`ddpm_ms.layers.GroupNormSiLU`, one kernel on CPU).
     """
@@ -76,11 +77,7 @@ class Block(nn.Cell):
         self.norm = GroupNormSiLU(groups, dim_out)
 
     def construct(self, x, scale_shift=None):
-        x = self.proj(x)
-        if scale_shift is None:
-            return self.norm(x)
-        scale, shift = scale_shift
-        return self.norm(x, scale, shift)
+        return self.norm(self.proj(x), scale_shift)
 
 
 class ResnetBlock(nn.Cell):
@@ -97,8 +94,7 @@ class ResnetBlock(nn.Cell):
     def construct(self, x, time_emb=None):
         scale_shift = None
         if self.mlp is not None and time_emb is not None:
-            cond = self.mlp(time_emb)[:, :, None, None]
-            scale_shift = ops.chunk(cond, 2, 1)
+            scale_shift = self.mlp(time_emb)   # [B, 2 dim_out]: (scale, shift)
         h = self.block1(x, scale_shift)
         h = self.block2(h)
         return h + self.res_conv(x)

@@ -191,37 +191,43 @@ def test_kernel_matches_mindspore(layout, kind, shape, args, lib, mode):
         assert _rel(a, b) < 1e-4
 
 
+@pytest.mark.parametrize("modulated", [True, False], ids=["modulated", "plain"])
 @pytest.mark.parametrize("layout", kernels.LAYOUTS)
 @pytest.mark.parametrize("shape,groups", [((4, 32, 14, 14), 8), ((2, 16, 28, 28), 8), ((3, 12, 7, 7), 1)])
-def test_group_norm_silu_matches_mindspore(shape, groups, layout, lib, mode):
-    """The fused norm + time modulation + SiLU of a ResNet block against GroupNorm, mul-add and SiLU with autodiff."""
+def test_group_norm_silu_matches_mindspore(shape, groups, layout, modulated, lib, mode):
+    """The fused norm + time modulation + SiLU of a ResNet block against GroupNorm, mul-add and SiLU with autodiff;
+    ss [N, 2C] is the time MLP's output, (scale, shift) its halves (modulated=False: no modulation)."""
     rng = np.random.default_rng(5)
     n, c = shape[:2]
-    x, gamma, beta, scale, shift = (ms.Tensor(a.astype(np.float32)) for a in (
+    x, gamma, beta, ss = (ms.Tensor(a.astype(np.float32)) for a in (
         rng.standard_normal(shape) * 3 + 1, rng.standard_normal(c), rng.standard_normal(c),
-        rng.standard_normal((n, c)) * 0.5, rng.standard_normal((n, c))))
+        np.concatenate([rng.standard_normal((n, c)) * 0.5, rng.standard_normal((n, c))], 1)))
     probe = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
-    op = ddpm_ms.kernels.ops.group_norm_silu(lib, layout)
+    op = ddpm_ms.kernels.ops.group_norm_silu(lib, layout, modulated)
 
-    def ref(x, gamma, beta, scale, shift):
+    def ref(x, gamma, beta, ss):
         y = ops.group_norm(x, groups, gamma, beta, 1e-5)
-        return ops.silu(y * (scale.reshape(n, c, 1, 1) + 1) + shift.reshape(n, c, 1, 1))
+        if modulated:
+            y = y * (ss[:, :c].reshape(n, c, 1, 1) + 1) + ss[:, c:].reshape(n, c, 1, 1)
+        return ops.silu(y)
 
-    def fast(x, gamma, beta, scale, shift):
-        y = op(layers.from_nchw(layout, x), gamma.reshape(groups, c // groups), beta.reshape(groups, c // groups),
-               scale, shift)[0]
+    def fast(x, gamma, beta, ss):
+        args = (layers.from_nchw(layout, x), gamma.reshape(groups, c // groups), beta.reshape(groups, c // groups))
+        y = op(*args, ss)[0] if modulated else op(*args)[0] + 0 * ss.sum()
         return layers.to_nchw(layout, y)
 
     results = []
     for fn in (ref, fast):
-        grad = ms.value_and_grad(_probed(fn, probe), grad_position=(0, 1, 2, 3, 4), has_aux=True)
-        results.append(ms.jit(grad)(x, gamma, beta, scale, shift) if mode == "graph" else grad(x, gamma, beta, scale,
-                                                                                                  shift))
+        grad = ms.value_and_grad(_probed(fn, probe), grad_position=(0, 1, 2, 3), has_aux=True)
+        results.append(ms.jit(grad)(x, gamma, beta, ss) if mode == "graph" else grad(x, gamma, beta, ss))
     (_, y_ref), g_ref = results[0]
     (_, y_fast), g_fast = results[1]
     assert _rel(y_fast, y_ref) < 1e-5
     for a, b in zip(g_fast, g_ref):
-        assert _rel(a, b) < 1e-4
+        if modulated or float(np.abs(b.asnumpy()).max()) > 0:
+            assert _rel(a, b) < 1e-4
+        else:
+            assert float(np.abs(a.asnumpy()).max()) == 0
 
 
 def _two_paths(layout="NHWC", **kw):
@@ -401,8 +407,8 @@ def test_library_exports_exactly_the_kernel_table(lib):
     from ddpm_ms.kernels import table
     abi, names = kbuild.exported_names(lib)
     assert abi == table.ABI and names == table.entry_points()
-    # 4 conv entries per geometry and 6 norm entries, in each layout; softmax, activations, Adam and the EMA once
-    assert len(names) == (4 * len(table.CONV_GEOMETRIES) + 6) * len(table.LAYOUTS) + 10
+    # 4 conv entries per geometry and 8 norm entries, in each layout; softmax, activations, Adam and the EMA once
+    assert len(names) == (4 * len(table.CONV_GEOMETRIES) + 8) * len(table.LAYOUTS) + 10
     assert layers.CONV_GEOMETRIES is table.CONV_GEOMETRIES
 
 

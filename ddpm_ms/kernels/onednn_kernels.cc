@@ -20,9 +20,12 @@
 //   ConvBwd_sSpP(dy, w, x) -> dx, dw          both gradients of conv(x, w) in one call
 //   GroupNormFwd(x, gamma[G,C/G], beta[G,C/G]) -> y, mean[N,G], rstd[N,G]
 //   GroupNormBwd(dy, x, mean, rstd, gamma[G,C/G]) -> dx, dgamma[G,C/G], dbeta[G,C/G]
-//   GroupNormSiluFwd(x, gamma, beta, scale[N,C], shift[N,C]) -> y, mean, rstd
-//       y = silu(GroupNorm(x) * (1 + scale) + shift), a ResNet block's norm, time modulation and activation
-//   GroupNormSiluBwd(dy, x, mean, rstd, gamma, beta, scale, shift) -> dx, dgamma, dbeta, dscale, dshift
+//   GroupNormSiluFwd(x, gamma, beta) -> y, mean, rstd              y = silu(GroupNorm(x))
+//   GroupNormSiluBwd(dy, x, mean, rstd, gamma, beta) -> dx, dgamma, dbeta
+//   GroupNormModSiluFwd(x, gamma, beta, ss[N,2C]) -> y, mean, rstd
+//       y = silu(GroupNorm(x) * (1 + scale) + shift), (scale, shift) = the halves of ss: a ResNet block's norm, its
+//       time modulation (the time MLP's output as it is) and its activation
+//   GroupNormModSiluBwd(dy, x, mean, rstd, gamma, beta, ss) -> dx, dgamma, dbeta, dss
 //   ChannelNormFwd(x, g[C]) -> y, mean[N,H*W], rstd[N,H*W]      LayerNorm over the channels of each pixel
 //   ChannelNormBwd(dy, x, mean, rstd, g[C]) -> dx, dg[C]
 //   SoftmaxFwd_last(x) -> y, SoftmaxBwd_last(dy, y) -> dx        softmax over the last axis (oneDNN primitive)
@@ -480,11 +483,13 @@ GnShape MakeGnShape(const int64_t *xs, const int64_t *gs, bool nhwc) {
 }
 
 // The GroupNorm of a ResNet block can be fused with what follows it, a per-(sample, channel) modulation by the time
-// embedding and a SiLU: y = silu(u * (1 + scale[n,c]) + shift[n,c]), u = GroupNorm(x). `scale`/`shift` may be null.
+// embedding and a SiLU: y = silu(u * (1 + scale[n,c]) + shift[n,c]), u = GroupNorm(x), with scale and shift the two
+// halves of each row of ss [N, 2C] (null: no modulation).
 struct Modulation {
-  const float *scale = nullptr, *shift = nullptr;
-  float Factor(int64_t nc) const { return scale ? 1.f + scale[nc] : 1.f; }
-  float Shift(int64_t nc) const { return shift ? shift[nc] : 0.f; }
+  const float *ss = nullptr;
+  int64_t C = 0;
+  float Factor(int64_t n, int64_t c) const { return ss ? 1.f + ss[n * 2 * C + c] : 1.f; }
+  float Shift(int64_t n, int64_t c) const { return ss ? ss[n * 2 * C + C + c] : 0.f; }
 };
 
 // z = x * a[c] + b[c] for sample n: the GroupNorm with its statistics mean, rstd [N, G], then the modulation.
@@ -492,9 +497,9 @@ void NormAffine(const GnShape &s, int64_t n, const float *mean, const float *rst
                 const float *beta, const Modulation &mod, float *a, float *b) {
   const int64_t C = s.p.C;
   for (int64_t c = 0; c < C; c++) {
-    const float mu = mean[n * s.G + c / s.CG], r = rstd[n * s.G + c / s.CG], f = mod.Factor(n * C + c);
+    const float mu = mean[n * s.G + c / s.CG], r = rstd[n * s.G + c / s.CG], f = mod.Factor(n, c);
     a[c] = r * gamma[c] * f;
-    b[c] = (beta[c] - mu * r * gamma[c]) * f + mod.Shift(n * C + c);
+    b[c] = (beta[c] - mu * r * gamma[c]) * f + mod.Shift(n, c);
   }
 }
 
@@ -528,10 +533,11 @@ void GroupNormForward(const GnShape &s, const float *x, const float *gamma, cons
 
 // The gradients of z = (xhat * gamma + beta) * f + shift, f = 1 + scale, from dz. With m = gamma[c] * f[n,c] and
 // gdz = m * dz, per (n, g): dx = rstd * (gdz - mean(gdz) - xhat * mean(gdz * xhat)); per (n, c), with
-// A = sum_hw dz and B = sum_hw dz * xhat: dshift = A, dscale = gamma B + beta A; dgamma = sum_n f B, dbeta = sum_n f A.
+// A = sum_hw dz and B = sum_hw dz * xhat: dshift = A, dscale = gamma B + beta A (into dss [N, 2C] as ss holds them;
+// may be null); dgamma = sum_n f B, dbeta = sum_n f A.
 void GroupNormBackward(const GnShape &s, const float *dz, const float *x, const float *mean, const float *rstd,
                        const float *gamma, const float *beta, const Modulation &mod, float *dx, float *dgamma,
-                       float *dbeta, float *dscale, float *dshift) {
+                       float *dbeta, float *dss) {
   const int64_t C = s.p.C, block = s.CG * s.p.HW;
   std::vector<double> part_dg(s.N * C), part_db(s.N * C);  // per (n, c), summed over n below
   ParallelFor(s.N, [&](int64_t n) {
@@ -540,7 +546,7 @@ void GroupNormBackward(const GnShape &s, const float *dz, const float *x, const 
     for (int64_t c = 0; c < C; c++) {
       mu[c] = mean[n * s.G + c / s.CG];
       r[c] = rstd[n * s.G + c / s.CG];
-      m[c] = gamma[c] * mod.Factor(n * C + c);
+      m[c] = gamma[c] * mod.Factor(n, c);
     }
     std::vector<double> sa(C, 0.0), sb(C, 0.0), sum_gdz(s.G, 0.0), sum_gdz_xhat(s.G, 0.0);
     s.p.Sweep([&](int64_t c, int64_t, int64_t k) {
@@ -549,11 +555,13 @@ void GroupNormBackward(const GnShape &s, const float *dz, const float *x, const 
     });
     for (int64_t c = 0; c < C; c++) {
       const int64_t nc = n * C + c;
-      const double f = mod.Factor(nc);
+      const double f = mod.Factor(n, c);
       part_db[nc] = f * sa[c];
       part_dg[nc] = f * sb[c];
-      if (dshift) dshift[nc] = static_cast<float>(sa[c]);
-      if (dscale) dscale[nc] = static_cast<float>(gamma[c] * sb[c] + beta[c] * sa[c]);
+      if (dss) {
+        dss[n * 2 * C + c] = static_cast<float>(gamma[c] * sb[c] + beta[c] * sa[c]);
+        dss[n * 2 * C + C + c] = static_cast<float>(sa[c]);
+      }
       sum_gdz[c / s.CG] += gamma[c] * f * sa[c];
       sum_gdz_xhat[c / s.CG] += gamma[c] * f * sb[c];
     }
@@ -591,8 +599,7 @@ int GroupNormBwd(bool nhwc, void **params, int64_t **shapes) {
   GnShape s = MakeGnShape(shapes[1], shapes[4], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
-  GroupNormBackward(s, in(0), in(1), in(2), in(3), in(4), nullptr, Modulation(), out(5), out(6), out(7), nullptr,
-                    nullptr);
+  GroupNormBackward(s, in(0), in(1), in(2), in(3), in(4), nullptr, Modulation(), out(5), out(6), out(7), nullptr);
   return 0;
 }
 
@@ -772,27 +779,29 @@ int EltwiseBwd(dnnl::algorithm alg, float alpha, void **params, int *ndims, int6
   return 0;
 }
 
-// x, gamma[G,C/G], beta[G,C/G], scale[N,C], shift[N,C] -> y = silu(GroupNorm(x) * (1 + scale) + shift), mean, rstd
-int GroupNormSiluFwd(bool nhwc, void **params, int64_t **shapes) {
+// x, gamma[G,C/G], beta[G,C/G] [, ss[N,2C]] -> y = silu(GroupNorm(x) [* (1 + scale) + shift]), mean, rstd
+int NormSiluFwd(bool nhwc, bool modulated, void **params, int64_t **shapes) {
   GnShape s = MakeGnShape(shapes[0], shapes[1], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
-  Modulation mod{in(3), in(4)};
-  GroupNormForward(s, in(0), in(1), in(2), mod, out(5), out(6), out(7));
+  const int y = modulated ? 4 : 3;
+  Modulation mod{modulated ? in(3) : nullptr, s.p.C};
+  GroupNormForward(s, in(0), in(1), in(2), mod, out(y), out(y + 1), out(y + 2));
   const int64_t n = s.N * s.p.Size();
   auto p = GetEltwise(dnnl::algorithm::eltwise_swish, 1.f, n);
-  memory m(memory::desc({n}, dt::f32, tag::a), Engine(), out(5));
+  memory m(memory::desc({n}, dt::f32, tag::a), Engine(), out(y));
   p->fwd.execute(Stream(), {{DNNL_ARG_SRC, m}, {DNNL_ARG_DST, m}});   // in place
   return 0;
 }
 
-// dy, x, mean, rstd, gamma, beta, scale, shift -> dx, dgamma, dbeta, dscale, dshift; the pre-activation z is
-// recomputed from x and the statistics rather than kept from the forward.
-int GroupNormSiluBwd(bool nhwc, void **params, int64_t **shapes) {
+// dy, x, mean, rstd, gamma, beta [, ss] -> dx, dgamma, dbeta [, dss]; the pre-activation z is recomputed from x and
+// the statistics rather than kept from the forward.
+int NormSiluBwd(bool nhwc, bool modulated, void **params, int64_t **shapes) {
   GnShape s = MakeGnShape(shapes[1], shapes[4], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
-  Modulation mod{in(6), in(7)};
+  const int dx = modulated ? 7 : 6;
+  Modulation mod{modulated ? in(6) : nullptr, s.p.C};
   const int64_t n = s.N * s.p.Size();
   float *z = Scratch(0, n * sizeof(float)), *dz = Scratch(1, n * sizeof(float));
   ParallelFor(s.N, [&](int64_t nn) {   // z from x and the forward's mean and rstd
@@ -806,9 +815,15 @@ int GroupNormSiluBwd(bool nhwc, void **params, int64_t **shapes) {
   memory::desc md({n}, dt::f32, tag::a);
   memory mdy(md, Engine(), params[0]), mz(md, Engine(), z), mdz(md, Engine(), dz);
   p->bwd.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_SRC, mz}, {DNNL_ARG_DIFF_SRC, mdz}});
-  GroupNormBackward(s, dz, in(1), in(2), in(3), in(4), in(5), mod, out(8), out(9), out(10), out(11), out(12));
+  GroupNormBackward(s, dz, in(1), in(2), in(3), in(4), in(5), mod, out(dx), out(dx + 1), out(dx + 2),
+                    modulated ? out(dx + 3) : nullptr);
   return 0;
 }
+
+int GroupNormSiluFwd(bool nhwc, void **params, int64_t **shapes) { return NormSiluFwd(nhwc, false, params, shapes); }
+int GroupNormSiluBwd(bool nhwc, void **params, int64_t **shapes) { return NormSiluBwd(nhwc, false, params, shapes); }
+int GroupNormModSiluFwd(bool nhwc, void **params, int64_t **shapes) { return NormSiluFwd(nhwc, true, params, shapes); }
+int GroupNormModSiluBwd(bool nhwc, void **params, int64_t **shapes) { return NormSiluBwd(nhwc, true, params, shapes); }
 
 // ---------------------------------------------------------------- the optimizer step
 // One Adam step over all P parameters, in place, with the loss scaler's unscale and overflow check:
@@ -958,6 +973,8 @@ DDPM_MS_NORM(GroupNormFwd)
 DDPM_MS_NORM(GroupNormBwd)
 DDPM_MS_NORM(GroupNormSiluFwd)
 DDPM_MS_NORM(GroupNormSiluBwd)
+DDPM_MS_NORM(GroupNormModSiluFwd)
+DDPM_MS_NORM(GroupNormModSiluBwd)
 DDPM_MS_NORM(ChannelNormFwd)
 DDPM_MS_NORM(ChannelNormBwd)
 DDPM_MS_EXPORT(SoftmaxFwd_last, SoftmaxFwd(true, params, ndims, shapes))

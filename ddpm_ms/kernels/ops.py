@@ -167,31 +167,38 @@ def group_norm(lib, layout="NCHW"):
 
 
 @functools.lru_cache(maxsize=None)
-def group_norm_silu(lib, layout="NCHW"):
-    """A ResNet block's GroupNorm, time modulation and SiLU in one op, differentiable in all five inputs:
-    ``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G], scale [N,C], shift [N,C]) -> (y, mean [N,G], rstd [N,G])``,
-    y = silu(GroupNorm(x) * (1 + scale) + shift) (x and y NHWC for layout NHWC).
+def group_norm_silu(lib, layout="NCHW", modulated=True):
+    """A ResNet block's GroupNorm, time modulation and SiLU in one op, differentiable in all its inputs:
+    ``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G], ss [N,2C]) -> (y, mean [N,G], rstd [N,G])``,
+    y = silu(GroupNorm(x) * (1 + scale) + shift) with (scale, shift) the two halves of ss (the time MLP's output as
+    it is: no split, no reshape); ``modulated=False``: ``op(x, gamma, beta)``, y = silu(GroupNorm(x)).
+    x and y NHWC for layout NHWC.
     """
-    suffix = LAYOUTS[layout]
+    suffix, name = LAYOUTS[layout], "GroupNormModSilu" if modulated else "GroupNormSilu"
+
     def fwd_shape(xs, gs, *_):
         return xs, (xs[0], gs[0]), (xs[0], gs[0])
 
     def fwd_dtype(xd, *_):
         return xd, xd, xd
 
-    def bwd_shape(_dys, xs, _ms, _rs, gs, _bs, ss, _hs):
-        return xs, gs, gs, ss, ss
+    def bwd_shape(_dys, xs, _ms, _rs, gs, _bs, *ss):
+        return (xs, gs, gs) + ss
 
-    def bwd_dtype(dyd, *_):
-        return (dyd,) * 5
+    def bwd_dtype(dyd, *rest):
+        return (dyd,) * (4 if modulated else 3)
 
-    bwd = ops.Custom(f"{lib}:GroupNormSiluBwd{suffix}", bwd_shape, bwd_dtype, "aot")
+    bwd = ops.Custom(f"{lib}:{name}Bwd{suffix}", bwd_shape, bwd_dtype, "aot")
+    if modulated:
+        def bprop(x, gamma, beta, ss, out, dout):
+            _, mean, rstd = out
+            return bwd(dout[0], x, mean, rstd, gamma, beta, ss)
+    else:
+        def bprop(x, gamma, beta, out, dout):
+            _, mean, rstd = out
+            return bwd(dout[0], x, mean, rstd, gamma, beta)
 
-    def bprop(x, gamma, beta, scale, shift, out, dout):
-        _, mean, rstd = out
-        return bwd(dout[0], x, mean, rstd, gamma, beta, scale, shift)
-
-    return ops.Custom(f"{lib}:GroupNormSiluFwd{suffix}", fwd_shape, fwd_dtype, "aot", bprop=bprop)
+    return ops.Custom(f"{lib}:{name}Fwd{suffix}", fwd_shape, fwd_dtype, "aot", bprop=bprop)
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,7 +17,7 @@ How to add a kernel:
 from dataclasses import dataclass
 from typing import Tuple
 
-ABI = 3                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
+ABI = 4                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
 NORM_EPS = 1e-5                                          # the GroupNorm/LayerNorm kernels' eps (nn.GroupNorm's)
 CONV_GEOMETRIES = ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1))   # (stride, padding) of the conv entry points
 SOFTMAX_AXES = {-1: "last", -2: "penult"}
@@ -45,8 +45,9 @@ def _in_layouts(*names):
 KERNELS = (
     Kernel("conv2d", _conv_entries(), "convolution, NHWC on oneDNN's JIT kernels (the transposed one reuses them)"),
     Kernel("group_norm", _in_layouts("GroupNormFwd", "GroupNormBwd"), "GroupNorm, parallel over samples"),
-    Kernel("group_norm_silu", _in_layouts("GroupNormSiluFwd", "GroupNormSiluBwd"),
-           "a ResNet block's GroupNorm, time modulation and SiLU in one op"),
+    Kernel("group_norm_silu", _in_layouts("GroupNormSiluFwd", "GroupNormSiluBwd", "GroupNormModSiluFwd",
+                                          "GroupNormModSiluBwd"),
+           "a ResNet block's GroupNorm, time modulation (the time MLP's output as it is) and SiLU in one op"),
     Kernel("channel_norm", _in_layouts("ChannelNormFwd", "ChannelNormBwd"), "the tutorial's channel LayerNorm"),
     Kernel("softmax", tuple(f"Softmax{d}_{a}" for a in SOFTMAX_AXES.values() for d in ("Fwd", "Bwd")),
            "softmax over the last or second-to-last axis"),
