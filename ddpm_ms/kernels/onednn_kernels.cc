@@ -400,7 +400,7 @@ int ConvBwd(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {
 }
 
 // DDPM_MS_KERNEL_PROFILE=1: the calls and seconds of every entry point, printed to stderr when the process exits
-// (what bench/profile.py reads). Off, it costs one branch per call.
+// (what bench/kernel_profile.py reads). Off, it costs one branch per call.
 class Profile {
  public:
   static Profile *Get() {

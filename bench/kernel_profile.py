@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Where a train step's time goes: the kernel library's own seconds per entry point against the whole step.
 
-    python bench/profile.py                          # the fashion_cpu U-Net, B=16, both layouts
-    python bench/profile.py --model tutorial --batch 64 --layouts NHWC
+    python bench/kernel_profile.py                          # the fashion_cpu U-Net, B=16, both layouts
+    python bench/kernel_profile.py --model tutorial --batch 64 --layouts NHWC
 
 Each layout runs in its own process with DDPM_MS_KERNEL_PROFILE=1: warm-up steps (compile, oneDNN primitive
 creation), the profile reset, then the timed steps. "outside the kernels" is the step's wall time minus the
