@@ -7,7 +7,8 @@ points it exports (``DdpmMsKernelNames``), and the loader checks them against :f
 
 How to add a kernel:
 
-1. write its body in ``onednn_kernels.cc`` and export it with one ``DDPM_MS_EXPORT(Name, Body(params, shapes))``;
+1. write its body in ``onednn_kernels.cc`` and export it with one ``DDPM_MS_EXPORT(Name, Body(params, shapes))``
+   (an op on activations: ``DDPM_MS_NORM(Name)``, one entry per layout of :data:`LAYOUTS`);
 2. add its factory (shape, dtype, bprop) to ``ops.py``;
 3. add its row to :data:`KERNELS` below (and bump :data:`ABI` if an existing entry point changed);
 4. route a layer to it in ``ddpm_ms/layers.py`` through :func:`ddpm_ms.layers.fast_path` (the optimizer step:
