@@ -19,12 +19,12 @@ def _same_dtype(*dtypes):
     return dtypes[0]
 
 
-def to_nchw(shape, layout):
+def _nchw_shape(shape, layout):
     """A 4-d activation shape in NCHW order, from ``layout``'s."""
     return tuple(shape) if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
 
 
-def from_nchw(shape, layout):
+def _layout_shape(shape, layout):
     """An NCHW-ordered 4-d shape in ``layout``'s order."""
     return tuple(shape) if layout == "NCHW" else (shape[0], shape[2], shape[3], shape[1])
 
@@ -49,17 +49,17 @@ class ConvOps:
         name = f"s{stride}p{pad}{LAYOUTS[layout]}"
 
         def fwd_shape(xs, ws):
-            x = to_nchw(xs, layout)
-            return from_nchw((x[0], ws[0], _conv_out(x[2], ws[2], stride, pad), _conv_out(x[3], ws[3], stride, pad)),
-                             layout)
+            x = _nchw_shape(xs, layout)
+            return _layout_shape((x[0], ws[0], _conv_out(x[2], ws[2], stride, pad),
+                                  _conv_out(x[3], ws[3], stride, pad)), layout)
 
         def bwd_data_shape(dys, ws):
-            dy = to_nchw(dys, layout)
-            return from_nchw((dy[0], ws[1] * groups, _conv_in(dy[2], ws[2], stride, pad),
-                              _conv_in(dy[3], ws[3], stride, pad)), layout)
+            dy = _nchw_shape(dys, layout)
+            return _layout_shape((dy[0], ws[1] * groups, _conv_in(dy[2], ws[2], stride, pad),
+                                  _conv_in(dy[3], ws[3], stride, pad)), layout)
 
         def bwd_weights_shape(xs, dys):
-            x, dy = to_nchw(xs, layout), to_nchw(dys, layout)
+            x, dy = _nchw_shape(xs, layout), _nchw_shape(dys, layout)
             return (dy[1], x[1] // groups, x[2] + 2 * pad - (dy[2] - 1) * stride,
                     x[3] + 2 * pad - (dy[3] - 1) * stride)
 
@@ -207,7 +207,7 @@ def channel_norm(lib, layout="NCHW"):
     ``op(x [N,C,H,W], g [C]) -> (y [N,C,H,W], mean [N,H*W], rstd [N,H*W])`` (x and y NHWC for layout NHWC).
     """
     def stats_shape(xs, _gs):
-        x = to_nchw(xs, layout)
+        x = _nchw_shape(xs, layout)
         return (x[0], x[2] * x[3])
 
     fwd, bwd = _norm_ops(lib, "ChannelNorm", layout, stats_shape, 2)
