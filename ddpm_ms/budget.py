@@ -7,7 +7,14 @@ first minutes); then it times one sample grid, one batch of the evaluation's sam
 the budget, counting what is already spent (from the process start: imports, data, compiles) and what is still to
 come (the final evaluation, grid, GIF and checkpoint). The plan is then fixed: written into the config
 (``train.max_steps``, ``decay_start``, ``eval_every``, ``preview_every``), config.yaml and every checkpoint, so a
-resume continues it and another machine replays it. Nothing here imports MindSpore.
+resume continues it and another machine replays it.
+
+A machine's speed can also move later (one two-core run slowed from 81 to 103 ms per step after its plan), so
+every ``train.replan_every`` of the budget, up to :data:`LAST_REPLAN` of it, the run times its recent steps again
+and, if the plan would now miss the budget by more than :data:`REPLAN_TOLERANCE` of it, re-plans
+(:func:`replan`): a new total from the new speed (the other costs scaled with it), the same cadence, and the LR's
+cosine spread over the new steps (:func:`replanned_start`). The plans it replaced are recorded
+(``train.earlier_plans``), so a replay follows them step for step. Nothing here imports MindSpore.
 """
 import math
 import os
@@ -15,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 
 FINAL_EXTRA_S = 4.0     # after the last step, beyond the measured costs: GIF frames, curves, process exit
+LAST_REPLAN = 0.9       # no re-plan after this share of the budget (the LR's cosine would bend too late)
+REPLAN_TOLERANCE = 0.01  # re-plan only when the plan would miss the budget by more than this share of it
 _IMPORTED = time.time()
 
 
@@ -45,12 +54,14 @@ class Costs:
 class Plan:
     """A budgeted run's fixed plan: ``total_steps``; evaluations every ``eval_every`` epochs (past the run's
     epochs: only the last one; 0: none) and grids every ``preview_every`` epochs; ``predicted_s``, the run's
-    predicted wall time; ``decay_start``, the step it was made at, where the LR's cosine starts."""
+    predicted wall time; ``decay_start``, the LR cosine's start P (the step the first plan was made at; after a
+    re-plan, :func:`replanned_start`); ``earlier``: the (until_step, P, N) of the plans re-plans replaced."""
     total_steps: int
     eval_every: int
     preview_every: int
     predicted_s: float
-    decay_start: int
+    decay_start: float
+    earlier: tuple = ()
 
     def to_dict(self):
         """JSON-ready."""
@@ -93,16 +104,48 @@ def plan(budget_s, elapsed_s, done, steps_per_epoch, costs, ckpt_every, evaluate
     if evaluate and (not eval_every or eval_every >= rough_epochs):
         eval_every = math.ceil(rough_epochs) + 1          # past the last epoch: only the last evaluation
 
+    args = (elapsed_s, done, steps_per_epoch, costs, ckpt_every, eval_every, preview_every, evaluate)
+    total = fit_total(budget_s, *args)
+    return Plan(total, eval_every, preview_every, round(predicted_seconds(total, *args), 1), done)
+
+
+def fit_total(budget_s, elapsed_s, done, steps_per_epoch, costs, ckpt_every, eval_every, preview_every,
+              evaluate=True):
+    """The largest total (at least ``done``) whose :func:`predicted_seconds` fits ``budget_s``."""
     def fits(total):
         return predicted_seconds(total, elapsed_s, done, steps_per_epoch, costs, ckpt_every, eval_every,
                                  preview_every, evaluate) <= budget_s
 
-    lo, hi = done, max(done + 1, int(done + max(train_s, 0.0) / costs.step_s) + 2)
+    lo, hi = done, done + 1
     while fits(hi):
-        hi *= 2
-    while hi - lo > 1:              # the largest total that fits: predicted_seconds grows with total
+        hi = done + 2 * (hi - done)
+    while hi - lo > 1:              # predicted_seconds grows with total
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return Plan(lo, eval_every, preview_every,
-                round(predicted_seconds(lo, elapsed_s, done, steps_per_epoch, costs, ckpt_every, eval_every,
-                                        preview_every, evaluate), 1), done)
+    return lo
+
+
+def replanned_start(step, decay_start, total, new_total):
+    """P' for a re-plan at ``step`` R from (P, N) to N': the cosine's progress f at R is kept, P' = (R - f N') / (1 - f)
+    (f = 0, before the decay: P' = P; f < 1 is needed)."""
+    f = min(max((step - decay_start) / max(total - decay_start, 1), 0.0), 1.0)
+    if f >= 1.0:
+        raise ValueError(f"a re-plan at step {step} comes after the plan's end at {total}")
+    return decay_start if f == 0.0 else (step - f * new_total) / (1.0 - f)
+
+
+def replan(old, budget_s, elapsed_s, done, steps_per_epoch, old_costs, step_s, ckpt_every, evaluate=True):
+    """The re-plan of :class:`Plan` ``old`` at step ``done``, ``elapsed_s`` into the budget, now that a step takes
+    ``step_s`` (the other costs of ``old_costs`` scaled by the same ratio): None when ``old`` still lands within
+    :data:`REPLAN_TOLERANCE` of ``budget_s``; else the Plan with the total that fits, ``old``'s cadence, the LR's
+    cosine spread over the new steps, and ``old`` added to ``earlier``. Returns (plan or None, scaled costs)."""
+    r = step_s / old_costs.step_s
+    costs = Costs(step_s, old_costs.preview_s * r, old_costs.eval_s * r, old_costs.ckpt_s * r)
+    args = (elapsed_s, done, steps_per_epoch, costs, ckpt_every, old.eval_every, old.preview_every, evaluate)
+    if abs(predicted_seconds(old.total_steps, *args) - budget_s) <= REPLAN_TOLERANCE * budget_s \
+            or done >= old.total_steps:
+        return None, costs
+    total = max(fit_total(budget_s, *args), done + 1)
+    start = replanned_start(done, old.decay_start, old.total_steps, total)
+    return Plan(total, old.eval_every, old.preview_every, round(predicted_seconds(total, *args), 1), start,
+                old.earlier + ((done, old.decay_start, old.total_steps),)), costs

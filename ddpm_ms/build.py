@@ -57,10 +57,16 @@ def lr_schedule(train_cfg, steps_per_epoch, scale=1):
     t = train_cfg
     if t.minutes is None:
         return [v * scale for v in lr_mod.tutorial_cosine(t.lr, t.min_lr, t.epochs, steps_per_epoch)]
-    # a planned run's cosine starts at train.decay_start (older plans: at the warm-up's end); unplanned: LR held
+    # a planned run starts in its first plan's cosine (train.earlier_plans, then train.decay_start; older plans:
+    # at the warm-up's end; a resume's checkpoint brings the one in force); unplanned: LR held
+    start, total, earlier = _lr_plan(t)
+    return lr_mod.WarmupCosineLR(t.lr * scale, t.min_lr * scale, t.warmup_steps, total, start, earlier)
+
+
+def _lr_plan(t):
+    """(decay_start, total, earlier_plans) of a budgeted run's config (:func:`ddpm_ms.lr.segment_at`)."""
     start = t.decay_start if t.decay_start is not None else (t.warmup_steps if t.max_steps else lr_mod.HOLD)
-    return lr_mod.WarmupCosineLR(t.lr * scale, t.min_lr * scale, t.warmup_steps, t.max_steps or t.warmup_steps + 1,
-                                 start)
+    return start, t.max_steps or t.warmup_steps + 1, t.earlier_plans
 
 
 def total_steps(train_cfg, steps_per_epoch):
@@ -141,7 +147,9 @@ def build_callbacks(cfg, run, folder, is_main=True, peer_watch=None):
     out = []
     if t.minutes is not None and t.max_steps is None:    # plans first, so the others see the planned total
         out.append(cb.Budget(t.minutes * 60.0, t.warmup_steps, run.lr, monitor_share=t.monitor_share,
-                             measure_share=t.measure_share))
+                             measure_share=t.measure_share, replan_every=t.replan_every))
+    elif t.minutes is not None and t.earlier_plans:     # a replayed plan that re-planned: its LR switches
+        out.append(cb.LrSegments(run.lr, *_lr_plan(t)))
     out += [cb.PeerFinish(peer_watch)] if peer_watch is not None else []
     out += [cb.EMAUpdate(run.ema, every=cfg.ema.update_every)] if run.ema is not None else []
     if is_main:

@@ -7,7 +7,7 @@
 - ``on_step(trainer, loss, finite)`` after each optimizer step (``loss`` a Tensor, ``finite`` a bool);
 - ``on_log(trainer, row)`` when a metrics row is written, ``on_eval(trainer, row)`` when an evaluation is;
 - ``on_epoch_end(trainer)`` after the last batch of an epoch;
-- ``on_plan(trainer, plan)`` when a budgeted run fixes its :class:`~ddpm_ms.budget.Plan` (or a resume restores it);
+- ``on_plan(trainer, plan)`` when a budgeted run fixes its :class:`~ddpm_ms.budget.Plan` (a re-plan changes it, a resume restores it);
 - ``on_end(trainer, interrupted)`` once at the end (``interrupted``: the signal number, or None);
 - ``on_close(trainer)`` always last, after ``on_end`` or an error.
 
@@ -281,36 +281,55 @@ class Budget(Callback):
     ``budget_s`` has passed (and the ``warmup_steps`` are done; the LR holds at its peak after them), then a
     grid, the evaluation's sampling and a checkpoint, and fixes the :class:`~ddpm_ms.budget.Plan` that fits the
     budget (see :mod:`ddpm_ms.budget`). Before the plan no grids or evaluations run. The plan goes into the
-    config (train.max_steps, decay_start, eval_every, preview_every), config.yaml, a metrics row, the LR schedule
-    (``lr_schedule.set_plan``) and every later checkpoint; each callback hears it through ``on_plan``. A resume
-    from a checkpoint written after the plan takes it from there. It runs first among the callbacks, so the others
-    see the planned total at the same step.
+    config (train.max_steps, decay_start, eval_every, preview_every, earlier_plans), config.yaml, a metrics row,
+    the LR schedule (``lr_schedule.set_plan``) and every later checkpoint; each callback hears it through
+    ``on_plan``. Every ``replan_every`` of the budget after that (up to :data:`~ddpm_ms.budget.LAST_REPLAN`) it
+    times the recent steps and re-plans if the plan would miss the budget (:func:`~ddpm_ms.budget.replan`),
+    recorded the same way. A resume from a checkpoint written after the plan continues the plan as that
+    checkpoint has it, and does not re-plan (its clock started again). It runs first among the callbacks, so the
+    others see the planned total at the same step.
     """
 
-    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05, measure_share=0.0):
+    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05, measure_share=0.0, replan_every=0.0):
         self.budget_s, self.warmup, self.lr_schedule, self.monitor_share = budget_s, warmup_steps, lr_schedule, monitor_share
-        self.measure_s = measure_share * budget_s
+        self.measure_s, self.replan_s = measure_share * budget_s, replan_every * budget_s
         self.stamps, self.plan, self.costs = [], None, None     # costs: the measured budget.Costs
+        self.resumed, self.next_check = False, math.inf
 
     def on_resume(self, trainer, rows):
         saved = trainer.resumed_config.train
         if saved.max_steps is not None and saved.minutes is not None:
             start = saved.decay_start if saved.decay_start is not None else saved.warmup_steps   # older plans: W
-            self._fix(trainer, budget.Plan(saved.max_steps, saved.eval_every, saved.preview_every, None, start),
-                      log=False)
+            self.resumed = True
+            self._fix(trainer, budget.Plan(saved.max_steps, saved.eval_every, saved.preview_every, None, start,
+                                           tuple(saved.earlier_plans)), log=False)
 
     def on_step(self, trainer, loss, finite):
-        if self.plan is not None:
+        if self.resumed:
             return
         self.stamps.append(time.perf_counter())
-        if trainer.state.step >= self.warmup and trainer.wall_s >= self.measure_s:
-            self._fix(trainer, self._measure_and_plan(trainer))
+        if self.plan is None:
+            if trainer.state.step >= self.warmup and trainer.wall_s >= self.measure_s:
+                self._fix(trainer, self._measure_and_plan(trainer))
+                self.stamps, self.next_check = [], trainer.wall_s + self.replan_s if self.replan_s else math.inf
+        elif trainer.wall_s >= self.next_check:
+            self.next_check += self.replan_s
+            if trainer.wall_s > budget.LAST_REPLAN * self.budget_s:
+                self.next_check = math.inf
+                return
+            new, costs = budget.replan(self.plan, self.budget_s, trainer.wall_s, trainer.state.step,
+                                       trainer.batches.steps_per_epoch, self.costs, self.step_seconds(),
+                                       trainer.config.train.ckpt_every, evaluate=trainer.callback(Evaluation) is not None)
+            self.stamps = []
+            if new is not None:
+                self.costs = costs
+                self._fix(trainer, new, what="re-plan")
 
     def step_seconds(self):
         """Seconds per step: the mean over the second half of the steps timed (the compile and the first, slower
         steps left out: in the 15-minute recipe steps 50-200 ran 5% slower than the run's average; on a machine
         whose speed drifts, the recent half is the better guess), without the slowest 2% (an epoch end's shuffle,
-        and the like)."""
+        a grid, an evaluation, and the like)."""
         half = self.stamps[len(self.stamps) // 2:]
         gaps = sorted(b - a for a, b in zip(half, half[1:]))
         gaps = gaps[:len(gaps) - math.ceil(0.02 * len(gaps))] or gaps
@@ -329,23 +348,41 @@ class Budget(Callback):
                            costs, trainer.config.train.ckpt_every, evaluate=evaluation is not None,
                            monitor_share=self.monitor_share)
 
-    def _fix(self, trainer, plan, log=True):
+    def _fix(self, trainer, plan, log=True, what="plan"):
         self.plan = plan
         t = trainer.config.train
         t.max_steps, t.eval_every, t.preview_every = plan.total_steps, plan.eval_every, plan.preview_every
-        t.decay_start = plan.decay_start
+        t.decay_start, t.earlier_plans = plan.decay_start, plan.earlier
         trainer.total_steps = plan.total_steps
-        self.lr_schedule.set_plan(plan.decay_start, plan.total_steps)
+        self.lr_schedule.set_plan(plan.decay_start, plan.total_steps, plan.earlier, step=trainer.state.step)
         trainer.emit("on_plan", plan)
         if log:
-            trainer.folder.log({"step": trainer.state.step, "epoch": trainer.state.epoch, "plan": plan.to_dict(),
-                                "costs": vars(self.costs), "budget_s": self.budget_s, "wall_s": trainer.wall_s})
+            trainer.folder.log({"step": trainer.state.step, "epoch": trainer.state.epoch, what.replace("-", ""):
+                                plan.to_dict(), "costs": vars(self.costs), "budget_s": self.budget_s,
+                                "wall_s": trainer.wall_s})
             trainer.config.dump(trainer.folder.file("config.yaml"))
             trainer.save()          # the plan is durable: a resume from here on continues it
-            tqdm.write(f"plan: {plan.total_steps} steps in {self.budget_s / 60:g} min (predicted {plan.predicted_s:.0f} s;"
-                       f" {self.costs.step_s * 1000:.1f} ms/step, grid {self.costs.preview_s:.1f} s, evaluation "
-                       f"{self.costs.eval_s:.1f} s); {_cadence('evaluations', plan.eval_every)}, "
-                       f"{_cadence('grids', plan.preview_every)}")
+            tqdm.write(f"{what}: {plan.total_steps} steps in {self.budget_s / 60:g} min (predicted "
+                       f"{plan.predicted_s:.0f} s; {self.costs.step_s * 1000:.1f} ms/step, grid "
+                       f"{self.costs.preview_s:.1f} s, evaluation {self.costs.eval_s:.1f} s); "
+                       f"{_cadence('evaluations', plan.eval_every)}, {_cadence('grids', plan.preview_every)}")
+
+
+class LrSegments(Callback):
+    """A replayed run's re-plans (train.earlier_plans, with train.max_steps): at each recorded until_step the LR
+    schedule's graph switches to the next plan's cosine, as the run that re-planned did (:func:`ddpm_ms.lr.segment_at`).
+    ``plan``: (decay_start, total, earlier_plans)."""
+
+    def __init__(self, lr_schedule, *plan):
+        self.lr_schedule, self.plan = lr_schedule, plan
+        self.switch_steps = {int(until) for until, _, _ in plan[2]}
+
+    def on_resume(self, trainer, rows):
+        self.lr_schedule.set_plan(*self.plan, step=trainer.state.step)
+
+    def on_step(self, trainer, loss, finite):
+        if trainer.state.step in self.switch_steps:
+            self.lr_schedule.set_plan(*self.plan, step=trainer.state.step)
 
 
 def _cadence(what, every):

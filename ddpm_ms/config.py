@@ -108,7 +108,9 @@ class TrainConfig:
     minutes: Optional[float] = None     # wall-time budget: the run plans its own max_steps (ddpm_ms.budget)
     warmup_steps: int = 200             # budgeted runs: LR warm-up steps (the speed is measured from then on)
     measure_share: float = 0.25         # budgeted runs: this share of the budget passes before the plan (LR held at lr)
-    decay_start: Optional[int] = None   # budgeted runs: the step the cosine starts at (the plan's; None: warmup_steps)
+    decay_start: Optional[float] = None  # budgeted runs: the cosine's start P (the plan's; None: warmup_steps)
+    replan_every: float = 0.1           # budgeted runs: this share of the budget between re-plan checks (0: none)
+    earlier_plans: Tuple[Tuple[float, ...], ...] = ()   # budgeted runs: [until_step, P, N] of plans a re-plan replaced
     monitor_share: float = 0.045        # budgeted runs: this share of the budget on evaluations and grids (5% with room)
 
 
@@ -151,6 +153,13 @@ def _coerce(value, annotation, key):
     """Convert a YAML/CLI value to the field's type, or raise ConfigError naming ``key``."""
     optional = {Optional[int]: int, Optional[str]: str, Optional[float]: float,
                 Optional[Tuple[int, ...]]: Tuple[int, ...]}
+    if annotation == Tuple[Tuple[float, ...], ...]:
+        rows = value if isinstance(value, (list, tuple)) else [None]
+        return tuple(_coerce(row, Tuple[float, ...], key) for row in rows)
+    if annotation == Tuple[float, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list of lists of numbers, got {value!r}")
+        return tuple(_coerce(v, float, key) for v in value)
     if value is None:
         if annotation in optional:
             return None
@@ -288,9 +297,17 @@ def _check_train(t, d):
     _check(t.minutes is None or t.max_steps is None or t.max_steps > t.warmup_steps, "train.max_steps",
            f"must exceed train.warmup_steps={t.warmup_steps} in a budgeted run, got {t.max_steps}")
     _check(0 <= t.measure_share <= 0.5, "train.measure_share", f"must be in [0, 0.5], got {t.measure_share}")
-    _check(t.decay_start is None or (t.warmup_steps <= t.decay_start and
+    first = t.earlier_plans[0][1] if t.earlier_plans and len(t.earlier_plans[0]) == 3 else t.decay_start
+    _check(t.decay_start is None or ((first is None or t.warmup_steps <= first) and
                                      (t.max_steps is None or t.decay_start < t.max_steps)), "train.decay_start",
-           f"must be in [train.warmup_steps={t.warmup_steps}, train.max_steps={t.max_steps}), got {t.decay_start}")
+           f"must be below train.max_steps={t.max_steps}, and the first plan's at least train.warmup_steps="
+           f"{t.warmup_steps}, got {t.decay_start} (first plan: {first})")
+    _check(0 <= t.replan_every <= 1, "train.replan_every", f"must be in [0, 1] (0: no re-plans), got {t.replan_every}")
+    until = [row[0] if len(row) == 3 else None for row in t.earlier_plans]
+    _check(None not in until and until == sorted(until) and all(p[0] > p[1] and p[0] < p[2] for p in t.earlier_plans)
+           and (not until or (t.max_steps is not None and until[-1] < t.max_steps)), "train.earlier_plans",
+           f"must be [until_step, P, N] rows in increasing until_step, each P < until_step < N, the last until_step "
+           f"below train.max_steps, got {[list(p) for p in t.earlier_plans]}")
     for key in ("log_every", "ckpt_every", "keep_last", "sample_num", "max_nonfinite_steps", "preview_every",
                 "warmup_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")

@@ -1,6 +1,7 @@
 """Runs sized by wall time: the planner against its cost model, the warm-up + cosine LR against its closed form
 (on the host and in the compiled step), best.ckpt against the noise margin, and a budgeted tiny run: its plan
-follows a slowed-down step, is recorded everywhere, and a killed-and-resumed run equals the plan replayed."""
+follows a slowed-down step and re-plans when the step slows again, both recorded everywhere, and a
+killed-and-resumed run equals the plan replayed."""
 import os
 import signal
 import time
@@ -60,6 +61,31 @@ def test_without_evaluations_the_plan_has_none():
     p = plan(900.0, 60.0, 200, SPE, COSTS, ckpt_every=1000, evaluate=False)
     assert p.eval_every == 0
     assert p.total_steps > plan(900.0, 60.0, 200, SPE, COSTS, ckpt_every=1000).total_steps
+
+
+def test_a_replan_follows_a_slowdown_keeps_its_cadence_and_the_lr_continuous():
+    from ddpm_ms.lr import warmup_cosine
+    first = plan(900.0, 225.0, 2000, SPE, COSTS, ckpt_every=1000)
+    # at 540 s, step 5000: on time at 0.1 s per step; the machine now takes 0.13 s
+    assert budget.replan(first, 900.0, 540.0, 5000, SPE, COSTS, 0.1, 1000)[0] is None, "on time: no re-plan"
+    new, costs = budget.replan(first, 900.0, 540.0, 5000, SPE, COSTS, 0.13, 1000)
+    assert costs == Costs(0.13, 0.6 * 1.3, 18.0 * 1.3, 0.2 * 1.3)
+    args = (540.0, 5000, SPE, costs, 1000, first.eval_every, first.preview_every)
+    assert predicted_seconds(new.total_steps, *args) <= 900.0 < predicted_seconds(new.total_steps + 1, *args)
+    assert (new.eval_every, new.preview_every) == (first.eval_every, first.preview_every)
+    assert new.earlier == ((5000, 2000, first.total_steps),) and new.total_steps < first.total_steps
+    # the LR: the first plan's cosine before step 5000, continuous there, min_lr at the new total
+    lr, lo, w = 1e-3, 1e-5, 200
+    at = lambda s, p: warmup_cosine(s, lr, lo, w, p.total_steps, p.decay_start, p.earlier)   # noqa: E731
+    np.testing.assert_allclose(at([2500, 4999], new), at([2500, 4999], first), rtol=1e-12)
+    f = (5000 - 2000) / (first.total_steps - 2000)              # the cosine's progress at the re-plan
+    np.testing.assert_allclose(at(5000, new), lo + (lr - lo) * 0.5 * (1 + np.cos(np.pi * f)), rtol=1e-12)
+    np.testing.assert_allclose(at(new.total_steps, new), lo, rtol=1e-12)
+    # a machine that sped up gets more steps; one more re-plan keeps both earlier plans
+    faster, _ = budget.replan(new, 900.0, 700.0, 6000, SPE, costs, 0.05, 1000)
+    assert faster.total_steps > new.total_steps and faster.earlier == new.earlier + ((6000, new.decay_start,
+                                                                                       new.total_steps),)
+    np.testing.assert_allclose(at(6000, faster), at(6000, new), rtol=1e-12)
 
 
 def test_warmup_cosine_closed_form():
@@ -149,13 +175,15 @@ def _budgeted(tiny_config, out, *extra):
                        "train.ckpt_every=1000", *extra, out=out)
 
 
-def _slowed(trainer, seconds):
-    """The test double: the trainer's compiled step, then ``seconds`` of sleep (a slower machine)."""
+def _slowed(trainer, seconds, after_plan=None):
+    """The test double: the trainer's compiled step, then ``seconds`` of sleep (a slower machine); ``after_plan``
+    seconds once the Budget callback (first in the list) has planned (a machine that slowed down)."""
     step = trainer.run.train_step
 
     def slow(*args):
         out = step(*args)
-        time.sleep(seconds)
+        planned = after_plan is not None and getattr(trainer.callbacks[0], "plan", None) is not None
+        time.sleep(after_plan if planned else seconds)
         return out
     trainer.run.train_step = slow
     return trainer
@@ -165,63 +193,83 @@ def _params(trainer):
     return {p.name: p.asnumpy() for p in trainer.run.model.trainable_params()}
 
 
-def test_a_budgeted_run_plans_from_its_speed_and_resumes_its_plan_exactly(tiny_config, tmp_path, data_dir):
+def test_a_budgeted_run_plans_from_its_speed_replans_when_it_slows_and_resumes_exactly(tiny_config, tmp_path,
+                                                                                        data_dir):
     from ddpm_ms import checkpoint as ckpt
     from ddpm_ms.callbacks import Budget, Callback
+    from ddpm_ms.config import load_config
     from ddpm_ms.lr import warmup_cosine
     from ddpm_ms.trainer import Trainer
 
-    class KillAfterPlan(Callback):               # SIGTERM to ourselves two steps after the plan
-        plan_step = None
+    class KillAfterReplan(Callback):               # SIGTERM to ourselves two steps after the re-plan
+        plan_step = replan_step = None
 
         def on_plan(self, trainer, plan):
-            self.plan_step = trainer.state.step
+            if self.plan_step is None:
+                self.plan_step = trainer.state.step
+            else:
+                self.replan_step = trainer.state.step
 
         def on_step(self, trainer, loss, finite):
-            if self.plan_step is not None and trainer.state.step == self.plan_step + 2:
+            if self.replan_step is not None and trainer.state.step == self.replan_step + 2:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     out = tmp_path / "killed"
-    tr = _slowed(Trainer.from_config(_budgeted(tiny_config, out)), SLEEP_S)
+    # the step sleeps SLEEP_S until the plan, then twice that: the machine slowed down
+    tr = _slowed(Trainer.from_config(_budgeted(tiny_config, out)), SLEEP_S, after_plan=2 * SLEEP_S)
     assert tr.total_steps is None and isinstance(tr.callbacks[0], Budget)
-    killer = KillAfterPlan()
+    killer = KillAfterReplan()
     tr.callbacks.append(killer)
     first = tr.fit(progress=False)
-    p = killer.plan_step                            # the plan waits for the warm-up and MEASURE_SHARE of the budget
-    assert first["interrupted"] == signal.SIGTERM and first["step"] == p + 2 and p >= 14   # >= 2 steps held
-    keeper = tr.callbacks[0]
+    p, r = killer.plan_step, killer.replan_step   # the plan waits for the warm-up and MEASURE_SHARE of the budget
+    assert first["interrupted"] == signal.SIGTERM and r is not None and first["step"] == r + 2 and p >= 14
+    rows = list(tr.folder.rows())
+    row, again = next(x for x in rows if "plan" in x), next(x for x in rows if "replan" in x)
     # the plan follows the measured speed: the slowed step is >= SLEEP_S, and the steps fill the budget with it
-    assert keeper.costs.step_s >= SLEEP_S
-    n = keeper.plan.total_steps
-    row = next(r for r in tr.folder.rows() if "plan" in r)
-    assert row["plan"]["total_steps"] == n and row["plan"]["decay_start"] == p and row["budget_s"] == BUDGET_S
+    costs = Costs(**row["costs"])
+    assert costs.step_s >= SLEEP_S
+    n = row["plan"]["total_steps"]
+    assert row["plan"]["decay_start"] == p and row["budget_s"] == BUDGET_S
     assert row["wall_s"] >= MEASURE_SHARE * BUDGET_S and n > p + 4
-    args = (row["wall_s"], p, tr.batches.steps_per_epoch, keeper.costs, 1000, keeper.plan.eval_every,
-            keeper.plan.preview_every, False)
+    args = (row["wall_s"], p, tr.batches.steps_per_epoch, costs, 1000, row["plan"]["eval_every"],
+            row["plan"]["preview_every"], False)
     assert predicted_seconds(n, *args) <= BUDGET_S < predicted_seconds(n + 1, *args)
     assert n - p < (BUDGET_S - row["wall_s"]) / SLEEP_S       # no more steps than the sleep alone allows
-    # ... and is recorded: config.yaml, the checkpoint, the LR (held at lr until the plan, then the cosine)
+    # ... then re-plans at the first check, replan_every (a tenth) of the budget later, from the slower step: fewer
+    # steps, again filling the budget
+    n2, p2 = again["replan"]["total_steps"], again["replan"]["decay_start"]
+    assert again["step"] == r and again["wall_s"] >= row["wall_s"] + 0.1 * BUDGET_S
+    slower = Costs(**again["costs"])
+    assert slower.step_s > costs.step_s and r < n2 < n, (n, r, n2)
+    args = (again["wall_s"], r, tr.batches.steps_per_epoch, slower, 1000, row["plan"]["eval_every"],
+            row["plan"]["preview_every"], False)
+    assert predicted_seconds(n2, *args) <= BUDGET_S < predicted_seconds(n2 + 1, *args)
+    assert again["replan"]["earlier"] == [[r, p, n]] and p2 == pytest.approx(budget.replanned_start(r, p, n, n2))
+    # ... and records both: config.yaml, the checkpoint, the LR (held until the plan, its cosine, then the new one)
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
-    assert saved["max_steps"] == n and saved["decay_start"] == p and saved["minutes"] == BUDGET_S / 60
-    data = ckpt.read_checkpoint(str(out / ckpt.checkpoint_name(p + 2)))
-    assert ckpt.checkpoint_config(data).train.max_steps == n
-    assert float(data["ddpm_ms_lr_total_steps"].asnumpy()) == n and float(data["ddpm_ms_lr_decay_start"].asnumpy()) == p
-    lrs = {r["step"]: r["lr"] for r in tr.folder.rows() if "lr" in r}
-    for step in (6, 12, p, p + 2):                  # a row at step k logs the LR of 0-based step k - 1
-        assert lrs[step] == pytest.approx(float(warmup_cosine(step - 1, 1e-3, 1e-5, 12, n, decay_start=p)), rel=1e-6)
+    assert saved["max_steps"] == n2 and saved["decay_start"] == p2 and saved["earlier_plans"] == [[r, p, n]]
+    assert saved["minutes"] == BUDGET_S / 60
+    data = ckpt.read_checkpoint(str(out / ckpt.checkpoint_name(r + 2)))
+    assert ckpt.checkpoint_config(data).train.max_steps == n2
+    assert float(data["ddpm_ms_lr_total_steps"].asnumpy()) == n2
+    assert float(data["ddpm_ms_lr_decay_start"].asnumpy()) == np.float32(p2)
+    lrs = {x["step"]: x["lr"] for x in rows if "lr" in x}
+    for step in (6, 12, p, p + 2, r, r + 1, r + 2):   # a row at step k logs the LR of 0-based step k - 1
+        want = warmup_cosine(step - 1, 1e-3, 1e-5, 12, n2, decay_start=p2, earlier=[(r, p, n)])
+        assert lrs[step] == pytest.approx(float(want), rel=1e-5), step
     assert lrs[p] == pytest.approx(1e-3) and lrs[p + 2] < 1e-3
+    assert abs(lrs[r + 1] - lrs[r]) < 2 * abs(lrs[r] - lrs[r - 1]), "the LR is continuous at the re-plan"
     # resumed with the same config (minutes, no max_steps): it continues the plan, without measuring again
     resumed = Trainer.from_config(_budgeted(tiny_config, out), resume="latest")
-    assert resumed.total_steps == n
+    assert resumed.total_steps == n2
     done = resumed.fit(progress=False)
-    assert done["step"] == n and resumed.callbacks[0].stamps == []
-    # the plan replayed uninterrupted (train.max_steps, as on another machine) gives the same weights, bit for bit
-    replay = Trainer.from_config(_budgeted(tiny_config, tmp_path / "replay", f"train.max_steps={n}",
-                                           f"train.decay_start={p}", f"train.eval_every={saved['eval_every']}",
-                                           f"train.preview_every={saved['preview_every']}"))
-    assert replay.total_steps == n and not any(isinstance(c, Budget) for c in replay.callbacks)
-    assert replay.fit(progress=False)["step"] == n
+    assert done["step"] == n2 and resumed.callbacks[0].stamps == []
+    # the plan replayed uninterrupted from its config.yaml (train.max_steps, as on another machine) switches its LR
+    # at the re-plan's step and gives the same weights, bit for bit
+    replay = Trainer.from_config(load_config(str(out / "config.yaml"), [f"train.out_dir={tmp_path / 'replay'}"]))
+    assert replay.total_steps == n2 and not any(isinstance(c, Budget) for c in replay.callbacks)
+    assert replay.fit(progress=False)["step"] == n2
     a, b = _params(resumed), _params(replay)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert int(resumed.run.optimizer.global_step.asnumpy().reshape(-1)[0]) == n
+    assert int(resumed.run.optimizer.global_step.asnumpy().reshape(-1)[0]) == n2
