@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Where a train step's time goes: the kernel library's own seconds per entry point against the whole step.
+"""Where a train step's (or a sampling call's) time goes: the kernel library's own seconds per entry point against
+the whole step.
 
     python bench/kernel_profile.py                          # the fashion_cpu U-Net, B=16, both layouts
     python bench/kernel_profile.py --model tutorial --batch 64 --layouts NHWC
+    python bench/kernel_profile.py --work sample --batch 250 --steps 10   # one Denoiser call (a sampler step)
 
 Each layout runs in its own process with DDPM_MS_KERNEL_PROFILE=1: warm-up steps (compile, oneDNN primitive
 creation), the profile reset, then the timed steps. "outside the kernels" is the step's wall time minus the
@@ -37,17 +39,25 @@ def child(args):
     ms.set_seed(0)
     model = ddpm_ms.Unet(**bench.model_kwargs(args.model))
     sched = ddpm_ms.NoiseSchedule.from_name("linear", 200)
-    opt = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-    step = ddpm_ms.TrainStep(model, sched, opt, amp.DynamicLossScaler(65536, 2, 1000), "huber", jit=True)
-    x0 = ms.Tensor(np.random.default_rng(0).uniform(-1, 1, (args.batch, 1, 28, 28)).astype(np.float32))
-    t, noise = step_noise(0, 0, x0.shape, 200)
+    x0 = np.random.default_rng(0).uniform(-1, 1, (args.batch, 1, 28, 28)).astype(np.float32)
+    if args.work == "sample":           # one Denoiser call, numpy in and out, as a sampler's step makes it
+        model.set_train(False)
+        denoise = ddpm_ms.Denoiser(model, sched)
+        t = np.full(args.batch, 100, np.int32)
+        work = lambda: denoise(x0, t)[0]                                            # noqa: E731
+    else:
+        opt = nn.Adam(model.trainable_params(), learning_rate=1e-4)
+        step = ddpm_ms.TrainStep(model, sched, opt, amp.DynamicLossScaler(65536, 2, 1000), "huber", jit=True)
+        t, noise = step_noise(0, 0, x0.shape, 200)
+        x0 = ms.Tensor(x0)
+        work = lambda: step(x0, t, noise)[0]                                        # noqa: E731
     for _ in range(3):
-        step(x0, t, noise)[0].asnumpy()
+        np.asarray(work())
     ctypes.CDLL(ddpm_ms.kernels.library()).DdpmMsKernelProfileReset()
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        loss = step(x0, t, noise)[0]
-    loss.asnumpy()
+        out = work()
+    np.asarray(out)
     print("RESULT " + json.dumps({"s_per_step": (time.perf_counter() - t0) / args.steps, "layout": model.layout}))
 
 
@@ -55,7 +65,7 @@ def run(layout, args):
     env = {**os.environ, "DDPM_MS_KERNEL_PROFILE": "1", "DDPM_MS_LAYOUT": layout, "DDPM_MS_KERNELS": "onednn",
            "MS_DEV_HOST_BLOCKING_RUN": "1"}
     cmd = [sys.executable, __file__, "--child", "--model", args.model, "--batch", str(args.batch),
-           "--steps", str(args.steps)]
+           "--steps", str(args.steps), "--work", args.work]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     result = next((json.loads(l[7:]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if result is None:
@@ -76,13 +86,16 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--layouts", nargs="+", default=["NCHW", "NHWC"], choices=["NCHW", "NHWC"])
+    p.add_argument("--work", default="train", choices=["train", "sample"],
+                   help="a train step, or one Denoiser call (model, objective, clip) as a sampler's step")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args)
         return
     runs = {layout: run(layout, args) for layout in args.layouts}
-    print(f"{args.model} U-Net, train step, B={args.batch}, {args.steps} timed steps (ms per step)")
+    what = "train step" if args.work == "train" else "Denoiser call"
+    print(f"{args.model} U-Net, {what}, B={args.batch}, {args.steps} timed calls (ms per call)")
     print("| part | " + " | ".join(f"{l}: ms (calls)" for l in args.layouts) + " |")
     print("|---|" + "---|" * len(args.layouts))
     names = [g for g, _ in GROUPS] + sorted({k for _, ks in runs.values() for k in ks} - {g for g, _ in GROUPS})
