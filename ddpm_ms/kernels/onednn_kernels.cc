@@ -119,7 +119,11 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
       return;
     }
     {
-      std::lock_guard<std::mutex> lk(m_);
+      std::unique_lock<std::mutex> lk(m_);
+      // A worker still inside the previous loop's Work() (descheduled there, which on a busy 2-core VM lasts
+      // milliseconds) would take this loop's items against counters being reset, and a lost done_ count hangs
+      // the wait below (seen: a training run stuck at step 1602). So no reset until every worker has left.
+      done_cv_.wait(lk, [&] { return active_ == 0; });
       fn_ = &fn;
       total_ = n;
       next_.store(0);
@@ -158,8 +162,11 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
       std::unique_lock<std::mutex> lk(m_);
       cv_.wait(lk, [&] { return gen_ != seen; });
       seen = gen_;
+      active_++;
       lk.unlock();
       Work();
+      lk.lock();
+      if (--active_ == 0) done_cv_.notify_all();
     }
   }
   static constexpr int kSpin = 2000;
@@ -170,6 +177,7 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
   std::condition_variable cv_, done_cv_;
   const std::function<void(int, int)> *fn_ = nullptr;
   int total_ = 0;
+  int active_ = 0;  // workers inside Work() (under m_)
   std::atomic<int> next_{0}, done_{0};
   uint64_t gen_ = 0;
   static thread_local bool in_parallel_;
@@ -991,6 +999,20 @@ DDPM_MS_EXPORT(EmaUpdate, EmaUpdate(nparam, params, ndims, shapes))
 // Forget the profile so far (DDPM_MS_KERNEL_PROFILE): called after the warm-up steps that build the primitives.
 extern "C" void DdpmMsKernelProfileReset() {
   if (Profile::Get()) Profile::Get()->Reset();
+}
+
+// The pool under load, for the tests: `loops` parallel loops of 2..4 items, each item counted; returns how many
+// items ran other than once (0), or hangs if a loop loses a count.
+extern "C" int64_t DdpmMsPoolStress(int64_t loops) {
+  std::vector<std::atomic<int>> hits(4);
+  int64_t wrong = 0;
+  for (int64_t l = 0; l < loops; l++) {
+    int n = 2 + static_cast<int>(l % 3);
+    for (int i = 0; i < n; i++) hits[i].store(0);
+    ThePool().parallel_for(n, [&](int i, int) { hits[i].fetch_add(1); });
+    for (int i = 0; i < n; i++) wrong += hits[i].load() != 1;
+  }
+  return wrong;
 }
 
 // A version stamp the loader checks after dlopen, so a stale cached build is never used.
