@@ -317,6 +317,8 @@ class Budget(Callback):
             if trainer.wall_s > budget.LAST_REPLAN * self.budget_s:
                 self.next_check = math.inf
                 return
+            if len(self.stamps) < 8:            # too few steps since the last check to time
+                return
             new, costs = budget.replan(self.plan, self.budget_s, trainer.wall_s, trainer.state.step,
                                        trainer.batches.steps_per_epoch, self.costs, self.step_seconds(),
                                        trainer.config.train.ckpt_every, evaluate=trainer.callback(Evaluation) is not None)

@@ -135,7 +135,8 @@ def test_loss_scaler_skips_and_halves_on_float16_overflow(ms_ops):
         before = [p.asnumpy().copy() for p in model.trainable_params()]
         opt = nn.SGD(model.trainable_params(), learning_rate=1e-3)
         scaler = amp.DynamicLossScaler(2.0 ** 24, 2, 1000)
-        step = TrainStep(mixed_precision(model, level), ddpm_ms.NoiseSchedule.from_name("linear", 10), opt, scaler)
+        step = TrainStep(mixed_precision(model, level), ddpm_ms.NoiseSchedule.from_name("linear", 10), opt, scaler,
+                         jit=level == "O3")         # the float32 control runs eagerly: one compile, not two
         finite = [bool(step(x0, t, noise)[1].asnumpy()) for _ in range(12)]
         results[level] = (finite, float(scaler.scale_value.asnumpy()), before, model)
     assert results["O0"][0] == [True] * 12 and results["O0"][1] == 2.0 ** 24      # float32: no overflow
@@ -150,7 +151,7 @@ def test_loss_scaler_skips_and_halves_on_float16_overflow(ms_ops):
 def test_float16_run_checkpoint_round_trips(ms_ops, data_dir, tmp_path):
     cfg = load_config(TINY_YAML,
                       [f"train.out_dir={tmp_path}", "train.amp=O2", "train.max_steps=3", "train.gif=false",
-                       "train.sample_num=2"])
+                       "train.sample_num=2", "train.jit=false"])   # eager: the test above compiles float16
     trainer = ddpm_ms.Trainer.from_config(cfg)
     path = trainer.fit(progress=False)["checkpoint"]
     data = ddpm_ms.checkpoint.read_checkpoint(path)
@@ -158,7 +159,8 @@ def test_float16_run_checkpoint_round_trips(ms_ops, data_dir, tmp_path):
         assert data[p.name].dtype == ms.float32
         np.testing.assert_array_equal(data[p.name].asnumpy(), p.asnumpy(), err_msg=p.name)
     resumed = ddpm_ms.Trainer.from_config(load_config(TINY_YAML, [
-        f"train.out_dir={tmp_path}", "train.amp=O0", "train.max_steps=4", "train.gif=false", "train.sample_num=2"]),
+        f"train.out_dir={tmp_path}", "train.amp=O0", "train.max_steps=4", "train.gif=false", "train.sample_num=2",
+        "train.jit=false"]),
         resume="latest")                                                            # on another precision
     assert resumed.fit(progress=False)["step"] == 4
 
