@@ -7,7 +7,8 @@
 - ``on_step(trainer, loss, finite)`` after each optimizer step (``loss`` a Tensor, ``finite`` a bool);
 - ``on_log(trainer, row)`` when a metrics row is written, ``on_eval(trainer, row)`` when an evaluation is;
 - ``on_epoch_end(trainer)`` after the last batch of an epoch;
-- ``on_plan(trainer, plan)`` when a budgeted run fixes its :class:`~ddpm_ms.budget.Plan` (a re-plan changes it, a resume restores it);
+- ``on_plan(trainer, plan)`` when a budgeted run fixes its :class:`~ddpm_ms.budget.Plan` (a re-plan changes it, a
+  resume restores it);
 - ``on_end(trainer, interrupted)`` once at the end (``interrupted``: the signal number, or None);
 - ``on_close(trainer)`` always last, after ``on_end`` or an error.
 
@@ -290,8 +291,10 @@ class Budget(Callback):
     others see the planned total at the same step.
     """
 
-    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05, measure_share=0.0, replan_every=0.0):
-        self.budget_s, self.warmup, self.lr_schedule, self.monitor_share = budget_s, warmup_steps, lr_schedule, monitor_share
+    def __init__(self, budget_s, warmup_steps, lr_schedule, monitor_share=0.05, measure_share=0.0,
+                 replan_every=0.0):
+        self.budget_s, self.warmup, self.lr_schedule = budget_s, warmup_steps, lr_schedule
+        self.monitor_share = monitor_share
         self.measure_s, self.replan_s = measure_share * budget_s, replan_every * budget_s
         self.stamps, self.plan, self.costs = [], None, None     # costs: the measured budget.Costs
         self.resumed, self.next_check = False, math.inf
@@ -321,11 +324,12 @@ class Budget(Callback):
                 return
             new, costs = budget.replan(self.plan, self.budget_s, trainer.wall_s, trainer.state.step,
                                        trainer.batches.steps_per_epoch, self.costs, self.step_seconds(),
-                                       trainer.config.train.ckpt_every, evaluate=trainer.callback(Evaluation) is not None)
+                                       trainer.config.train.ckpt_every,
+                                       evaluate=trainer.callback(Evaluation) is not None)
             self.stamps = []
             if new is not None:
                 self.costs = costs
-                self._fix(trainer, new, what="re-plan")
+                self._fix(trainer, new, what="replan")
 
     def step_seconds(self):
         """Seconds per step: the mean over the second half of the steps timed (the compile and the first, slower
@@ -359,9 +363,8 @@ class Budget(Callback):
         self.lr_schedule.set_plan(plan.decay_start, plan.total_steps, plan.earlier, step=trainer.state.step)
         trainer.emit("on_plan", plan)
         if log:
-            trainer.folder.log({"step": trainer.state.step, "epoch": trainer.state.epoch, what.replace("-", ""):
-                                plan.to_dict(), "costs": vars(self.costs), "budget_s": self.budget_s,
-                                "wall_s": trainer.wall_s})
+            trainer.folder.log({"step": trainer.state.step, "epoch": trainer.state.epoch, what: plan.to_dict(),
+                                "costs": vars(self.costs), "budget_s": self.budget_s, "wall_s": trainer.wall_s})
             trainer.config.dump(trainer.folder.file("config.yaml"))
             trainer.save()          # the plan is durable: a resume from here on continues it
             tqdm.write(f"{what}: {plan.total_steps} steps in {self.budget_s / 60:g} min (predicted "
@@ -372,8 +375,8 @@ class Budget(Callback):
 
 class LrSegments(Callback):
     """A replayed run's re-plans (train.earlier_plans, with train.max_steps): at each recorded until_step the LR
-    schedule's graph switches to the next plan's cosine, as the run that re-planned did (:func:`ddpm_ms.lr.segment_at`).
-    ``plan``: (decay_start, total, earlier_plans)."""
+    schedule's graph switches to the next plan's cosine, as the run that re-planned did
+    (:func:`ddpm_ms.lr.segment_at`). ``plan``: (decay_start, total, earlier_plans)."""
 
     def __init__(self, lr_schedule, *plan):
         self.lr_schedule, self.plan = lr_schedule, plan

@@ -13,8 +13,9 @@ constant phase, as in warmup-stable-decay schedules). Until the plan P is "never
 
 A re-plan at step R to a new total N' (the machine's speed moved) keeps the cosine's progress f = (R - P) / (N - P)
 and spreads what is left of it over the new steps: P' = (R - f N') / (1 - f)
-(:func:`ddpm_ms.budget.replanned_start`), so the LR is continuous at R and reaches min_lr at N'. The plans a re-plan replaced are kept as ``earlier`` segments
-(until_step, P, N), each in force for the steps before its until_step (:func:`segment_at`).
+(:func:`ddpm_ms.budget.replanned_start`), so the LR is continuous at R and reaches min_lr at N'. The plans a
+re-plan replaced are kept as ``earlier`` segments (until_step, P, N), each in force for the steps before its
+until_step (:func:`segment_at`).
 """
 import math
 
