@@ -163,16 +163,16 @@ def test_best_checkpoint_ignores_differences_within_the_noise(margin, fds, kept)
 # ------------------------------------------------------------------------------------------------ a budgeted run
 
 SLEEP_S = 0.2
-BUDGET_S = 60.0
+BUDGET_S = 90.0
 
 
-MEASURE_SHARE = 0.5     # the plan after 30 s: past the compile and the 12 warm-up steps, so the LR holds a while
+MEASURE_SHARE = 0.35    # the plan after 31.5 s: past the compile and the 12 warm-up steps, so the LR holds a while
 
 
 def _budgeted(tiny_config, out, *extra):
     return tiny_config(f"train.minutes={BUDGET_S / 60}", "train.warmup_steps=12",
                        f"train.measure_share={MEASURE_SHARE}", "data.num_samples=400", "train.gif=false", "train.sample_num=4", "train.log_every=1",
-                       "train.ckpt_every=1000", "train.replan_every=0.2", *extra, out=out)
+                       "train.ckpt_every=1000", "train.replan_every=0.15", *extra, out=out)
 
 
 def _slowed(trainer, seconds, after_plan=None):
@@ -194,7 +194,7 @@ def _params(trainer):
 
 
 def test_a_budgeted_run_plans_from_its_speed_replans_when_it_slows_and_resumes_exactly(tiny_config, tmp_path,
-                                                                                        data_dir):
+                                                                                        data_dir, monkeypatch):
     from ddpm_ms import checkpoint as ckpt
     from ddpm_ms.callbacks import Budget, Callback
     from ddpm_ms.config import load_config
@@ -214,6 +214,8 @@ def test_a_budgeted_run_plans_from_its_speed_replans_when_it_slows_and_resumes_e
             if self.replan_step is not None and trainer.state.step == self.replan_step + 2:
                 os.kill(os.getpid(), signal.SIGTERM)
 
+    # on a loaded machine the plan (its first grid compiles) can end late in this short budget: re-plans up to its end
+    monkeypatch.setattr(budget, "LAST_REPLAN", 1.0)
     out = tmp_path / "killed"
     # the step sleeps SLEEP_S until the plan, then four times that: the machine slowed down
     tr = _slowed(Trainer.from_config(_budgeted(tiny_config, out)), SLEEP_S, after_plan=4 * SLEEP_S)
@@ -235,10 +237,10 @@ def test_a_budgeted_run_plans_from_its_speed_replans_when_it_slows_and_resumes_e
             row["plan"]["preview_every"], False)
     assert predicted_seconds(n, *args) <= BUDGET_S < predicted_seconds(n + 1, *args)
     assert n - p < (BUDGET_S - row["wall_s"]) / SLEEP_S       # no more steps than the sleep alone allows
-    # ... then re-plans at the first check, replan_every (a fifth) of the budget later, from the slower step: fewer
+    # ... then re-plans at the first check, replan_every (15%) of the budget later, from the slower step: fewer
     # steps, again filling the budget
     n2, p2 = again["replan"]["total_steps"], again["replan"]["decay_start"]
-    assert again["step"] == r and again["wall_s"] >= row["wall_s"] + 0.2 * BUDGET_S
+    assert again["step"] == r and again["wall_s"] >= row["wall_s"] + 0.15 * BUDGET_S
     slower = Costs(**again["costs"])
     assert slower.step_s > costs.step_s and r < n2 < n, (n, r, n2)
     args = (again["wall_s"], r, tr.batches.steps_per_epoch, slower, 1000, row["plan"]["eval_every"],
