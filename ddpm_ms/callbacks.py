@@ -308,7 +308,7 @@ class Budget(Callback):
                                            tuple(saved.earlier_plans)), log=False)
 
     def on_step(self, trainer, loss, finite):
-        if self.resumed:
+        if self.resumed or (self.plan is not None and self.next_check == math.inf):   # nothing left to time
             return
         self.stamps.append(time.perf_counter())
         if self.plan is None:

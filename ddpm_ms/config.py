@@ -154,12 +154,9 @@ def _coerce(value, annotation, key):
     optional = {Optional[int]: int, Optional[str]: str, Optional[float]: float,
                 Optional[Tuple[int, ...]]: Tuple[int, ...]}
     if annotation == Tuple[Tuple[float, ...], ...]:
-        rows = value if isinstance(value, (list, tuple)) else [None]
-        return tuple(_coerce(row, Tuple[float, ...], key) for row in rows)
-    if annotation == Tuple[float, ...]:
-        if not isinstance(value, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(row, (list, tuple)) for row in value):
             raise ConfigError(f"config key '{key}' must be a list of lists of numbers, got {value!r}")
-        return tuple(_coerce(v, float, key) for v in value)
+        return tuple(tuple(_coerce(v, float, key) for v in row) for row in value)
     if value is None:
         if annotation in optional:
             return None

@@ -58,6 +58,8 @@ CASES = [   # (id, command, args (with {d} for the bad-files folder), needles)
       "train.decay_start=300", "--set", "train.earlier_plans=[[400,250,600],[300,250,600]]"], ["train.earlier_plans"]),
     ("re-plans not a table", "train", ["--config", TINY_YAML, "--set", "train.earlier_plans=5"],
      ["train.earlier_plans", "list of lists"]),
+    ("a re-plan row not a list", "train", ["--config", TINY_YAML, "--set", "train.earlier_plans=[5]"],
+     ["train.earlier_plans", "list of lists"]),
     ("guidance interval upside down", "train", ["--config", TINY_YAML, "--set", "train.guidance_interval=[8,2]"],
      ["train.guidance_interval"]),
     ("best margin a whole FD", "train", ["--config", TINY_YAML, "--set", "train.best_margin=2"],
