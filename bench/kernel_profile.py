@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 GROUPS = (("conv forward", r"^ConvFwd"), ("conv backward", r"^ConvBwd"), ("GroupNorm + SiLU", r"^GroupNorm(Mod)?Silu"),
-          ("GroupNorm", r"^GroupNorm(Fwd|Bwd)"), ("channel LayerNorm", r"^ChannelNorm"), ("softmax", r"^Softmax"),
+          ("GroupNorm", r"^GroupNorm(Fwd|Bwd)"), ("channel LayerNorm", r"^ChannelNorm"), ("attention", r"^(Linear|Softmax)Attention"),
+          ("softmax", r"^Softmax(Fwd|Bwd)"),
           ("GELU / SiLU", r"^Eltwise"), ("optimizer step", r"^AdamStep"), ("EMA", r"^EmaUpdate"))
 
 

@@ -18,7 +18,7 @@ from mindspore.common.initializer import initializer
 
 from . import kernels
 from .kernels import ops as kops
-from .kernels.table import CONV_GEOMETRIES, NORM_EPS
+from .kernels.table import ATTENTIONS, CONV_GEOMETRIES, NORM_EPS
 
 
 _build = {"layout": "NCHW"}
@@ -294,6 +294,41 @@ class Softmax(nn.Cell):
         if self.axis == -2:
             return softmax_axis2(x)
         return ops.softmax(x, -1)
+
+
+class HeadAttention(nn.Cell):
+    """Multi-head attention of channels-last q, k, v: qkv [B,N,3,heads,D] (an NHWC 1x1 convolution's output,
+    reshaped; N positions) -> [B,N,heads,D], with s = D^-1/2; on the kernel library's fused op on CPU (no transposes),
+    else MindSpore's ops.
+
+    kind 'softmax' (Vaswani et al. 2017, eq. 1): out_i = sum_j softmax_j(s q_i . k_j) v_j.
+    kind 'linear' (Shen et al. 2018): out_n = (s / N) sum_m (softmax_d(q_n) . softmax_m(k)_m) v_m, q's softmax over
+    its D features, k's over the N positions.
+    """
+
+    def __init__(self, kind):
+        super().__init__()
+        if kind not in ATTENTIONS:
+            raise ValueError(f"attention kind must be one of {tuple(ATTENTIONS)}, got {kind!r}")
+        self.linear = kind == "linear"
+        self.fast = kernel_op(kops.attention, kind)
+        self.matmul = ops.BatchMatMul()
+        self.matmul_at = ops.BatchMatMul(transpose_a=True)
+        self.matmul_bt = ops.BatchMatMul(transpose_b=True)
+
+    def construct(self, qkv):
+        if fast_path(self, qkv):
+            return self.fast(qkv)
+        scale = qkv.shape[-1] ** -0.5
+        q = qkv[:, :, 0].transpose(0, 2, 1, 3)    # [B, heads, N, D]
+        k = qkv[:, :, 1].transpose(0, 2, 1, 3)
+        v = qkv[:, :, 2].transpose(0, 2, 1, 3)
+        if self.linear:
+            context = self.matmul_at(softmax_axis2(k), v) * (scale / qkv.shape[1])   # [B, heads, D, D]
+            out = self.matmul(ops.softmax(q, -1), context)
+        else:
+            out = self.matmul(ops.softmax(self.matmul_bt(q, k) * scale, -1), v)
+        return out.transpose(0, 2, 1, 3)
 
 
 class _Activation(nn.Cell):

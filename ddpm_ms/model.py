@@ -17,8 +17,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from . import kernels
-from .layers import (GELU, Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm, GroupNormSiLU, LayerNorm, SiLU,
-                     Softmax, activation_layout, channel_axis, current_layout, from_nchw, per_channel, to_nchw)
+from .layers import (GELU, Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm, GroupNormSiLU, HeadAttention, LayerNorm,
+                     SiLU, Softmax, activation_layout, channel_axis, current_layout, from_nchw, per_channel, to_nchw)
 
 BLOCK_TYPES = ("convnext", "resnet")
 
@@ -129,15 +129,17 @@ class ConvNextBlock(nn.Cell):
 class _MultiHeadQKV(nn.Cell):
     """Shared 1x1 q/k/v projection: x [B, dim, H, W] -> q, k, v each [B, heads, dim_head, H*W].
 
-    An attention layer works in NCHW inside; built for NHWC activations, it transposes its input and output.
+    Built for NHWC activations (the kernels), the layer works channels-last throughout: x [B, H, W, dim] ->
+    qkv [B, H*W, 3, heads, dim_head] -> :class:`ddpm_ms.layers.HeadAttention`, with no transposes.
     """
 
-    def __init__(self, dim, heads=4, dim_head=32):
+    def __init__(self, dim, heads, dim_head, kind):
         super().__init__()
         self.scale = dim_head ** -0.5
         self.heads = heads
         self.layout = current_layout()
-        self.to_qkv = Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False, layout="NCHW")
+        self.to_qkv = Conv2d(dim, dim_head * heads * 3, 1, pad_mode="valid", has_bias=False)
+        self.attend = HeadAttention(kind) if self.layout == "NHWC" else None
         self.matmul_at = ops.BatchMatMul(transpose_a=True)    # a^T b without a Transpose op
         self.matmul_bt = ops.BatchMatMul(transpose_b=True)    # a b^T
 
@@ -145,39 +147,47 @@ class _MultiHeadQKV(nn.Cell):
         q, k, v = ops.chunk(self.to_qkv(x), 3, 1)
         return _heads(q, self.heads), _heads(k, self.heads), _heads(v, self.heads)
 
+    def channels_last(self, x):
+        """x [B, H, W, dim] -> the heads' outputs [B, H, W, heads * dim_head]."""
+        b, h, w, _ = x.shape
+        qkv = self.to_qkv(x).reshape((b, h * w, 3, self.heads, -1))
+        return self.attend(qkv).reshape((b, h, w, -1))
+
 
 class Attention(_MultiHeadQKV):
     """Multi-head softmax self-attention over the H*W positions."""
 
     def __init__(self, dim, heads=4, dim_head=32):
-        super().__init__(dim, heads, dim_head)
-        self.to_out = Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True, layout="NCHW")
+        super().__init__(dim, heads, dim_head, "softmax")
+        self.to_out = Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True)
         self.softmax = Softmax(-1)
 
     def construct(self, x):
-        x = to_nchw(self.layout, x)
+        if self.layout == "NHWC":
+            return self.to_out(self.channels_last(x))
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
         sim = self.matmul_at(q * self.scale, k)       # b h i j = (q s)^T k
         attn = self.softmax(sim)
         out = self.matmul_bt(v, attn)                 # b h d i = (attn v^T)^T
-        return from_nchw(self.layout, self.to_out(out.reshape((b, -1, h, w))))
+        return self.to_out(out.reshape((b, -1, h, w)))
 
 
 class LinearAttention(_MultiHeadQKV):
     """Linear attention (Shen et al. 2018): softmax over features for q, positions for k."""
 
     def __init__(self, dim, heads=4, dim_head=32):
-        super().__init__(dim, heads, dim_head)
+        super().__init__(dim, heads, dim_head, "linear")
         self.softmax_q = Softmax(-2)
         self.softmax_k = Softmax(-1)
         self.to_out = nn.SequentialCell([
-            Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True, layout="NCHW"),
-            LayerNorm(dim, layout="NCHW"),
+            Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True),
+            LayerNorm(dim),
         ])
 
     def construct(self, x):
-        x = to_nchw(self.layout, x)
+        if self.layout == "NHWC":
+            return self.to_out(self.channels_last(x))
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
         q = self.softmax_q(q)
@@ -186,7 +196,7 @@ class LinearAttention(_MultiHeadQKV):
         # context instead: out = (k (v/hw)^T)^T (q s) = (s/hw) (k v^T)^T q
         context = self.matmul_bt(k, v) * (self.scale / (h * w))   # b h d e
         out = self.matmul_at(context, q)                           # b h e n
-        return from_nchw(self.layout, self.to_out(out.reshape((b, -1, h, w))))
+        return self.to_out(out.reshape((b, -1, h, w)))
 
 
 class PreNorm(nn.Cell):

@@ -230,6 +230,33 @@ def test_group_norm_silu_matches_mindspore(shape, groups, layout, modulated, lib
             assert float(np.abs(a.asnumpy()).max()) == 0
 
 
+ATTENTION_SHAPES = [(2, 49, 3, 4, 16), (3, 196, 3, 2, 8), (2, 64, 3, 1, 32)]   # [B, N, 3, heads, D]
+
+
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=str)
+@pytest.mark.parametrize("kind", ["linear", "softmax"])
+def test_attention_matches_mindspore(kind, shape, lib, mode):
+    """The fused channels-last attention against the same formula in MindSpore's ops (transposes, BatchMatMul,
+    softmax) with autodiff: output within 1e-5, dqkv within 1e-4."""
+    rng = np.random.default_rng(len(kind) + shape[1])
+    qkv = ms.Tensor(rng.standard_normal(shape).astype(np.float32) * 2)
+    probe = ms.Tensor(rng.standard_normal((shape[0], shape[1], shape[3], shape[4])).astype(np.float32))
+    cells = []
+    for m in ("onednn", "off"):
+        with kernels.using(m):
+            cells.append(layers.HeadAttention(kind))
+    assert cells[0].fast is not None and cells[1].fast is None
+    results = []
+    for cell in cells:
+        grad = ms.value_and_grad(_probed(cell, probe), 0, has_aux=True)
+        results.append(ms.jit(grad)(qkv) if mode == "graph" else grad(qkv))
+    (_, y_fast), g_fast = results[0]
+    (_, y_ref), g_ref = results[1]
+    assert float(np.abs(y_ref.asnumpy()).max()) > 1e-3
+    assert _rel(y_fast, y_ref) < 1e-5
+    assert _rel(g_fast, g_ref) < 1e-4
+
+
 def _two_paths(layout="NHWC", **kw):
     """The same U-Net built on the fast path (activations in ``layout``) and the fallback path, same weights."""
     nets = []
@@ -424,8 +451,9 @@ def test_library_exports_exactly_the_kernel_table(lib):
     from ddpm_ms.kernels import table
     abi, names = kbuild.exported_names(lib)
     assert abi == table.ABI and names == table.entry_points()
-    # 4 conv entries per geometry and 8 norm entries, in each layout; softmax, activations, Adam and the EMA once
-    assert len(names) == (4 * len(table.CONV_GEOMETRIES) + 8) * len(table.LAYOUTS) + 10
+    # 4 conv entries per geometry and 8 norm entries, in each layout; softmax, activations, Adam, the EMA and the
+    # two attentions once
+    assert len(names) == (4 * len(table.CONV_GEOMETRIES) + 8) * len(table.LAYOUTS) + 14
     assert layers.CONV_GEOMETRIES is table.CONV_GEOMETRIES
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from ddpm_ms.layers import softmax_axis2
+from ddpm_ms import kernels
+from ddpm_ms.layers import activation_layout, softmax_axis2
 from ddpm_ms.model import GELU, Unet, count_params
 from ddpm_ms.model import Attention, LinearAttention, SinusoidalPositionEmbeddings
 
@@ -96,12 +97,22 @@ def _attention_oracle(cell, x, linear):
     return y
 
 
+@pytest.mark.parametrize("path", ["NCHW", "NHWC-kernels", "NHWC-ops"])
 @pytest.mark.parametrize("cls", [Attention, LinearAttention])
-def test_attention_matches_the_tutorial_formula(cls):
+def test_attention_matches_the_tutorial_formula(cls, path):
+    """The layer as MindSpore's ops give it (NCHW), and channels-last (HeadAttention on its kernel or on MindSpore's
+    ops), against the tutorial's formula in numpy."""
     ms.set_seed(0)
     x = np.random.default_rng(0).standard_normal((2, 16, 7, 7)).astype(np.float32)
-    cell = cls(16, heads=2, dim_head=8)
-    out = cell(ms.Tensor(x)).asnumpy()
+    layout = path[:4]
+    with kernels.using("onednn" if path == "NHWC-kernels" else "off"), activation_layout(layout):
+        cell = cls(16, heads=2, dim_head=8)
+    assert (cell.attend is not None) == (layout == "NHWC")
+    if path == "NHWC-kernels":
+        assert cell.attend.fast is not None
+    inp = x if layout == "NCHW" else x.transpose(0, 2, 3, 1)
+    out = cell(ms.Tensor(inp)).asnumpy()
+    out = out if layout == "NCHW" else out.transpose(0, 3, 1, 2)
     assert out.shape == (2, 16, 7, 7)
     np.testing.assert_allclose(out, _attention_oracle(cell, x.astype(np.float64), cls is LinearAttention),
                                rtol=1e-4, atol=1e-4)

@@ -1,5 +1,6 @@
 """Fast CPU kernels as MindSpore AOT custom ops: convolutions on the wheel's oneDNN, GroupNorm (alone and fused
-with a ResNet block's modulation and SiLU), the channel LayerNorm, softmax, GELU and SiLU, each with its backward.
+with a ResNet block's modulation and SiLU), the channel LayerNorm, softmax, GELU, SiLU and channels-last multi-head
+attention (softmax and linear), each with its backward.
 
 MindSpore's CPU Conv2D hands oneDNN plain NCHW/OIHW layouts, which on AVX-512 machines land on a reference or
 im2col kernel. These kernels give the same oneDNN NHWC activations and its own weight layout, so it picks its JIT

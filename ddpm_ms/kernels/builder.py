@@ -27,7 +27,7 @@ from . import table
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_kernels.cc")
 ONEDNN_DEVEL = "onednn-devel==2025.3.0"   # headers of oneDNN 3.9; its C API matches the wheel's 3.10
-CXXFLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", *table.cxx_defines()]
+CXXFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread", *table.cxx_defines()]
 _THREADPOOL_CONFIG = (("DNNL_CPU_THREADING_RUNTIME", "DNNL_RUNTIME_THREADPOOL"),
                       ("DNNL_CPU_RUNTIME", "DNNL_RUNTIME_THREADPOOL"),
                       ("DNNL_GPU_RUNTIME", "DNNL_RUNTIME_NONE"),

@@ -12,7 +12,7 @@ import functools
 
 from mindspore import ops
 
-from .table import LAYOUTS, SOFTMAX_AXES
+from .table import ATTENTIONS, LAYOUTS, SOFTMAX_AXES
 
 
 def _same_dtype(*dtypes):
@@ -245,6 +245,27 @@ def softmax(lib, axis):
 def eltwise(lib, name):
     """An activation, differentiable: ``op(x) -> y``, any shape. ``name``: 'gelu' (tanh form) or 'silu'."""
     return _unary(lib, f"EltwiseFwd_{name}", f"EltwiseBwd_{name}", grad_from_output=False)
+
+
+@functools.lru_cache(maxsize=None)
+def attention(lib, kind):
+    """Multi-head attention over channels-last positions, differentiable: ``op(qkv [B,N,3,H,D]) -> out [B,N,H,D]``,
+    qkv an NHWC 1x1 convolution's output reshaped (q, k, v of head h at position n), kind 'softmax' or 'linear'
+    (the formulas: :class:`ddpm_ms.layers.HeadAttention`). The backward recomputes the forward from qkv."""
+    name = ATTENTIONS[kind]
+
+    def out_shape(qs):
+        return (qs[0], qs[1], qs[3], qs[4])
+
+    def grad_shape(_dys, qs):
+        return qs
+
+    grad = ops.Custom(f"{lib}:{name}Bwd", grad_shape, _same_dtype, "aot")
+
+    def bprop(qkv, out, dout):
+        return (grad(dout, qkv),)
+
+    return ops.Custom(f"{lib}:{name}Fwd", out_shape, _same_dtype, "aot", bprop=bprop)
 
 
 @functools.lru_cache(maxsize=None)

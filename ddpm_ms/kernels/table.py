@@ -18,12 +18,13 @@ How to add a kernel:
 from dataclasses import dataclass
 from typing import Tuple
 
-ABI = 4                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
+ABI = 5                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
 NORM_EPS = 1e-5                                          # the GroupNorm/LayerNorm kernels' eps (nn.GroupNorm's)
 CONV_GEOMETRIES = ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1))   # (stride, padding) of the conv entry points
 SOFTMAX_AXES = {-1: "last", -2: "penult"}
 LAYOUTS = {"NCHW": "", "NHWC": "_nhwc"}                  # activation layout -> entry-point suffix (convs, norms)
 ACTIVATIONS = ("gelu", "silu")
+ATTENTIONS = {"linear": "LinearAttention", "softmax": "SoftmaxAttention"}   # kind -> entry-point stem
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ KERNELS = (
     Kernel("adam_step", ("AdamStep",),
            "the optimizer step: unscale, overflow check and Adam over all parameters, in place"),
     Kernel("ema_update", ("EmaUpdate",), "the EMA of all parameters into its flat buffer, in place"),
+    Kernel("attention", tuple(f"{n}{d}" for n in ATTENTIONS.values() for d in ("Fwd", "Bwd")),
+           "multi-head softmax and linear attention over channels-last positions, qkv as a 1x1 conv gives it"),
 )
 
 
