@@ -199,15 +199,11 @@ class GroupNorm(nn.GroupNorm):
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, layout=None):
         super().__init__(num_groups, num_channels, eps=eps, affine=affine)
         self.layout = current_layout(layout)
-        self.fast = kernel_op(kops.group_norm, self.layout, when=eps == NORM_EPS)
-
-    def _grouped(self, p):
-        g = self.num_groups
-        return p.reshape(g, self.num_channels // g)
+        self.fast = kernel_op(kops.group_norm, num_groups, self.layout, when=eps == NORM_EPS)
 
     def construct(self, x):
         if fast_path(self, x):
-            y, _, _ = self.fast(x, self._grouped(self.gamma), self._grouped(self.beta))
+            y, _, _ = self.fast(x, self.gamma, self.beta)
             return y
         return from_nchw(self.layout, self._plain(to_nchw(self.layout, x)))
 
@@ -234,16 +230,15 @@ class GroupNormSiLU(GroupNorm):
 
     def __init__(self, num_groups, num_channels, layout=None):
         super().__init__(num_groups, num_channels, layout=layout)
-        self.fused = kernel_op(kops.group_norm_silu, self.layout, True)
-        self.fused_plain = kernel_op(kops.group_norm_silu, self.layout, False)
+        self.fused = kernel_op(kops.group_norm_silu, num_groups, self.layout, True)
+        self.fused_plain = kernel_op(kops.group_norm_silu, num_groups, self.layout, False)
 
     def construct(self, x, scale_shift=None):
         if self.fused is not None and x.dtype == ms.float32:   # the fused op (self.fast is the plain GroupNorm)
-            gamma, beta = self._grouped(self.gamma), self._grouped(self.beta)
             if scale_shift is None:
-                y, _, _ = self.fused_plain(x, gamma, beta)
+                y, _, _ = self.fused_plain(x, self.gamma, self.beta)
             else:
-                y, _, _ = self.fused(x, gamma, beta, scale_shift)
+                y, _, _ = self.fused(x, self.gamma, self.beta, scale_shift)
             return y
         x = self._plain(to_nchw(self.layout, x))
         if scale_shift is not None:
@@ -265,7 +260,7 @@ class LayerNorm(nn.Cell):
 
     def construct(self, x):
         if fast_path(self, x):
-            y, _, _ = self.fast(x, self.g.reshape(-1))
+            y, _, _ = self.fast(x, self.g)
             return y
         x = to_nchw(self.layout, x)
         mean = x.mean(1, keep_dims=True)

@@ -98,13 +98,13 @@ def _reference_and_fast_op(kind, shape, args, lib, layout):
         c, g = shape[1], args
         gamma = ms.Tensor(rng.standard_normal(c).astype(np.float32))
         beta = ms.Tensor(rng.standard_normal(c).astype(np.float32))
-        op = ddpm_ms.kernels.ops.group_norm(lib, layout)
+        op = ddpm_ms.kernels.ops.group_norm(lib, g, layout)
 
         def ref(x, gamma, beta):
             return ops.group_norm(x, g, gamma, beta, 1e-5)
 
         def fast(x, gamma, beta):
-            return op(x, gamma.reshape(g, c // g), beta.reshape(g, c // g))[0]
+            return op(x, gamma, beta)[0]
 
         return ref, fast, (x, gamma, beta)
     if kind == "ln":
@@ -116,7 +116,7 @@ def _reference_and_fast_op(kind, shape, args, lib, layout):
             return (x - mean) / ops.sqrt(((x - mean) ** 2).mean(1, keep_dims=True) + 1e-5) * g
 
         def fast(x, g):
-            return op(x, g.reshape(-1))[0]
+            return op(x, g)[0]
 
         return ref, fast, (x, g)
     if kind == "softmax":
@@ -203,7 +203,7 @@ def test_group_norm_silu_matches_mindspore(shape, groups, layout, modulated, lib
         rng.standard_normal(shape) * 3 + 1, rng.standard_normal(c), rng.standard_normal(c),
         np.concatenate([rng.standard_normal((n, c)) * 0.5, rng.standard_normal((n, c))], 1)))
     probe = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
-    op = ddpm_ms.kernels.ops.group_norm_silu(lib, layout, modulated)
+    op = ddpm_ms.kernels.ops.group_norm_silu(lib, groups, layout, modulated)
 
     def ref(x, gamma, beta, ss):
         y = ops.group_norm(x, groups, gamma, beta, 1e-5)
@@ -212,7 +212,7 @@ def test_group_norm_silu_matches_mindspore(shape, groups, layout, modulated, lib
         return ops.silu(y)
 
     def fast(x, gamma, beta, ss):
-        args = (layers.from_nchw(layout, x), gamma.reshape(groups, c // groups), beta.reshape(groups, c // groups))
+        args = (layers.from_nchw(layout, x), gamma, beta)
         y = op(*args, ss)[0] if modulated else op(*args)[0] + 0 * ss.sum()
         return layers.to_nchw(layout, y)
 

@@ -18,15 +18,15 @@
 //   ConvBwdData_sSpP(dy, w) -> dx            dx = dL/dx; also the forward of a transposed convolution
 //   ConvBwdWeights_sSpP(x, dy) -> dw         dw = dL/dw; for a transposed convolution called as (dy, x)
 //   ConvBwd_sSpP(dy, w, x) -> dx, dw          both gradients of conv(x, w) in one call
-//   GroupNormFwd(x, gamma[G,C/G], beta[G,C/G]) -> y, mean[N,G], rstd[N,G]
-//   GroupNormBwd(dy, x, mean, rstd, gamma[G,C/G]) -> dx, dgamma[G,C/G], dbeta[G,C/G]
+//   GroupNormFwd(x, gamma[C], beta[C]) -> y, mean[N,G], rstd[N,G]        (G read from mean's shape)
+//   GroupNormBwd(dy, x, mean, rstd, gamma[C]) -> dx, dgamma[C], dbeta[C]
 //   GroupNormSiluFwd(x, gamma, beta) -> y, mean, rstd              y = silu(GroupNorm(x))
 //   GroupNormSiluBwd(dy, x, mean, rstd, gamma, beta) -> dx, dgamma, dbeta
 //   GroupNormModSiluFwd(x, gamma, beta, ss[N,2C]) -> y, mean, rstd
 //       y = silu(GroupNorm(x) * (1 + scale) + shift), (scale, shift) = the halves of ss: a ResNet block's norm, its
 //       time modulation (the time MLP's output as it is) and its activation
 //   GroupNormModSiluBwd(dy, x, mean, rstd, gamma, beta, ss) -> dx, dgamma, dbeta, dss
-//   ChannelNormFwd(x, g[C]) -> y, mean[N,H*W], rstd[N,H*W]      LayerNorm over the channels of each pixel
+//   ChannelNormFwd(x, g[C]) -> y, mean[N,H*W], rstd[N,H*W]      LayerNorm over the channels of each pixel (g: C floats)
 //   ChannelNormBwd(dy, x, mean, rstd, g[C]) -> dx, dg[C]
 //   SoftmaxFwd_last(x) -> y, SoftmaxBwd_last(dy, y) -> dx        softmax over the last axis (oneDNN primitive)
 //   SoftmaxFwd_penult(x) -> y, SoftmaxBwd_penult(dy, y) -> dx    softmax over the second-to-last axis
@@ -490,8 +490,10 @@ struct GnShape {
   int64_t N, G, CG;
   Plane p;
 };
-GnShape MakeGnShape(const int64_t *xs, const int64_t *gs, bool nhwc) {
-  return {xs[0], gs[0], gs[1], MakePlane(xs, nhwc)};
+// From x's shape and the statistics' [N, G] (gamma and beta are [C], C = G * CG).
+GnShape MakeGnShape(const int64_t *xs, const int64_t *stats, bool nhwc) {
+  const Plane p = MakePlane(xs, nhwc);
+  return {xs[0], stats[1], p.C / stats[1], p};
 }
 
 // The GroupNorm of a ResNet block can be fused with what follows it, a per-(sample, channel) modulation by the time
@@ -599,7 +601,7 @@ void GroupNormBackward(const GnShape &s, const float *dz, const float *x, const 
 
 // x, gamma[G,C/G], beta[G,C/G] -> y, mean, rstd
 int GroupNormFwd(bool nhwc, void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[0], shapes[1], nhwc);
+  GnShape s = MakeGnShape(shapes[0], shapes[4], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   GroupNormForward(s, in(0), in(1), in(2), Modulation(), out(3), out(4), out(5));
@@ -608,7 +610,7 @@ int GroupNormFwd(bool nhwc, void **params, int64_t **shapes) {
 
 // dy, x, mean, rstd, gamma -> dx, dgamma, dbeta (beta enters no gradient without a modulation)
 int GroupNormBwd(bool nhwc, void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[1], shapes[4], nhwc);
+  GnShape s = MakeGnShape(shapes[1], shapes[2], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   GroupNormBackward(s, in(0), in(1), in(2), in(3), in(4), nullptr, Modulation(), out(5), out(6), out(7), nullptr);
@@ -793,10 +795,10 @@ int EltwiseBwd(dnnl::algorithm alg, float alpha, void **params, int *ndims, int6
 
 // x, gamma[G,C/G], beta[G,C/G] [, ss[N,2C]] -> y = silu(GroupNorm(x) [* (1 + scale) + shift]), mean, rstd
 int NormSiluFwd(bool nhwc, bool modulated, void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[0], shapes[1], nhwc);
+  const int y = modulated ? 4 : 3;
+  GnShape s = MakeGnShape(shapes[0], shapes[y + 1], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
-  const int y = modulated ? 4 : 3;
   Modulation mod{modulated ? in(3) : nullptr, s.p.C};
   GroupNormForward(s, in(0), in(1), in(2), mod, out(y), out(y + 1), out(y + 2));
   const int64_t n = s.N * s.p.Size();
@@ -809,7 +811,7 @@ int NormSiluFwd(bool nhwc, bool modulated, void **params, int64_t **shapes) {
 // dy, x, mean, rstd, gamma, beta [, ss] -> dx, dgamma, dbeta [, dss]; the pre-activation z is recomputed from x and
 // the statistics rather than kept from the forward.
 int NormSiluBwd(bool nhwc, bool modulated, void **params, int64_t **shapes) {
-  GnShape s = MakeGnShape(shapes[1], shapes[4], nhwc);
+  GnShape s = MakeGnShape(shapes[1], shapes[2], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   const int dx = modulated ? 7 : 6;
@@ -1195,13 +1197,6 @@ DDPM_MS_INLINE void SoftmaxColsBackward(const float *__restrict__ y, float *__re
     for (int64_t k = 0; k < K; k++) dy[r * K + k] = y[r * K + k] * (dy[r * K + k] - dot[k]);
 }
 
-// A task's scratch floats: one buffer per thread, grown when a task needs more, never zeroed again.
-float *Scratch(int64_t n) {
-  thread_local std::vector<float> buffer;
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
-  return buffer.data();
-}
-
 // One head's q, k, v [N, D] each, and its task's scratch.
 struct HeadQKV {
   float *q, *k, *v, *extra;
@@ -1216,7 +1211,7 @@ void ForEachHead(const Heads &s, const float *qkv, float *result, Args... args) 
     constexpr int KD = decltype(kd)::value;
     const int64_t N = s.N, H = s.H, D = KD ? KD : s.D, J = Task<KD>::kOutputs;   // J: 1 (out) or 3 (dqkv)
     ParallelFor(s.B, [&](int64_t b) {
-      float *heads = Scratch(3 * H * N * D + J * H * N * D + Task<KD>::Extra(N, D));
+      float *heads = Scratch(0, (3 * H * N * D + J * H * N * D + Task<KD>::Extra(N, D)) * sizeof(float));
       float *outs = heads + 3 * H * N * D;   // [J, H, N, D]
       for (int64_t n = 0; n < N; n++) {
         const float *row = qkv + (b * N + n) * s.Row();

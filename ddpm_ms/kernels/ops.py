@@ -79,7 +79,8 @@ def _grads_dtype(dyd, *_):
 
 def _custom(func, shape_fn, groups, bprop=None, dtype=_same_dtype):
     op = ops.Custom(func, shape_fn, dtype, "aot", bprop=bprop)
-    op.add_prim_attr("ddpm_ms_groups", groups)   # keeps ops of one func string but other groups apart
+    if groups is not None:
+        op.add_prim_attr("ddpm_ms_groups", groups)   # keeps ops of one func string but other groups apart
     return op
 
 
@@ -126,11 +127,12 @@ def _with_bprop(op, bprop):
     return new
 
 
-def _norm_ops(lib, name, layout, stats_shape, num_grads):
+def _norm_ops(lib, name, layout, stats_shape, num_grads, groups=None):
     """(forward, backward) primitives of a normalisation kernel.
 
     forward ``(x, p, ...) -> (y, mean, rstd)`` with ``stats_shape(x_shape, p_shape)`` for mean and rstd;
     backward ``(dy, x, mean, rstd, p) -> (dx, dp, ...)``, ``num_grads`` outputs shaped like x, then like p.
+    ``groups``: a GroupNorm's, an attribute (one func string, several shape functions; see the module's docstring).
     """
     def fwd_shape(xs, ps, *_):
         stats = stats_shape(xs, ps)
@@ -146,18 +148,15 @@ def _norm_ops(lib, name, layout, stats_shape, num_grads):
         return (dyd,) * num_grads
 
     suffix = LAYOUTS[layout]
-    return (ops.Custom(f"{lib}:{name}Fwd{suffix}", fwd_shape, fwd_dtype, "aot"),
-            ops.Custom(f"{lib}:{name}Bwd{suffix}", bwd_shape, bwd_dtype, "aot"))
+    return (_custom(f"{lib}:{name}Fwd{suffix}", fwd_shape, groups, dtype=fwd_dtype),
+            _custom(f"{lib}:{name}Bwd{suffix}", bwd_shape, groups, dtype=bwd_dtype))
 
 
 @functools.lru_cache(maxsize=None)
-def group_norm(lib, layout="NCHW"):
-    """``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G]) -> (y [N,C,H,W], mean [N,G], rstd [N,G])``, differentiable
-    (x and y NHWC for layout NHWC).
-
-    Passing gamma and beta as [G, C/G] lets the shape function read G from the shapes alone.
-    """
-    fwd, bwd = _norm_ops(lib, "GroupNorm", layout, lambda xs, gs: (xs[0], gs[0]), 3)
+def group_norm(lib, groups, layout="NCHW"):
+    """``op(x [N,C,H,W], gamma [C], beta [C]) -> (y [N,C,H,W], mean [N,G], rstd [N,G])`` with G = ``groups``,
+    differentiable (x and y NHWC for layout NHWC)."""
+    fwd, bwd = _norm_ops(lib, "GroupNorm", layout, lambda xs, _gs: (xs[0], groups), 3, groups)
 
     def bprop(x, gamma, beta, out, dout):
         _, mean, rstd = out
@@ -167,17 +166,17 @@ def group_norm(lib, layout="NCHW"):
 
 
 @functools.lru_cache(maxsize=None)
-def group_norm_silu(lib, layout="NCHW", modulated=True):
+def group_norm_silu(lib, groups, layout="NCHW", modulated=True):
     """A ResNet block's GroupNorm, time modulation and SiLU in one op, differentiable in all its inputs:
-    ``op(x [N,C,H,W], gamma [G,C/G], beta [G,C/G], ss [N,2C]) -> (y, mean [N,G], rstd [N,G])``,
+    ``op(x [N,C,H,W], gamma [C], beta [C], ss [N,2C]) -> (y, mean [N,G], rstd [N,G])``, G = ``groups``,
     y = silu(GroupNorm(x) * (1 + scale) + shift) with (scale, shift) the two halves of ss (the time MLP's output as
     it is: no split, no reshape); ``modulated=False``: ``op(x, gamma, beta)``, y = silu(GroupNorm(x)).
     x and y NHWC for layout NHWC.
     """
     suffix, name = LAYOUTS[layout], "GroupNormModSilu" if modulated else "GroupNormSilu"
 
-    def fwd_shape(xs, gs, *_):
-        return xs, (xs[0], gs[0]), (xs[0], gs[0])
+    def fwd_shape(xs, *_):
+        return xs, (xs[0], groups), (xs[0], groups)
 
     def fwd_dtype(xd, *_):
         return xd, xd, xd
@@ -188,7 +187,7 @@ def group_norm_silu(lib, layout="NCHW", modulated=True):
     def bwd_dtype(dyd, *rest):
         return (dyd,) * (4 if modulated else 3)
 
-    bwd = ops.Custom(f"{lib}:{name}Bwd{suffix}", bwd_shape, bwd_dtype, "aot")
+    bwd = _custom(f"{lib}:{name}Bwd{suffix}", bwd_shape, groups, dtype=bwd_dtype)
     if modulated:
         def bprop(x, gamma, beta, ss, out, dout):
             _, mean, rstd = out
@@ -198,13 +197,14 @@ def group_norm_silu(lib, layout="NCHW", modulated=True):
             _, mean, rstd = out
             return bwd(dout[0], x, mean, rstd, gamma, beta)
 
-    return ops.Custom(f"{lib}:{name}Fwd{suffix}", fwd_shape, fwd_dtype, "aot", bprop=bprop)
+    return _custom(f"{lib}:{name}Fwd{suffix}", fwd_shape, groups, bprop=bprop, dtype=fwd_dtype)
 
 
 @functools.lru_cache(maxsize=None)
 def channel_norm(lib, layout="NCHW"):
     """LayerNorm over the channels of each pixel, with a gain only, differentiable:
-    ``op(x [N,C,H,W], g [C]) -> (y [N,C,H,W], mean [N,H*W], rstd [N,H*W])`` (x and y NHWC for layout NHWC).
+    ``op(x [N,C,H,W], g [C] or [1,C,1,1]) -> (y [N,C,H,W], mean [N,H*W], rstd [N,H*W])`` (x and y NHWC for layout
+    NHWC; dg shaped like g).
     """
     def stats_shape(xs, _gs):
         x = _nchw_shape(xs, layout)

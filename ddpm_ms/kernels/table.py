@@ -18,7 +18,7 @@ How to add a kernel:
 from dataclasses import dataclass
 from typing import Tuple
 
-ABI = 5                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
+ABI = 6                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
 NORM_EPS = 1e-5                                          # the GroupNorm/LayerNorm kernels' eps (nn.GroupNorm's)
 CONV_GEOMETRIES = ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1))   # (stride, padding) of the conv entry points
 SOFTMAX_AXES = {-1: "last", -2: "penult"}
