@@ -96,14 +96,6 @@ def _geometry(cell):
     return geometry if geometry in CONV_GEOMETRIES else None
 
 
-def _fast_conv(cell, x):
-    """The cell's kernel op on (x, weight), plus its bias."""
-    y = cell.fast(x, cell.weight)
-    if cell.has_bias:
-        y = cell.bias_add(y, cell.bias) if cell.layout == "NCHW" else y + cell.bias
-    return y
-
-
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with the same parameters; runs on the oneDNN kernel on CPU. [B,IC,H,W] -> [B,OC,OH,OW]
     (NHWC in and out if built for it: ``layout`` or :func:`activation_layout`)."""
@@ -112,7 +104,8 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.layout = current_layout(layout)
         geometry = _geometry(self)
-        self.fast = kernel_op(kops.conv2d, *(geometry or (1, 0)), self.group, self.layout, when=geometry is not None)
+        self.fast = kernel_op(kops.conv2d, *(geometry or (1, 0)), self.group, self.layout, self.has_bias,
+                              when=geometry is not None)
         self.fast_pad = geometry[1] if geometry else 0
 
     def construct(self, x):
@@ -120,7 +113,9 @@ class Conv2d(nn.Conv2d):
         exact = (height + 2 * self.fast_pad - self.kernel_size[0]) % self.stride[0] == 0
         if not fast_path(self, x) or not exact:
             return from_nchw(self.layout, super().construct(to_nchw(self.layout, x)))
-        return _fast_conv(self, x)
+        if self.has_bias:   # the bias inside the kernel (oneDNN's bias argument), its gradient too
+            return self.fast(x, self.weight, self.bias)
+        return self.fast(x, self.weight)
 
 
 class Conv2dTranspose(nn.Conv2dTranspose):
@@ -139,7 +134,10 @@ class Conv2dTranspose(nn.Conv2dTranspose):
     def construct(self, x):
         if not fast_path(self, x):
             return from_nchw(self.layout, super().construct(to_nchw(self.layout, x)))
-        return _fast_conv(self, x)
+        y = self.fast(x, self.weight)
+        if self.has_bias:
+            y = self.bias_add(y, self.bias) if self.layout == "NCHW" else y + self.bias
+        return y
 
 
 class _DepthwiseConvFn(nn.Cell):

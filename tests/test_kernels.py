@@ -230,6 +230,37 @@ def test_group_norm_silu_matches_mindspore(shape, groups, layout, modulated, lib
             assert float(np.abs(a.asnumpy()).max()) == 0
 
 
+BIAS_CONVS = [((2, 16, 28, 28), 16, 7, 1, 3, 1), ((2, 8, 14, 14), 16, 1, 1, 0, 1), ((3, 32, 7, 7), 64, 3, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("layout", kernels.LAYOUTS)
+@pytest.mark.parametrize("shape,out_c,k,s,p,groups", BIAS_CONVS, ids=[str(c[:3]) for c in BIAS_CONVS])
+def test_conv_with_bias_matches_mindspore(shape, out_c, k, s, p, groups, layout, lib, mode):
+    """conv + bias in one kernel (oneDNN's bias argument, db from the weights' backward) against Conv2D + BiasAdd
+    with autodiff: y, dx, dw and db."""
+    rng = np.random.default_rng(out_c + k)
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    w = ms.Tensor(rng.standard_normal((out_c, shape[1] // groups, k, k)).astype(np.float32) * 0.1)
+    b = ms.Tensor(rng.standard_normal(out_c).astype(np.float32))
+    ref_conv = ops.Conv2D(out_c, k, pad_mode="pad", pad=p, stride=s, group=groups)
+    op = ddpm_ms.kernels.ops.conv2d(lib, s, p, groups, layout, True)
+
+    def ref(x, w, b):
+        return ops.bias_add(ref_conv(x, w), b)
+
+    fast = _in_layout(op, layout)
+    probe = ms.Tensor(rng.standard_normal(ref(x, w, b).shape).astype(np.float32))
+    results = []
+    for fn in (ref, fast):
+        grad = ms.value_and_grad(_probed(fn, probe), grad_position=(0, 1, 2), has_aux=True)
+        results.append(ms.jit(grad)(x, w, b) if mode == "graph" else grad(x, w, b))
+    (_, y_ref), g_ref = results[0]
+    (_, y_fast), g_fast = results[1]
+    assert _rel(y_fast, y_ref) < 1e-5
+    for a, r in zip(g_fast, g_ref):
+        assert a.shape == r.shape and _rel(a, r) < 1e-4
+
+
 ATTENTION_SHAPES = [(2, 49, 3, 4, 16), (3, 196, 3, 2, 8), (2, 64, 3, 1, 32)]   # [B, N, 3, heads, D]
 
 
@@ -451,9 +482,9 @@ def test_library_exports_exactly_the_kernel_table(lib):
     from ddpm_ms.kernels import table
     abi, names = kbuild.exported_names(lib)
     assert abi == table.ABI and names == table.entry_points()
-    # 4 conv entries per geometry and 8 norm entries, in each layout; softmax, activations, Adam, the EMA and the
-    # two attentions once
-    assert len(names) == (4 * len(table.CONV_GEOMETRIES) + 8) * len(table.LAYOUTS) + 14
+    # 6 conv entries per geometry (4, and 2 with a bias) and 8 norm entries, in each layout; softmax, activations,
+    # Adam, the EMA and the two attentions once
+    assert len(names) == (6 * len(table.CONV_GEOMETRIES) + 8) * len(table.LAYOUTS) + 14
     assert layers.CONV_GEOMETRIES is table.CONV_GEOMETRIES
 
 

@@ -18,6 +18,8 @@
 //   ConvBwdData_sSpP(dy, w) -> dx            dx = dL/dx; also the forward of a transposed convolution
 //   ConvBwdWeights_sSpP(x, dy) -> dw         dw = dL/dw; for a transposed convolution called as (dy, x)
 //   ConvBwd_sSpP(dy, w, x) -> dx, dw          both gradients of conv(x, w) in one call
+//   ConvBiasFwd_sSpP(x, w, b) -> y            y = conv(x, w) + b (b [OC], oneDNN's bias argument)
+//   ConvBiasBwd_sSpP(dy, w, x) -> dx, dw, db  its three gradients in one call
 //   GroupNormFwd(x, gamma[C], beta[C]) -> y, mean[N,G], rstd[N,G]        (G read from mean's shape)
 //   GroupNormBwd(dy, x, mean, rstd, gamma[C]) -> dx, dgamma[C], dbeta[C]
 //   GroupNormSiluFwd(x, gamma, beta) -> y, mean, rstd              y = silu(GroupNorm(x))
@@ -52,6 +54,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -272,16 +275,18 @@ struct ConvPrimitive {
   memory::desc x, w, y;  // the layouts the primitive runs on (x: src or diff_src, y: dst or diff_dst)
 };
 
-std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, const std::string &key) {
+// bias: the forward adds b [OC] and the weights' backward also gives db (oneDNN's bias and diff_bias arguments).
+std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, bool bias, const std::string &key) {
   SetConcurrency();
   // NHWC lets oneDNN pick its brgemm / depthwise JIT kernels. A 1x1 convolution runs as a matmul on MindSpore's NCHW
   // buffers as they are, which saves its reorders (measured: 9% more training img/s on the fashion_cpu U-Net).
   const bool pointwise = g.w.back() == 1 && g.w[g.w.size() - 2] == 1 && g.stride[0] == 1;
   const tag act = pointwise ? g.act : tag::nhwc;
   memory::desc x_md(g.x, dt::f32, act), y_md(g.y, dt::f32, act), w_any(g.w, dt::f32, tag::any);
+  memory::desc b_md = bias ? memory::desc({g.y[1]}, dt::f32, tag::a) : memory::desc();
   dnnl::primitive_attr attr;
   auto fwd = dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
-                                                       dnnl::algorithm::convolution_direct, x_md, w_any, y_md,
+                                                       dnnl::algorithm::convolution_direct, x_md, w_any, b_md, y_md,
                                                        g.stride, g.dilation, g.pad_l, g.pad_r, attr);
   auto e = std::make_shared<ConvPrimitive>();
   if (kind == ConvKind::kFwd) {
@@ -299,7 +304,7 @@ std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, co
     e->y = pd.diff_dst_desc();
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(Engine(), dnnl::algorithm::convolution_direct, x_md,
-                                                                 w_any, y_md, g.stride, g.dilation, g.pad_l,
+                                                                 w_any, b_md, y_md, g.stride, g.dilation, g.pad_l,
                                                                  g.pad_r, fwd, attr);
     e->prim = dnnl::convolution_backward_weights(pd);
     e->x = pd.src_desc();
@@ -313,12 +318,13 @@ std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, co
   return e;
 }
 
-std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g) {
+std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g, bool bias = false) {
   static Cache<std::string, ConvPrimitive> cache;
-  std::string key = std::to_string(static_cast<int>(kind)) + (g.act == tag::nhwc ? "h" : "c");
+  const bool b = bias && kind != ConvKind::kBwdData;   // the data gradient is the same with a bias
+  std::string key = std::to_string(static_cast<int>(kind)) + (g.act == tag::nhwc ? "h" : "c") + (b ? "b" : "");
   for (const auto *v : {&g.x, &g.w, &g.y, &g.stride, &g.pad_l, &g.pad_r})
     for (auto d : *v) key += "," + std::to_string(d);
-  return cache.Get(key, [&] { return MakeConv(kind, g, key); });
+  return cache.Get(key, [&] { return MakeConv(kind, g, b, key); });
 }
 
 // A plain MindSpore buffer as the primitive's layout `md`: the buffer itself, or a reordered copy in scratch `slot`.
@@ -352,15 +358,19 @@ bool AllFloat32(int nparam, const char **dtypes, const char *who) {
   return true;
 }
 
-int ConvFwd(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {  // x, w -> y
-  ConvGeometry g = MakeGeometry(shapes[0], shapes[1], shapes[2], S, P, nhwc);
-  auto c = GetConv(ConvKind::kFwd, g);
+// x, w [, b] -> y (bias: y = conv(x, w) + b, b [OC])
+int ConvFwd(int64_t S, int64_t P, bool nhwc, bool bias, void **params, int64_t **shapes) {
+  const int yi = bias ? 3 : 2;
+  ConvGeometry g = MakeGeometry(shapes[0], shapes[1], shapes[yi], S, P, nhwc);
+  auto c = GetConv(ConvKind::kFwd, g, bias);
   float *x = In(static_cast<float *>(params[0]), g.x, g.act, c->x, 0);
   float *w = In(static_cast<float *>(params[1]), g.w, PlainWeights(g), c->w, 1);
-  float *y = OutBuffer(static_cast<float *>(params[2]), g.y, g.act, c->y, 2);
+  float *y = OutBuffer(static_cast<float *>(params[yi]), g.y, g.act, c->y, 2);
   memory mx(c->x, Engine(), x), mw(c->w, Engine(), w), my(c->y, Engine(), y);
-  c->prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, my}});
-  Out(y, c->y, static_cast<float *>(params[2]), g.y, g.act);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, my}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, memory({{g.y[1]}, dt::f32, tag::a}, Engine(), params[2]));
+  c->prim.execute(Stream(), args);
+  Out(y, c->y, static_cast<float *>(params[yi]), g.y, g.act);
   return 0;
 }
 
@@ -374,13 +384,15 @@ void RunBwdData(const ConvPrimitive &c, const ConvGeometry &g, float *dy, void *
   Out(dx, c.x, static_cast<float *>(dx_plain), g.x, g.act);
 }
 
-// dy (already in c->y's layout), plain x -> plain dw; scratch slots for x and dw.
+// dy (already in c->y's layout), plain x -> plain dw [and db, if c has a bias]; scratch slots for x and dw.
 void RunBwdWeights(const ConvPrimitive &c, const ConvGeometry &g, float *dy, void *x_plain, void *dw_plain, int x_slot,
-                   int dw_slot) {
+                   int dw_slot, void *db = nullptr) {
   float *x = In(static_cast<float *>(x_plain), g.x, g.act, c.x, x_slot);
   float *dw = OutBuffer(static_cast<float *>(dw_plain), g.w, PlainWeights(g), c.w, dw_slot);
   memory mx(c.x, Engine(), x), mdy(c.y, Engine(), dy), mdw(c.w, Engine(), dw);
-  c.prim.execute(Stream(), {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}};
+  if (db) args.emplace(DNNL_ARG_DIFF_BIAS, memory({{g.y[1]}, dt::f32, tag::a}, Engine(), db));
+  c.prim.execute(Stream(), args);
   Out(dw, c.w, static_cast<float *>(dw_plain), g.w, PlainWeights(g));
 }
 
@@ -398,16 +410,16 @@ int ConvBwdWeights(int64_t S, int64_t P, bool nhwc, void **params, int64_t **sha
   return 0;
 }
 
-// dy, w, x -> dx, dw: both gradients in one call, so dy is reordered once and MindSpore launches one op.
-int ConvBwd(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {
+// dy, w, x -> dx, dw [, db]: all gradients in one call, so dy is reordered once and MindSpore launches one op.
+int ConvBwd(int64_t S, int64_t P, bool nhwc, bool bias, void **params, int64_t **shapes) {
   ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P, nhwc);
   auto cd = GetConv(ConvKind::kBwdData, g);
-  auto cw = GetConv(ConvKind::kBwdWeights, g);
+  auto cw = GetConv(ConvKind::kBwdWeights, g, bias);
   float *dy = In(static_cast<float *>(params[0]), g.y, g.act, cd->y, 0);
   RunBwdData(*cd, g, dy, params[1], params[3], 1, 2);
   // slot 2 is free again: dx has been written out
   float *dy_w = cw->y == cd->y ? dy : In(static_cast<float *>(params[0]), g.y, g.act, cw->y, 2);
-  RunBwdWeights(*cw, g, dy_w, params[2], params[4], 3, 1);
+  RunBwdWeights(*cw, g, dy_w, params[2], params[4], 3, 1, bias ? params[5] : nullptr);
   return 0;
 }
 
@@ -1363,10 +1375,12 @@ struct NameRecord {
 // The geometries (stride S, padding P) come from kernels/table.py (CONV_GEOMETRIES) through the build's
 // -DDDPM_MS_CONV_GEOMETRIES="X(1,0) X(1,1) ...".
 #define DDPM_MS_CONV_LAYOUT(S, P, SUFFIX, NHWC)                                                      \
-  DDPM_MS_EXPORT(ConvFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, params, shapes))                 \
+  DDPM_MS_EXPORT(ConvFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, false, params, shapes))          \
   DDPM_MS_EXPORT(ConvBwdData_s##S##p##P##SUFFIX, ConvBwdData(S, P, NHWC, params, shapes))         \
   DDPM_MS_EXPORT(ConvBwdWeights_s##S##p##P##SUFFIX, ConvBwdWeights(S, P, NHWC, params, shapes))   \
-  DDPM_MS_EXPORT(ConvBwd_s##S##p##P##SUFFIX, ConvBwd(S, P, NHWC, params, shapes))
+  DDPM_MS_EXPORT(ConvBwd_s##S##p##P##SUFFIX, ConvBwd(S, P, NHWC, false, params, shapes))          \
+  DDPM_MS_EXPORT(ConvBiasFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, true, params, shapes))       \
+  DDPM_MS_EXPORT(ConvBiasBwd_s##S##p##P##SUFFIX, ConvBwd(S, P, NHWC, true, params, shapes))
 #define DDPM_MS_CONV(S, P) DDPM_MS_CONV_LAYOUT(S, P, , false) DDPM_MS_CONV_LAYOUT(S, P, _nhwc, true)
 #define X(S, P) DDPM_MS_CONV(S, P)
 DDPM_MS_CONV_GEOMETRIES

@@ -42,7 +42,8 @@ class ConvOps:
     """The convolution primitives of one geometry (stride, padding, groups) and activation layout.
 
     ``fwd(x [N,IC,H,W], w [OC,IC/G,K,K]) -> y``, ``bwd_data(dy, w) -> dx``, ``bwd_weights(x, dy) -> dw`` and
-    ``bwd(dy, w, x) -> (dx, dw)``, the last two in one call; x, y, dx and dy in ``layout`` (NHWC: [N,H,W,C]).
+    ``bwd(dy, w, x) -> (dx, dw)``, the last two in one call; with a bias b [OC], ``fwd_bias(x, w, b) -> y`` and
+    ``bwd_bias(dy, w, x) -> (dx, dw, db)``. x, y, dx and dy in ``layout`` (NHWC: [N,H,W,C]).
     """
 
     def __init__(self, lib, stride, pad, groups, layout):
@@ -63,10 +64,18 @@ class ConvOps:
             return (dy[1], x[1] // groups, x[2] + 2 * pad - (dy[2] - 1) * stride,
                     x[3] + 2 * pad - (dy[3] - 1) * stride)
 
+        def fwd_bias_shape(xs, ws, _bs):
+            return fwd_shape(xs, ws)
+
+        def bwd_bias_shape(_dys, ws, xs):
+            return xs, ws, (ws[0],)
+
         self.fwd = _custom(f"{lib}:ConvFwd_{name}", fwd_shape, groups)
         self.bwd_data = _custom(f"{lib}:ConvBwdData_{name}", bwd_data_shape, groups)
         self.bwd_weights = _custom(f"{lib}:ConvBwdWeights_{name}", bwd_weights_shape, groups)
         self.bwd = _custom(f"{lib}:ConvBwd_{name}", _grads_shape, groups, dtype=_grads_dtype)
+        self.fwd_bias = _custom(f"{lib}:ConvBiasFwd_{name}", fwd_bias_shape, groups)
+        self.bwd_bias = _custom(f"{lib}:ConvBiasBwd_{name}", bwd_bias_shape, groups, dtype=_bias_grads_dtype)
 
 
 def _grads_shape(_dys, ws, xs):
@@ -75,6 +84,10 @@ def _grads_shape(_dys, ws, xs):
 
 def _grads_dtype(dyd, *_):
     return dyd, dyd
+
+
+def _bias_grads_dtype(dyd, *_):
+    return dyd, dyd, dyd
 
 
 def _custom(func, shape_fn, groups, bprop=None, dtype=_same_dtype):
@@ -91,10 +104,15 @@ def conv_ops(lib, stride, pad, groups, layout="NCHW"):
 
 
 @functools.lru_cache(maxsize=None)
-def conv2d(lib, stride, pad, groups, layout="NCHW"):
+def conv2d(lib, stride, pad, groups, layout="NCHW", bias=False):
     """y = conv2d(x, w), differentiable in x and w: ``op(x [N,IC,H,W], w [OC,IC/G,K,K]) -> [N,OC,OH,OW]``
-    (x and y [N,H,W,C] for layout NHWC)."""
+    (x and y [N,H,W,C] for layout NHWC); ``bias``: y = conv2d(x, w) + b, ``op(x, w, b [OC])``, one op each way."""
     c = conv_ops(lib, stride, pad, groups, layout)
+    if bias:
+        def bprop_bias(x, w, b, out, dout):
+            return c.bwd_bias(dout, w, x)
+
+        return _with_bprop(c.fwd_bias, bprop_bias)
 
     def bprop(x, w, out, dout):
         return c.bwd(dout, w, x)

@@ -18,7 +18,7 @@ How to add a kernel:
 from dataclasses import dataclass
 from typing import Tuple
 
-ABI = 6                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
+ABI = 7                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
 NORM_EPS = 1e-5                                          # the GroupNorm/LayerNorm kernels' eps (nn.GroupNorm's)
 CONV_GEOMETRIES = ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1))   # (stride, padding) of the conv entry points
 SOFTMAX_AXES = {-1: "last", -2: "penult"}
@@ -37,7 +37,7 @@ class Kernel:
 
 def _conv_entries():
     return tuple(f"{kind}_s{s}p{p}{suffix}" for s, p in CONV_GEOMETRIES for suffix in LAYOUTS.values()
-                 for kind in ("ConvFwd", "ConvBwdData", "ConvBwdWeights", "ConvBwd"))
+                 for kind in ("ConvFwd", "ConvBwdData", "ConvBwdWeights", "ConvBwd", "ConvBiasFwd", "ConvBiasBwd"))
 
 
 def _in_layouts(*names):
@@ -45,7 +45,8 @@ def _in_layouts(*names):
 
 
 KERNELS = (
-    Kernel("conv2d", _conv_entries(), "convolution, NHWC on oneDNN's JIT kernels (the transposed one reuses them)"),
+    Kernel("conv2d", _conv_entries(),
+           "convolution (with or without its bias), NHWC on oneDNN's JIT kernels (the transposed one reuses them)"),
     Kernel("group_norm", _in_layouts("GroupNormFwd", "GroupNormBwd"), "GroupNorm, parallel over samples"),
     Kernel("group_norm_silu", _in_layouts("GroupNormSiluFwd", "GroupNormSiluBwd", "GroupNormModSiluFwd",
                                           "GroupNormModSiluBwd"),
