@@ -469,6 +469,39 @@ int Guard(const char *who, int nparam, const char **dtypes, F body) {
   }
 }
 
+#define DDPM_MS_INLINE __attribute__((always_inline)) inline
+
+// exp(x) in float32 that the compiler can vectorise (std::exp is a scalar call): x = n ln2 + r with |r| <= ln2 / 2
+// (Cody-Waite), e^r by Cephes' expf polynomial, 2^n from the exponent bits; relative error ~1e-7. x is clamped to
+// [-87, 88], where e^x is a normal float. T: float, or V16 below (16 lanes at once).
+template <class T, class I>
+DDPM_MS_INLINE T ExpT(T x) {
+  x = x < -87.0f ? T{} - 87.0f : x;
+  x = x > 88.0f ? T{} + 88.0f : x;
+  const T n = (x * 1.44269504f + 12582912.f) - 12582912.f;   // round to nearest (1.5 * 2^23)
+  const T r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  T p = T{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  I bits;
+  if constexpr (std::is_same<T, float>::value) {
+    bits = (static_cast<I>(n) + 127) << 23;
+  } else {
+    bits = (__builtin_convertvector(n, I) + 127) << 23;
+  }
+  T two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+DDPM_MS_INLINE float ExpF(float x) { return ExpT<float, int32_t>(x); }
+
+// silu(u) = u sigmoid(u), vectorisable.
+DDPM_MS_INLINE float SiluF(float u) { return u / (1.f + ExpF(-u)); }
+
 // ---------------------------------------------------------------- normalisations
 // A sample's C x HW values as they lie in memory: element (c, i) (channel c, pixel i) at c * HW + i in NCHW, at
 // i * C + c in NHWC. Sweep visits every element in memory order, so each loop streams through the sample once.
@@ -529,7 +562,8 @@ void NormAffine(const GnShape &s, int64_t n, const float *mean, const float *rst
   }
 }
 
-// z = GroupNorm(x) * (1 + scale) + shift into z; mean and rstd per (n, g).
+// z = GroupNorm(x) * (1 + scale) + shift into z (kSilu: silu of it); mean and rstd per (n, g).
+template <bool kSilu>
 void GroupNormForward(const GnShape &s, const float *x, const float *gamma, const float *beta, const Modulation &mod,
                       float *z, float *mean, float *rstd) {
   const int64_t C = s.p.C, block = s.CG * s.p.HW;
@@ -553,7 +587,10 @@ void GroupNormForward(const GnShape &s, const float *x, const float *gamma, cons
     std::vector<float> a(C), b(C);
     NormAffine(s, n, mean, rstd, gamma, beta, mod, a.data(), b.data());
     float *zn = z + n * s.p.Size();
-    s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = xn[k] * a[c] + b[c]; });
+    if (kSilu)
+      s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = SiluF(xn[k] * a[c] + b[c]); });
+    else
+      s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = xn[k] * a[c] + b[c]; });
   });
 }
 
@@ -616,7 +653,7 @@ int GroupNormFwd(bool nhwc, void **params, int64_t **shapes) {
   GnShape s = MakeGnShape(shapes[0], shapes[4], nhwc);
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
-  GroupNormForward(s, in(0), in(1), in(2), Modulation(), out(3), out(4), out(5));
+  GroupNormForward<false>(s, in(0), in(1), in(2), Modulation(), out(3), out(4), out(5));
   return 0;
 }
 
@@ -812,11 +849,7 @@ int NormSiluFwd(bool nhwc, bool modulated, void **params, int64_t **shapes) {
   auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   Modulation mod{modulated ? in(3) : nullptr, s.p.C};
-  GroupNormForward(s, in(0), in(1), in(2), mod, out(y), out(y + 1), out(y + 2));
-  const int64_t n = s.N * s.p.Size();
-  auto p = GetEltwise(dnnl::algorithm::eltwise_swish, 1.f, n);
-  memory m(memory::desc({n}, dt::f32, tag::a), Engine(), out(y));
-  p->fwd.execute(Stream(), {{DNNL_ARG_SRC, m}, {DNNL_ARG_DST, m}});   // in place
+  GroupNormForward<true>(s, in(0), in(1), in(2), mod, out(y), out(y + 1), out(y + 2));
   return 0;
 }
 
@@ -828,19 +861,17 @@ int NormSiluBwd(bool nhwc, bool modulated, void **params, int64_t **shapes) {
   auto out = [&](int i) { return static_cast<float *>(params[i]); };
   const int dx = modulated ? 7 : 6;
   Modulation mod{modulated ? in(6) : nullptr, s.p.C};
-  const int64_t n = s.N * s.p.Size();
-  float *z = Scratch(0, n * sizeof(float)), *dz = Scratch(1, n * sizeof(float));
-  ParallelFor(s.N, [&](int64_t nn) {   // z from x and the forward's mean and rstd
+  float *dz = Scratch(1, s.N * s.p.Size() * sizeof(float));
+  ParallelFor(s.N, [&](int64_t nn) {   // z from x and the forward's mean and rstd; dz = dy silu'(z)
     std::vector<float> a(s.p.C), b(s.p.C);
     NormAffine(s, nn, in(2), in(3), in(4), in(5), mod, a.data(), b.data());
-    const float *xn = in(1) + nn * s.p.Size();
-    float *zn = z + nn * s.p.Size();
-    s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = xn[k] * a[c] + b[c]; });
+    const float *xn = in(1) + nn * s.p.Size(), *dyn = in(0) + nn * s.p.Size();
+    float *dzn = dz + nn * s.p.Size();
+    s.p.Sweep([&](int64_t c, int64_t, int64_t k) {   // silu'(z) = sigma(z) (1 + z (1 - sigma(z)))
+      const float z = xn[k] * a[c] + b[c], sig = 1.f / (1.f + ExpF(-z));
+      dzn[k] = dyn[k] * sig * (1.f + z * (1.f - sig));
+    });
   });
-  auto p = GetEltwise(dnnl::algorithm::eltwise_swish, 1.f, n);
-  memory::desc md({n}, dt::f32, tag::a);
-  memory mdy(md, Engine(), params[0]), mz(md, Engine(), z), mdz(md, Engine(), dz);
-  p->bwd.execute(Stream(), {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_SRC, mz}, {DNNL_ARG_DIFF_SRC, mdz}});
   GroupNormBackward(s, dz, in(1), in(2), in(3), in(4), in(5), mod, out(dx), out(dx + 1), out(dx + 2),
                     modulated ? out(dx + 3) : nullptr);
   return 0;
@@ -965,7 +996,6 @@ int EmaUpdate(int nparam, void **params, int *ndims, int64_t **shapes) {
 //   softmax attention (Vaswani et al. 2017, eq. 1): out_i = sum_j P_ij v_j, P_i = softmax_j(s q_i . k_j)
 //   linear attention (Shen et al. 2018): out_n = C^T softmax_d(q_n), C = (s / N) sum_n softmax_n(k)_n v_n^T [D, D]
 // Each (sample, head) is one task; its backward recomputes the forward (a few small products) instead of storing it.
-#define DDPM_MS_INLINE __attribute__((always_inline)) inline
 // Their loops run along one head's D features (16 or 32 floats): a whole zmm register on AVX-512 (GCC's default
 // for these CPUs is 256-bit vectors), 1.2x faster measured. No effect without AVX-512.
 #pragma GCC push_options
@@ -986,33 +1016,6 @@ DDPM_MS_INLINE void GatherRows(const float *base, int64_t stride, int64_t N, int
   for (int64_t n = 0; n < N; n++) std::memcpy(dst + n * D, base + n * stride, D * sizeof(float));
 }
 
-// exp(x) in float32 that the compiler can vectorise (std::exp is a scalar call): x = n ln2 + r with |r| <= ln2 / 2
-// (Cody-Waite), e^r by Cephes' expf polynomial, 2^n from the exponent bits; relative error ~1e-7. x is clamped to
-// [-87, 88], where e^x is a normal float. T: float, or V16 below (16 lanes at once).
-template <class T, class I>
-DDPM_MS_INLINE T ExpT(T x) {
-  x = x < -87.0f ? T{} - 87.0f : x;
-  x = x > 88.0f ? T{} + 88.0f : x;
-  const T n = (x * 1.44269504f + 12582912.f) - 12582912.f;   // round to nearest (1.5 * 2^23)
-  const T r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  T p = T{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  I bits;
-  if constexpr (std::is_same<T, float>::value) {
-    bits = (static_cast<I>(n) + 127) << 23;
-  } else {
-    bits = (__builtin_convertvector(n, I) + 127) << 23;
-  }
-  T two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return p * two_n;
-}
-DDPM_MS_INLINE float ExpF(float x) { return ExpT<float, int32_t>(x); }
 
 // The small products below are register-blocked on 16-float vectors (GCC's vector extension: one zmm register on
 // AVX-512, two ymm on AVX2) when their contiguous dimension K is a multiple of 16; otherwise plain loops.
