@@ -11,6 +11,7 @@ has 2,992,180 trainable parameters. A few ops are written in a faster but
 mathematically identical form (see :class:`GELU` and :mod:`ddpm_ms.layers`).
 """
 import math
+from collections import OrderedDict
 
 import numpy as np
 import mindspore as ms
@@ -80,33 +81,47 @@ class Block(nn.Cell):
         return self.norm(self.proj(x), scale_shift)
 
 
+def _time_mlp(time_emb_dim, width):
+    """A block's time MLP after its activation: Dense(time_emb_dim, width), named as the tutorial's
+    nn.Sequential(act, Dense) ("mlp.1.weight"). The U-Net applies ``time_act`` once for all blocks."""
+    return nn.SequentialCell(OrderedDict([("1", nn.Dense(time_emb_dim, width))])) if time_emb_dim else None
+
+
 class ResnetBlock(nn.Cell):
-    """Wide-ResNet block with time scale-shift conditioning (annotated-diffusion)."""
+    """Wide-ResNet block with time scale-shift conditioning (annotated-diffusion).
+
+    ``construct(x [B,dim,H,W], time_act [B,time_emb_dim] or None)``, time_act = silu(t_emb) (:attr:`time_act`).
+    """
+
+    time_act = SiLU
 
     def __init__(self, dim, dim_out, *, time_emb_dim=None, groups=8):
         super().__init__()
-        self.mlp = (nn.SequentialCell([SiLU(), nn.Dense(time_emb_dim, dim_out * 2)])
-                    if time_emb_dim is not None else None)
+        self.mlp = _time_mlp(time_emb_dim, dim_out * 2)
         self.block1 = Block(dim, dim_out, groups=groups)
         self.block2 = Block(dim_out, dim_out, groups=groups)
         self.res_conv = Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
-    def construct(self, x, time_emb=None):
+    def construct(self, x, time_act=None):
         scale_shift = None
-        if self.mlp is not None and time_emb is not None:
-            scale_shift = self.mlp(time_emb)   # [B, 2 dim_out]: (scale, shift)
+        if self.mlp is not None and time_act is not None:
+            scale_shift = self.mlp(time_act)   # [B, 2 dim_out]: (scale, shift)
         h = self.block1(x, scale_shift)
         h = self.block2(h)
         return h + self.res_conv(x)
 
 
 class ConvNextBlock(nn.Cell):
-    """ConvNeXt block (Liu et al. 2022) with an additive time embedding."""
+    """ConvNeXt block (Liu et al. 2022) with an additive time embedding.
+
+    ``construct(x [B,dim,H,W], time_act [B,time_emb_dim] or None)``, time_act = gelu(t_emb) (:attr:`time_act`).
+    """
+
+    time_act = GELU
 
     def __init__(self, dim, dim_out, *, time_emb_dim=None, mult=2, norm=True):
         super().__init__()
-        self.mlp = (nn.SequentialCell([GELU(), nn.Dense(time_emb_dim, dim)])
-                    if time_emb_dim is not None else None)
+        self.mlp = _time_mlp(time_emb_dim, dim)
         self.ds_conv = DepthwiseConv2d(dim, 7)
         self.net = nn.SequentialCell([
             GroupNorm(1, dim) if norm else nn.Identity(),
@@ -118,10 +133,10 @@ class ConvNextBlock(nn.Cell):
         self.res_conv = Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
         self.layout = current_layout()
 
-    def construct(self, x, time_emb=None):
+    def construct(self, x, time_act=None):
         h = self.ds_conv(x)
-        if self.mlp is not None and time_emb is not None:
-            h = h + per_channel(self.layout, self.mlp(time_emb))
+        if self.mlp is not None and time_act is not None:
+            h = h + per_channel(self.layout, self.mlp(time_act))
         h = self.net(h)
         return h + self.res_conv(x)
 
@@ -255,15 +270,20 @@ class Unet(nn.Cell):
             dims = [init_dim, *[dim * m for m in dim_mults]]
             in_out = list(zip(dims[:-1], dims[1:]))
 
+            block_cls = ConvNextBlock if block_type == "convnext" else ResnetBlock
+
             def block(d_in, d_out, time_dim):
-                if block_type == "convnext":
+                if block_cls is ConvNextBlock:
                     return ConvNextBlock(d_in, d_out, time_emb_dim=time_dim, mult=convnext_mult)
                 return ResnetBlock(d_in, d_out, time_emb_dim=time_dim, groups=resnet_groups)
 
             time_dim = None
             self.time_mlp = None
+            self.time_act = None
             self.class_emb = None
             if with_time_emb:
+                # every block's time MLP starts with the same activation of t: applied once, here
+                self.time_act = block_cls.time_act()
                 time_dim = dim * 4
                 self.time_mlp = nn.SequentialCell([
                     SinusoidalPositionEmbeddings(dim),
@@ -305,6 +325,7 @@ class Unet(nn.Cell):
             t = self.time_mlp(time)
             if self.class_emb is not None and y is not None:
                 t = t + self.class_emb(y)
+            t = self.time_act(t)
         skips = ()
         for stage in self.downs:
             skip, x = stage(x, t)
