@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-GROUPS = (("conv forward", r"^ConvFwd"), ("conv backward", r"^ConvBwd"), ("GroupNorm + SiLU", r"^GroupNorm(Mod)?Silu"),
+GROUPS = (("conv forward", r"^Conv(Bias)?Fwd"), ("conv backward", r"^Conv(Bias)?Bwd"), ("GroupNorm + SiLU", r"^GroupNorm(Mod)?Silu"),
           ("GroupNorm", r"^GroupNorm(Fwd|Bwd)"), ("channel LayerNorm", r"^ChannelNorm"), ("attention", r"^(Linear|Softmax)Attention"),
           ("softmax", r"^Softmax(Fwd|Bwd)"),
           ("GELU / SiLU", r"^Eltwise"), ("optimizer step", r"^AdamStep"), ("EMA", r"^EmaUpdate"))
@@ -75,7 +75,8 @@ def run(layout, args):
     for line in proc.stderr.splitlines():
         m = re.match(r"ddpm_ms kernel profile (\S+) (\d+) ([\d.]+)", line)
         if m:
-            group = next((g for g, pattern in GROUPS if re.match(pattern, m.group(1))), m.group(1))
+            group = m.group(1) if args.detail else next((g for g, pattern in GROUPS if re.match(pattern, m.group(1))),
+                                                        m.group(1))
             kernels[group][0] += int(m.group(2))
             kernels[group][1] += float(m.group(3))
     return result, kernels
@@ -89,6 +90,7 @@ def main():
     p.add_argument("--layouts", nargs="+", default=["NCHW", "NHWC"], choices=["NCHW", "NHWC"])
     p.add_argument("--work", default="train", choices=["train", "sample"],
                    help="a train step, or one Denoiser call (model, objective, clip) as a sampler's step")
+    p.add_argument("--detail", action="store_true", help="one row per kernel entry point, not per group")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -99,7 +101,7 @@ def main():
     print(f"{args.model} U-Net, {what}, B={args.batch}, {args.steps} timed calls (ms per call)")
     print("| part | " + " | ".join(f"{l}: ms (calls)" for l in args.layouts) + " |")
     print("|---|" + "---|" * len(args.layouts))
-    names = [g for g, _ in GROUPS] + sorted({k for _, ks in runs.values() for k in ks} - {g for g, _ in GROUPS})
+    names = ([] if args.detail else [g for g, _ in GROUPS]) + sorted({k for _, ks in runs.values() for k in ks} - {g for g, _ in GROUPS})
     for name in names:
         cells = []
         for layout in args.layouts:

@@ -230,7 +230,8 @@ def test_group_norm_silu_matches_mindspore(shape, groups, layout, modulated, lib
             assert float(np.abs(a.asnumpy()).max()) == 0
 
 
-BIAS_CONVS = [((2, 16, 28, 28), 16, 7, 1, 3, 1), ((2, 8, 14, 14), 16, 1, 1, 0, 1), ((3, 32, 7, 7), 64, 3, 1, 1, 1)]
+BIAS_CONVS = [((2, 16, 28, 28), 16, 7, 1, 3, 1), ((2, 8, 14, 14), 16, 1, 1, 0, 1), ((3, 32, 7, 7), 64, 3, 1, 1, 1),
+              ((2, 20, 14, 14), 20, 7, 1, 3, 20), ((3, 24, 14, 13), 24, 5, 2, 1, 24)]   # + the depthwise 7x7 and 5x5
 
 
 @pytest.mark.parametrize("layout", kernels.LAYOUTS)

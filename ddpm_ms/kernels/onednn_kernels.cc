@@ -396,6 +396,9 @@ void RunBwdWeights(const ConvPrimitive &c, const ConvGeometry &g, float *dy, voi
   Out(dw, c.w, static_cast<float *>(dw_plain), g.w, PlainWeights(g));
 }
 
+bool DepthwiseWide(const ConvGeometry &g);  // the depthwise weights' gradient written out here, below
+void DepthwiseBwdWeights(const ConvGeometry &g, const float *x, const float *dy, float *dw, float *db);
+
 int ConvBwdData(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {  // dy, w -> dx
   ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P, nhwc);
   auto c = GetConv(ConvKind::kBwdData, g);
@@ -405,6 +408,11 @@ int ConvBwdData(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes
 
 int ConvBwdWeights(int64_t S, int64_t P, bool nhwc, void **params, int64_t **shapes) {  // x, dy -> dw
   ConvGeometry g = MakeGeometry(shapes[0], shapes[2], shapes[1], S, P, nhwc);
+  if (DepthwiseWide(g)) {
+    DepthwiseBwdWeights(g, static_cast<float *>(params[0]), static_cast<float *>(params[1]),
+                        static_cast<float *>(params[2]), nullptr);
+    return 0;
+  }
   auto c = GetConv(ConvKind::kBwdWeights, g);
   RunBwdWeights(*c, g, In(static_cast<float *>(params[1]), g.y, g.act, c->y, 1), params[0], params[2], 0, 2);
   return 0;
@@ -414,6 +422,12 @@ int ConvBwdWeights(int64_t S, int64_t P, bool nhwc, void **params, int64_t **sha
 int ConvBwd(int64_t S, int64_t P, bool nhwc, bool bias, void **params, int64_t **shapes) {
   ConvGeometry g = MakeGeometry(shapes[2], shapes[1], shapes[0], S, P, nhwc);
   auto cd = GetConv(ConvKind::kBwdData, g);
+  if (DepthwiseWide(g)) {
+    RunBwdData(*cd, g, In(static_cast<float *>(params[0]), g.y, g.act, cd->y, 0), params[1], params[3], 1, 2);
+    DepthwiseBwdWeights(g, static_cast<float *>(params[2]), static_cast<float *>(params[0]),
+                        static_cast<float *>(params[4]), bias ? static_cast<float *>(params[5]) : nullptr);
+    return 0;
+  }
   auto cw = GetConv(ConvKind::kBwdWeights, g, bias);
   float *dy = In(static_cast<float *>(params[0]), g.y, g.act, cd->y, 0);
   RunBwdData(*cd, g, dy, params[1], params[3], 1, 2);
@@ -1349,6 +1363,125 @@ int AttentionBwd(void **params, int *ndims, int64_t **shapes) {
   ForEachHead<Backward>(MakeHeads(ndims[1], shapes[1]), static_cast<const float *>(params[1]),
                         static_cast<float *>(params[2]), static_cast<const float *>(params[0]));
   return 0;
+}
+
+// ---------------------------------------------------------------- depthwise weights' gradient
+// dw[c, 0, kh, kw] = sum_{n, oh, ow} dy[n, c, oh, ow] x[n, c, oh S + kh - P, ow S + kw - P] (x zero outside), and
+// db[c] = sum dy: the weights' gradient of a depthwise convolution (groups = IC = OC) wider than 3x3, which oneDNN
+// 3.10's depthwise JIT does not take ("kw > 3"); its generic grouped fallback ran at 6-17 GFLOP/s on the tutorial's
+// 7x7. Channels are the vector lanes. Each thread takes a run of samples; per sample it copies x (with its zero
+// border) and dy channels-last into buffers that stay in cache, then sums every (16 channels, kernel row) with the
+// KW taps in registers. The threads' partial sums are added at the end.
+constexpr int kU = 4;  // output columns per step of the stride-1 loop
+
+struct DwPlan {
+  int64_t N, C, H, W, OH, OW, KH, KW, S, P, Hp, Wp;
+  bool nhwc;
+};
+
+DwPlan MakeDwPlan(const ConvGeometry &g) {
+  DwPlan d{g.x[0], g.x[1], g.x[2], g.x[3], g.y[2], g.y[3], g.w[3], g.w[4], g.stride[0], g.pad_l[0], 0, 0,
+           g.act == tag::nhwc};
+  d.Hp = (d.OH - 1) * d.S + d.KH;
+  d.Wp = (d.OW - 1) * d.S + d.KW;
+  return d;
+}
+
+// One sample src [C, H, W] (nhwc: [H, W, C]) into dst [Hp, Wp, C] at row/column offset `off` >= 0, zero elsewhere.
+void PadSample(const float *src, bool nhwc, int64_t C, int64_t H, int64_t W, int64_t off, int64_t Hp, int64_t Wp,
+               float *dst) {
+  const int64_t h1 = std::min(H, Hp - off), w1 = std::min(W, Wp - off);   // rows and columns of src that land
+  std::fill(dst, dst + off * Wp * C, 0.f);
+  std::fill(dst + (off + h1) * Wp * C, dst + Hp * Wp * C, 0.f);
+  for (int64_t h = 0; h < h1; h++) {
+    float *row = dst + (h + off) * Wp * C;
+    std::fill(row, row + off * C, 0.f);
+    std::fill(row + (off + w1) * C, row + Wp * C, 0.f);
+    if (nhwc) {
+      std::memcpy(row + off * C, src + h * W * C, w1 * C * sizeof(float));
+    } else {
+      for (int64_t w = 0; w < w1; w++)
+        for (int64_t c = 0; c < C; c++) row[(w + off) * C + c] = src[(c * H + h) * W + w];
+    }
+  }
+}
+
+template <int KW>
+void DwBwdWeightsRows(const DwPlan &d, const float *x, const float *dy, float *dw, float *db) {
+  const int64_t C = d.C, blocks = (C + 15) / 16, per = blocks * (d.KH * KW + 1);  // acc[blocks][KH][KW], dsum[blocks]
+  const int T = static_cast<int>(std::min<int64_t>(d.N, NumThreads()));
+  std::vector<V16> part(T * per);
+  ThePool().parallel_for(T, [&](int t, int nt) {
+    // + 16 floats: the last block's lanes past C read (and discard) up to 15 floats beyond a buffer's last pixel
+    float *xp = Scratch(2, (d.Hp * d.Wp * C + 16) * sizeof(float)), *dyp = Scratch(3, (d.OH * d.OW * C + 16) * sizeof(float));
+    V16 *mine = part.data() + t * per;
+    for (int64_t n = d.N * t / nt; n < d.N * (t + 1) / nt; n++) {
+      PadSample(x + n * C * d.H * d.W, d.nhwc, C, d.H, d.W, d.P, d.Hp, d.Wp, xp);
+      PadSample(dy + n * C * d.OH * d.OW, d.nhwc, C, d.OH, d.OW, 0, d.OH, d.OW, dyp);
+      for (int64_t cb = 0; cb < blocks; cb++) {
+        V16 dsum = mine[blocks * d.KH * KW + cb];
+        for (int64_t kh = 0; kh < d.KH; kh++) {
+          V16 *out = mine + (cb * d.KH + kh) * KW, acc[KW];
+          for (int i = 0; i < KW; i++) acc[i] = out[i];
+          for (int64_t oh = 0; oh < d.OH; oh++) {
+            const float *xr = xp + (oh * d.S + kh) * d.Wp * C + cb * 16, *dr = dyp + oh * d.OW * C + cb * 16;
+            int64_t ow = 0;
+            if (d.S == 1)   // kU columns at once: their kU + KW - 1 inputs loaded once for kU * KW products
+              for (; ow + kU <= d.OW; ow += kU) {
+                V16 g[kU], xv[kU + KW - 1];
+#pragma GCC unroll 16
+                for (int u = 0; u < kU; u++) g[u] = Load16(dr + (ow + u) * C);
+#pragma GCC unroll 16
+                for (int j = 0; j < kU + KW - 1; j++) xv[j] = Load16(xr + (ow + j) * C);
+#pragma GCC unroll 16
+                for (int u = 0; u < kU; u++) {
+#pragma GCC unroll 8
+                  for (int i = 0; i < KW; i++) acc[i] += g[u] * xv[u + i];
+                  if (kh == 0) dsum += g[u];
+                }
+              }
+            for (; ow < d.OW; ow++) {
+              const V16 g = Load16(dr + ow * C);
+              const float *xw = xr + ow * d.S * C;
+#pragma GCC unroll 8
+              for (int i = 0; i < KW; i++) acc[i] += g * Load16(xw + i * C);
+              if (kh == 0) dsum += g;
+            }
+          }
+          for (int i = 0; i < KW; i++) out[i] = acc[i];
+        }
+        mine[blocks * d.KH * KW + cb] = dsum;
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; c++) {   // lanes past C are never read back
+    const int64_t cb = c / 16, l = c % 16;
+    for (int64_t j = 0; j < d.KH * KW; j++) {
+      float a = 0.f;
+      for (int t = 0; t < T; t++) a += part[t * per + cb * d.KH * KW + j][l];
+      dw[c * d.KH * KW + j] = a;
+    }
+    if (db) {
+      float a = 0.f;
+      for (int t = 0; t < T; t++) a += part[t * per + blocks * d.KH * KW + cb][l];
+      db[c] = a;
+    }
+  }
+}
+
+// Whether DepthwiseBwdWeights takes this geometry: depthwise (one input and one output channel per group), KW 5 or 7.
+bool DepthwiseWide(const ConvGeometry &g) {
+  return g.groups > 1 && g.w.size() == 5 && g.w[1] == 1 && g.w[2] == 1 && (g.w[4] == 5 || g.w[4] == 7) &&
+         g.groups == g.x[1];
+}
+
+// x, dy: MindSpore's buffers in g.act; dw [C, 1, KH, KW] (OIHW); db [C] or null.
+void DepthwiseBwdWeights(const ConvGeometry &g, const float *x, const float *dy, float *dw, float *db) {
+  const DwPlan d = MakeDwPlan(g);
+  if (d.KW == 7)
+    DwBwdWeightsRows<7>(d, x, dy, dw, db);
+  else
+    DwBwdWeightsRows<5>(d, x, dy, dw, db);
 }
 
 #pragma GCC pop_options
