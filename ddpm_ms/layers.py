@@ -324,6 +324,22 @@ class HeadAttention(nn.Cell):
         return out.transpose(0, 2, 1, 3)
 
 
+class DenseMany(nn.Cell):
+    """``n`` Dense layers on one input: ``construct(x [B,K], params) -> (y_1 [B,O_1], ..., y_n)``, params the n
+    ``(w_i [O_i,K], b_i [O_i])`` pairs of nn.Dense layers, y_i = x w_i^T + b_i. One kernel op each way on CPU (the
+    U-Net's per-block time MLPs, which all read the same activated time embedding), else MindSpore's dense per pair.
+    """
+
+    def __init__(self, n):
+        super().__init__()
+        self.fast = kernel_op(kops.dense_many, n)
+
+    def construct(self, x, params):
+        if fast_path(self, x):
+            return self.fast(x, *[w for w, _ in params], *[b for _, b in params])
+        return tuple([ops.dense(x, w, b) for w, b in params])
+
+
 class _Activation(nn.Cell):
     """An elementwise activation on the kernel library's oneDNN eltwise on CPU, else ``fallback(x)``."""
 

@@ -18,8 +18,9 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from . import kernels
-from .layers import (GELU, Conv2d, Conv2dTranspose, DepthwiseConv2d, GroupNorm, GroupNormSiLU, HeadAttention, LayerNorm,
-                     SiLU, Softmax, activation_layout, channel_axis, current_layout, from_nchw, per_channel, to_nchw)
+from .layers import (GELU, Conv2d, Conv2dTranspose, DenseMany, DepthwiseConv2d, GroupNorm, GroupNormSiLU, HeadAttention,
+                     LayerNorm, SiLU, Softmax, activation_layout, channel_axis, current_layout, from_nchw, per_channel,
+                     to_nchw)
 
 BLOCK_TYPES = ("convnext", "resnet")
 
@@ -83,14 +84,29 @@ class Block(nn.Cell):
 
 def _time_mlp(time_emb_dim, width):
     """A block's time MLP after its activation: Dense(time_emb_dim, width), named as the tutorial's
-    nn.Sequential(act, Dense) ("mlp.1.weight"). The U-Net applies ``time_act`` once for all blocks."""
+    nn.Sequential(act, Dense) ("mlp.1.weight"). The U-Net applies ``time_act`` once, and all the blocks' Dense
+    layers in one op (:meth:`Unet.time_embeddings`)."""
     return nn.SequentialCell(OrderedDict([("1", nn.Dense(time_emb_dim, width))])) if time_emb_dim else None
 
 
-class ResnetBlock(nn.Cell):
+class _TimedBlock(nn.Cell):
+    """A block whose time MLP (``self.mlp``, or None) the U-Net applies for it: ``construct(x, emb)`` takes
+    emb = mlp(time_act(t_emb)), and :meth:`time_params` gives the U-Net that Dense layer's (weight, bias)."""
+
+    def time_params(self):
+        dense = self.mlp[0]
+        return dense.weight, dense.bias
+
+    def time_embedding(self, time_act):
+        """emb [B, width] from time_act [B, time_emb_dim] (this block alone; the U-Net does all at once)."""
+        return self.mlp(time_act)
+
+
+class ResnetBlock(_TimedBlock):
     """Wide-ResNet block with time scale-shift conditioning (annotated-diffusion).
 
-    ``construct(x [B,dim,H,W], time_act [B,time_emb_dim] or None)``, time_act = silu(t_emb) (:attr:`time_act`).
+    ``construct(x [B,dim,H,W], emb [B, 2 dim_out] or None)``: emb = (scale, shift) as its halves, the block's time
+    MLP of silu(t_emb) (:attr:`time_act`, :meth:`time_embedding`).
     """
 
     time_act = SiLU
@@ -102,19 +118,17 @@ class ResnetBlock(nn.Cell):
         self.block2 = Block(dim_out, dim_out, groups=groups)
         self.res_conv = Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
-    def construct(self, x, time_act=None):
-        scale_shift = None
-        if self.mlp is not None and time_act is not None:
-            scale_shift = self.mlp(time_act)   # [B, 2 dim_out]: (scale, shift)
-        h = self.block1(x, scale_shift)
+    def construct(self, x, emb=None):
+        h = self.block1(x, emb)
         h = self.block2(h)
         return h + self.res_conv(x)
 
 
-class ConvNextBlock(nn.Cell):
+class ConvNextBlock(_TimedBlock):
     """ConvNeXt block (Liu et al. 2022) with an additive time embedding.
 
-    ``construct(x [B,dim,H,W], time_act [B,time_emb_dim] or None)``, time_act = gelu(t_emb) (:attr:`time_act`).
+    ``construct(x [B,dim,H,W], emb [B, dim] or None)``: emb added per channel after the depthwise conv, the
+    block's time MLP of gelu(t_emb) (:attr:`time_act`, :meth:`time_embedding`).
     """
 
     time_act = GELU
@@ -133,10 +147,10 @@ class ConvNextBlock(nn.Cell):
         self.res_conv = Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
         self.layout = current_layout()
 
-    def construct(self, x, time_act=None):
+    def construct(self, x, emb=None):
         h = self.ds_conv(x)
-        if self.mlp is not None and time_act is not None:
-            h = h + per_channel(self.layout, self.mlp(time_act))
+        if emb is not None:
+            h = h + per_channel(self.layout, emb)
         h = self.net(h)
         return h + self.res_conv(x)
 
@@ -236,8 +250,8 @@ class _Stage(nn.Cell):
         self.attn = Residual(PreNorm(dim, LinearAttention(dim, heads, dim_head)))
         self.resample = resample
 
-    def construct(self, x, t):
-        x = self.attn(self.block2(self.block1(x, t), t))
+    def construct(self, x, emb1, emb2):
+        x = self.attn(self.block2(self.block1(x, emb1), emb2))
         return x, self.resample(x)
 
 
@@ -317,26 +331,45 @@ class Unet(nn.Cell):
             out_dim = channels if out_dim is None else out_dim
             self.final_block = block(dim, dim, None)
             self.final_conv = Conv2d(dim, out_dim, 1)
+            self.time_dense = DenseMany(2 * len(downs) + 2 + 2 * len(ups)) if with_time_emb else None
+
+    def time_params(self):
+        """The (weight, bias) of every block's time MLP, in the order the blocks run."""
+        params = ()
+        for stage in self.downs:
+            params = params + (stage.block1.time_params(), stage.block2.time_params())
+        params = params + (self.mid_block1.time_params(), self.mid_block2.time_params())
+        for stage in self.ups:
+            params = params + (stage.block1.time_params(), stage.block2.time_params())
+        return params
+
+    def time_embeddings(self, time, y=None):
+        """Every block's time embedding from t [B] (and labels y [B]), in the order the blocks run: one op for the
+        blocks' Dense layers, as they share their input, time_act(time_mlp(t) [+ class_emb(y)])."""
+        t = self.time_mlp(time)
+        if self.class_emb is not None and y is not None:
+            t = t + self.class_emb(y)
+        return self.time_dense(self.time_act(t), self.time_params())
 
     def construct(self, x, time, y=None):
         x = self.init_conv(from_nchw(self.layout, x))
-        t = None
-        if self.time_mlp is not None:
-            t = self.time_mlp(time)
-            if self.class_emb is not None and y is not None:
-                t = t + self.class_emb(y)
-            t = self.time_act(t)
+        n = 2 * len(self.downs) + 2 + 2 * len(self.ups)
+        emb = self.time_embeddings(time, y) if self.time_mlp is not None else (None,) * n
         skips = ()
+        e = 0
         for stage in self.downs:
-            skip, x = stage(x, t)
+            skip, x = stage(x, emb[e], emb[e + 1])
             skips = skips + (skip,)
-        x = self.mid_block1(x, t)
+            e += 2
+        x = self.mid_block1(x, emb[e])
         x = self.mid_attn(x)
-        x = self.mid_block2(x, t)
+        x = self.mid_block2(x, emb[e + 1])
+        e += 2
         i = len(skips) - 1
         for stage in self.ups:
-            _, x = stage(ops.concat((x, skips[i]), channel_axis(self.layout)), t)
+            _, x = stage(ops.concat((x, skips[i]), channel_axis(self.layout)), emb[e], emb[e + 1])
             i -= 1
+            e += 2
         return to_nchw(self.layout, self.final_conv(self.final_block(x)))
 
 

@@ -9,6 +9,7 @@ different shape functions would get one of the two. Each geometry therefore has 
 (``ConvFwd_s2p1``), and the groups, which the shape of a data gradient depends on, are a primitive attribute.
 """
 import functools
+import linecache
 
 from mindspore import ops
 
@@ -287,6 +288,36 @@ def attention(lib, kind):
 
 
 @functools.lru_cache(maxsize=None)
+def dense_many(lib, n):
+    """``n`` Dense layers on one input in one op, differentiable:
+    ``op(x [B,K], w_1..w_n [O_i,K], b_1..b_n [O_i]) -> (y_1 [B,O_1], ..., y_n)``, y_i = x w_i^T + b_i (the U-Net's
+    per-block time MLPs, which all read the same activated time embedding)."""
+    def fwd_shape(xs, *wbs):
+        return tuple((xs[0], ws[0]) for ws in wbs[:n])
+
+    def fwd_dtype(xd, *_):
+        return (xd,) * n
+
+    def bwd_shape(*shapes):   # dy_1..dy_n, x, w_1..w_n -> dx, dw_1..dw_n, db_1..db_n
+        ws = shapes[n + 1:]
+        return (shapes[n],) + tuple(ws) + tuple((w[0],) for w in ws)
+
+    def bwd_dtype(*dtypes):
+        return (dtypes[0],) * (2 * n + 1)
+
+    bwd = _custom(f"{lib}:DenseManyBwd", bwd_shape, None, dtype=bwd_dtype)
+    bwd.add_prim_attr("ddpm_ms_count", n)
+    # bprop(x, w_1..w_n, b_1..b_n, out, dout) -> bwd(*dout, x, w_1..w_n): MindSpore's graph compiler takes no
+    # *args in a bprop, so its parameters are spelt out for this n
+    ws, bs = [f"w{i}" for i in range(n)], [f"b{i}" for i in range(n)]
+    bprop = _closure(f"def bprop(x, {', '.join(ws + bs)}, out, dout):\n"
+                     f"    return bwd(*dout, x, {', '.join(ws)})\n", f"dense_many_{n}", bwd=bwd)
+    op = _custom(f"{lib}:DenseManyFwd", fwd_shape, None, bprop=bprop, dtype=fwd_dtype)
+    op.add_prim_attr("ddpm_ms_count", n)   # one func string, several output counts (see the module's docstring)
+    return op
+
+
+@functools.lru_cache(maxsize=None)
 def adam_step(lib):
     """The whole optimizer step in one op, in place (no backward):
     ``op(*w, *m, *v, *g, beta1_power [], beta2_power [], hyper [5]) -> finite [1]``, P of each of w (parameters),
@@ -303,6 +334,19 @@ def ema_update(lib):
     """theta_ema <- d theta_ema + (1 - d) theta in one op, in place (no backward):
     ``op(*w, flat [N], d [1]) -> d [1]``, ``flat`` the EMA's buffer of all P parameters ``w`` concatenated."""
     return _in_place(f"{lib}:EmaUpdate")
+
+
+def _closure(source, name, **free):
+    """The function that ``source`` defines, as a closure over ``free`` (how MindSpore's graph parser sees the
+    other bprops' captured ops), its text registered with linecache, where the parser (through inspect) reads it."""
+    lines = [f"def _make({', '.join(free)}):"] + ["    " + l for l in source.splitlines()]
+    lines.append(f"    return {source.split()[1].split('(')[0]}")
+    text = "\n".join(lines) + "\n"
+    filename = f"<ddpm_ms.kernels.ops {name}>"
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    namespace = {"__name__": __name__}
+    exec(compile(text, filename, "exec"), namespace)   # pylint: disable=exec-used
+    return namespace["_make"](**free)
 
 
 def _one_value(*_):

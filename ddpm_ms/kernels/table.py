@@ -18,7 +18,7 @@ How to add a kernel:
 from dataclasses import dataclass
 from typing import Tuple
 
-ABI = 7                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
+ABI = 8                                                  # DdpmMsKernelAbi(): bumped when an entry point changes
 NORM_EPS = 1e-5                                          # the GroupNorm/LayerNorm kernels' eps (nn.GroupNorm's)
 CONV_GEOMETRIES = ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1))   # (stride, padding) of the conv entry points
 SOFTMAX_AXES = {-1: "last", -2: "penult"}
@@ -60,6 +60,8 @@ KERNELS = (
     Kernel("ema_update", ("EmaUpdate",), "the EMA of all parameters into its flat buffer, in place"),
     Kernel("attention", tuple(f"{n}{d}" for n in ATTENTIONS.values() for d in ("Fwd", "Bwd")),
            "multi-head softmax and linear attention over channels-last positions, qkv as a 1x1 conv gives it"),
+    Kernel("dense_many", ("DenseManyFwd", "DenseManyBwd"),
+           "several Dense layers on one input in one op: the blocks' time MLPs on the shared time embedding"),
 )
 
 
