@@ -98,24 +98,30 @@ def _geometry(cell):
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with the same parameters; runs on the oneDNN kernel on CPU. [B,IC,H,W] -> [B,OC,OH,OW]
-    (NHWC in and out if built for it: ``layout`` or :func:`activation_layout`)."""
+    (NHWC in and out if built for it: ``layout`` or :func:`activation_layout`).
+
+    ``construct(x, residual=None)``: conv(x) + residual, residual shaped as the output (a residual connection's
+    add, inside the kernel on CPU)."""
 
     def __init__(self, *args, layout=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.layout = current_layout(layout)
         geometry = _geometry(self)
-        self.fast = kernel_op(kops.conv2d, *(geometry or (1, 0)), self.group, self.layout, self.has_bias,
-                              when=geometry is not None)
+        args = (*(geometry or (1, 0)), self.group, self.layout, self.has_bias)
+        self.fast = kernel_op(kops.conv2d, *args, when=geometry is not None)
+        self.fast_add = kernel_op(kops.conv2d, *args, True, when=geometry is not None)
         self.fast_pad = geometry[1] if geometry else 0
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
         height = x.shape[2] if self.layout == "NCHW" else x.shape[1]
         exact = (height + 2 * self.fast_pad - self.kernel_size[0]) % self.stride[0] == 0
         if not fast_path(self, x) or not exact:
-            return from_nchw(self.layout, super().construct(to_nchw(self.layout, x)))
-        if self.has_bias:   # the bias inside the kernel (oneDNN's bias argument), its gradient too
-            return self.fast(x, self.weight, self.bias)
-        return self.fast(x, self.weight)
+            y = from_nchw(self.layout, super().construct(to_nchw(self.layout, x)))
+            return y if residual is None else y + residual
+        params = (self.weight, self.bias) if self.has_bias else (self.weight,)  # the bias inside the kernel too
+        if residual is None:
+            return self.fast(x, *params)
+        return self.fast_add(x, *params, residual)
 
 
 class Conv2dTranspose(nn.Conv2dTranspose):
@@ -230,19 +236,25 @@ class GroupNormSiLU(GroupNorm):
         super().__init__(num_groups, num_channels, layout=layout)
         self.fused = kernel_op(kops.group_norm_silu, num_groups, self.layout, True)
         self.fused_plain = kernel_op(kops.group_norm_silu, num_groups, self.layout, False)
+        self.fused_add = kernel_op(kops.group_norm_silu, num_groups, self.layout, False, True)
 
-    def construct(self, x, scale_shift=None):
+    def construct(self, x, scale_shift=None, residual=None):
+        """... + residual (shaped as x) if given: a ResNet block's residual add, inside the kernel on CPU."""
         if self.fused is not None and x.dtype == ms.float32:   # the fused op (self.fast is the plain GroupNorm)
+            if scale_shift is None and residual is not None:
+                y, _, _ = self.fused_add(x, self.gamma, self.beta, residual)
+                return y
             if scale_shift is None:
                 y, _, _ = self.fused_plain(x, self.gamma, self.beta)
             else:
                 y, _, _ = self.fused(x, self.gamma, self.beta, scale_shift)
-            return y
+            return y if residual is None else y + residual
         x = self._plain(to_nchw(self.layout, x))
         if scale_shift is not None:
             scale, shift = ops.chunk(scale_shift[:, :, None, None], 2, 1)
             x = x * (scale + 1) + shift
-        return from_nchw(self.layout, ops.silu(x))
+        y = from_nchw(self.layout, ops.silu(x))
+        return y if residual is None else y + residual
 
 
 class LayerNorm(nn.Cell):
@@ -255,15 +267,21 @@ class LayerNorm(nn.Cell):
         self.eps = eps
         self.layout = current_layout(layout)
         self.fast = kernel_op(kops.channel_norm, self.layout, when=eps == NORM_EPS)
+        self.fast_add = kernel_op(kops.channel_norm, self.layout, True, when=eps == NORM_EPS)
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
+        """... + residual (shaped as x) if given, inside the kernel on CPU."""
         if fast_path(self, x):
-            y, _, _ = self.fast(x, self.g)
+            if residual is None:
+                y, _, _ = self.fast(x, self.g)
+            else:
+                y, _, _ = self.fast_add(x, self.g, residual)
             return y
         x = to_nchw(self.layout, x)
         mean = x.mean(1, keep_dims=True)
         var = ((x - mean) ** 2).mean(1, keep_dims=True)
-        return from_nchw(self.layout, (x - mean) * ops.rsqrt(var + self.eps) * self.g)
+        y = from_nchw(self.layout, (x - mean) * ops.rsqrt(var + self.eps) * self.g)
+        return y if residual is None else y + residual
 
 
 def softmax_axis2(x):

@@ -32,14 +32,14 @@ def _heads(x, heads):
 
 
 class Residual(nn.Cell):
-    """x + fn(x)."""
+    """x + fn(x), as ``fn(x, x)``: fn adds its second argument to its output (inside its last kernel on CPU)."""
 
     def __init__(self, fn):
         super().__init__()
         self.fn = fn
 
     def construct(self, x):
-        return self.fn(x) + x
+        return self.fn(x, x)
 
 
 def Upsample(dim):  # pylint: disable=invalid-name
@@ -78,8 +78,9 @@ class Block(nn.Cell):
         self.proj = Conv2d(dim, dim_out, 3, pad_mode="pad", padding=1)
         self.norm = GroupNormSiLU(groups, dim_out)
 
-    def construct(self, x, scale_shift=None):
-        return self.norm(self.proj(x), scale_shift)
+    def construct(self, x, scale_shift=None, residual=None):
+        """... + residual (shaped as the output) if given."""
+        return self.norm(self.proj(x), scale_shift, residual)
 
 
 def _time_mlp(time_emb_dim, width):
@@ -120,8 +121,7 @@ class ResnetBlock(_TimedBlock):
 
     def construct(self, x, emb=None):
         h = self.block1(x, emb)
-        h = self.block2(h)
-        return h + self.res_conv(x)
+        return self.block2(h, None, self.res_conv(x))   # block2(h) + res_conv(x), the add inside its norm
 
 
 class ConvNextBlock(_TimedBlock):
@@ -151,8 +151,9 @@ class ConvNextBlock(_TimedBlock):
         h = self.ds_conv(x)
         if emb is not None:
             h = h + per_channel(self.layout, emb)
-        h = self.net(h)
-        return h + self.res_conv(x)
+        for i in range(4):
+            h = self.net[i](h)
+        return self.net[4](h, self.res_conv(x))   # net(h) + res_conv(x), the add inside the last conv
 
 
 class _MultiHeadQKV(nn.Cell):
@@ -191,15 +192,16 @@ class Attention(_MultiHeadQKV):
         self.to_out = Conv2d(dim_head * heads, dim, 1, pad_mode="valid", has_bias=True)
         self.softmax = Softmax(-1)
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
+        """[B, dim, H, W] -> the same (+ residual, if given)."""
         if self.layout == "NHWC":
-            return self.to_out(self.channels_last(x))
+            return self.to_out(self.channels_last(x), residual)
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
         sim = self.matmul_at(q * self.scale, k)       # b h i j = (q s)^T k
         attn = self.softmax(sim)
         out = self.matmul_bt(v, attn)                 # b h d i = (attn v^T)^T
-        return self.to_out(out.reshape((b, -1, h, w)))
+        return self.to_out(out.reshape((b, -1, h, w)), residual)
 
 
 class LinearAttention(_MultiHeadQKV):
@@ -214,9 +216,10 @@ class LinearAttention(_MultiHeadQKV):
             LayerNorm(dim),
         ])
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
+        """[B, dim, H, W] -> the same (+ residual, if given, inside the output LayerNorm)."""
         if self.layout == "NHWC":
-            return self.to_out(self.channels_last(x))
+            return self.to_out[1](self.to_out[0](self.channels_last(x)), residual)
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
         q = self.softmax_q(q)
@@ -225,19 +228,19 @@ class LinearAttention(_MultiHeadQKV):
         # context instead: out = (k (v/hw)^T)^T (q s) = (s/hw) (k v^T)^T q
         context = self.matmul_bt(k, v) * (self.scale / (h * w))   # b h d e
         out = self.matmul_at(context, q)                           # b h e n
-        return self.to_out(out.reshape((b, -1, h, w)))
+        return self.to_out[1](self.to_out[0](out.reshape((b, -1, h, w))), residual)
 
 
 class PreNorm(nn.Cell):
-    """fn(GroupNorm(1, dim)(x))."""
+    """fn(GroupNorm(1, dim)(x)) (+ residual, passed on to fn)."""
 
     def __init__(self, dim, fn):
         super().__init__()
         self.fn = fn
         self.norm = GroupNorm(1, dim)
 
-    def construct(self, x):
-        return self.fn(self.norm(x))
+    def construct(self, x, residual=None):
+        return self.fn(self.norm(x), residual)
 
 
 class _Stage(nn.Cell):

@@ -262,6 +262,77 @@ def test_conv_with_bias_matches_mindspore(shape, out_c, k, s, p, groups, layout,
         assert a.shape == r.shape and _rel(a, r) < 1e-4
 
 
+def _residual_case(kind, layout, lib, rng):
+    """(reference f(x, params) + r on MindSpore's ops, the kernel with the add inside, the inputs in NCHW)."""
+    x = ms.Tensor(rng.standard_normal((2, 16, 14, 14)).astype(np.float32) * 2)
+    r = ms.Tensor(rng.standard_normal((2, 24 if kind.startswith("conv") else 16, 14, 14)).astype(np.float32))
+    gain = ms.Tensor(rng.uniform(0.5, 1.5, 16).astype(np.float32))
+    beta = ms.Tensor(rng.standard_normal(16).astype(np.float32))
+    k = 3 if kind == "conv" else 1
+    w = ms.Tensor(rng.standard_normal((24, 16, k, k)).astype(np.float32) * 0.1)
+    b = ms.Tensor(rng.standard_normal(24).astype(np.float32))
+    conv = ops.Conv2D(24, k, pad_mode="pad", pad=k // 2)
+    if kind == "conv":
+        op = ddpm_ms.kernels.ops.conv2d(lib, 1, 1, 1, layout, False, True)
+
+        def ref(x, w, r):
+            return conv(x, w) + r
+
+        def fast(x, w, r):
+            return layers.to_nchw(layout, op(layers.from_nchw(layout, x), w, layers.from_nchw(layout, r)))
+
+        return ref, fast, (x, w, r)
+    if kind == "conv_bias":
+        op = ddpm_ms.kernels.ops.conv2d(lib, 1, 0, 1, layout, True, True)
+
+        def ref(x, w, b, r):
+            return ops.bias_add(conv(x, w), b) + r
+
+        def fast(x, w, b, r):
+            return layers.to_nchw(layout, op(layers.from_nchw(layout, x), w, b, layers.from_nchw(layout, r)))
+
+        return ref, fast, (x, w, b, r)
+    if kind == "gn_silu":
+        op = ddpm_ms.kernels.ops.group_norm_silu(lib, 4, layout, False, True)
+
+        def ref(x, g, b, r):
+            return ops.silu(ops.group_norm(x, 4, g, b, 1e-5)) + r
+
+        def fast(x, g, b, r):
+            return layers.to_nchw(layout, op(layers.from_nchw(layout, x), g, b, layers.from_nchw(layout, r))[0])
+
+        return ref, fast, (x, gain, beta, r)
+    op = ddpm_ms.kernels.ops.channel_norm(lib, layout, True)
+
+    def ref(x, g, r):
+        mean = x.mean(1, keep_dims=True)
+        return (x - mean) / ops.sqrt(((x - mean) ** 2).mean(1, keep_dims=True) + 1e-5) * g.reshape(1, -1, 1, 1) + r
+
+    def fast(x, g, r):
+        return layers.to_nchw(layout, op(layers.from_nchw(layout, x), g, layers.from_nchw(layout, r))[0])
+
+    return ref, fast, (x, gain, r)
+
+
+@pytest.mark.parametrize("layout", kernels.LAYOUTS)
+@pytest.mark.parametrize("kind", ["conv", "conv_bias", "gn_silu", "ln"])
+def test_residual_add_inside_the_kernel_matches_mindspore(kind, layout, lib, mode):
+    """y = f(x) + r with the add inside the kernel (a 3x3 conv, a 1x1 conv with bias, a ResNet block's second norm,
+    the channel LayerNorm) against f on MindSpore's ops plus r, with autodiff: y within 1e-5, every gradient (dr
+    included) within 1e-4."""
+    ref, fast, inputs = _residual_case(kind, layout, lib, np.random.default_rng(len(kind)))
+    probe = ms.Tensor(np.random.default_rng(9).standard_normal(ref(*inputs).shape).astype(np.float32))
+    results = []
+    for fn in (ref, fast):
+        grad = ms.value_and_grad(_probed(fn, probe), grad_position=tuple(range(len(inputs))), has_aux=True)
+        results.append(ms.jit(grad)(*inputs) if mode == "graph" else grad(*inputs))
+    (_, y_ref), g_ref = results[0]
+    (_, y_fast), g_fast = results[1]
+    assert _rel(y_fast, y_ref) < 1e-5
+    for a, b in zip(g_fast, g_ref):
+        assert a.shape == b.shape and _rel(a, b) < 1e-4
+
+
 ATTENTION_SHAPES = [(2, 49, 3, 4, 16), (3, 196, 3, 2, 8), (2, 64, 3, 1, 32)]   # [B, N, 3, heads, D]
 
 
@@ -518,9 +589,10 @@ def test_library_exports_exactly_the_kernel_table(lib):
     from ddpm_ms.kernels import table
     abi, names = kbuild.exported_names(lib)
     assert abi == table.ABI and names == table.entry_points()
-    # 6 conv entries per geometry (4, and 2 with a bias) and 8 norm entries, in each layout; softmax, activations,
+    # 8 conv entries per geometry (4, 2 with a bias, 2 adding a residual) and 10 norm entries, in each layout;
+    # softmax, activations,
     # Adam, the EMA, the two attentions and the Dense layers once
-    assert len(names) == (6 * len(table.CONV_GEOMETRIES) + 8) * len(table.LAYOUTS) + 16
+    assert len(names) == (8 * len(table.CONV_GEOMETRIES) + 10) * len(table.LAYOUTS) + 16
     assert layers.CONV_GEOMETRIES is table.CONV_GEOMETRIES
 
 

@@ -20,6 +20,8 @@
 //   ConvBwd_sSpP(dy, w, x) -> dx, dw          both gradients of conv(x, w) in one call
 //   ConvBiasFwd_sSpP(x, w, b) -> y            y = conv(x, w) + b (b [OC], oneDNN's bias argument)
 //   ConvBiasBwd_sSpP(dy, w, x) -> dx, dw, db  its three gradients in one call
+//   ConvAddFwd_sSpP(x, w, r) -> y, ConvBiasAddFwd_sSpP(x, w, b, r) -> y     y = conv(x, w) [+ b] + r, a residual
+//       added by the convolution itself (their gradients: ConvBwd's, ConvBiasBwd's, and dr = dy)
 //   GroupNormFwd(x, gamma[C], beta[C]) -> y, mean[N,G], rstd[N,G]        (G read from mean's shape)
 //   GroupNormBwd(dy, x, mean, rstd, gamma[C]) -> dx, dgamma[C], dbeta[C]
 //   GroupNormSiluFwd(x, gamma, beta) -> y, mean, rstd              y = silu(GroupNorm(x))
@@ -28,8 +30,10 @@
 //       y = silu(GroupNorm(x) * (1 + scale) + shift), (scale, shift) = the halves of ss: a ResNet block's norm, its
 //       time modulation (the time MLP's output as it is) and its activation
 //   GroupNormModSiluBwd(dy, x, mean, rstd, gamma, beta, ss) -> dx, dgamma, dbeta, dss
+//   GroupNormSiluAddFwd(x, gamma, beta, r) -> y, mean, rstd     y = silu(GroupNorm(x)) + r (backward: GroupNormSiluBwd)
 //   ChannelNormFwd(x, g[C]) -> y, mean[N,H*W], rstd[N,H*W]      LayerNorm over the channels of each pixel (g: C floats)
 //   ChannelNormBwd(dy, x, mean, rstd, g[C]) -> dx, dg[C]
+//   ChannelNormAddFwd(x, g, r) -> y, mean, rstd                 y = ChannelNorm(x) + r (backward: ChannelNormBwd)
 //   SoftmaxFwd_last(x) -> y, SoftmaxBwd_last(dy, y) -> dx        softmax over the last axis (oneDNN primitive)
 //   SoftmaxFwd_penult(x) -> y, SoftmaxBwd_penult(dy, y) -> dx    softmax over the second-to-last axis
 //   EltwiseFwd_gelu(x) -> y, EltwiseBwd_gelu(dy, x) -> dx          tanh-form GELU (nn.GELU's), oneDNN eltwise
@@ -278,7 +282,9 @@ struct ConvPrimitive {
 };
 
 // bias: the forward adds b [OC] and the weights' backward also gives db (oneDNN's bias and diff_bias arguments).
-std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, bool bias, const std::string &key) {
+// residual (forward only): it also adds r, shaped and laid out as y (a binary post-op: no pass of its own).
+std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, bool bias, bool residual,
+                                        const std::string &key) {
   SetConcurrency();
   // NHWC lets oneDNN pick its brgemm / depthwise JIT kernels. A 1x1 convolution runs as a matmul on MindSpore's NCHW
   // buffers as they are, which saves its reorders (measured: 9% more training img/s on the fashion_cpu U-Net).
@@ -287,6 +293,11 @@ std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, bo
   memory::desc x_md(g.x, dt::f32, act), y_md(g.y, dt::f32, act), w_any(g.w, dt::f32, tag::any);
   memory::desc b_md = bias ? memory::desc({g.y[1]}, dt::f32, tag::a) : memory::desc();
   dnnl::primitive_attr attr;
+  if (residual) {
+    dnnl::post_ops po;
+    po.append_binary(dnnl::algorithm::binary_add, y_md);
+    attr.set_post_ops(po);
+  }
   auto fwd = dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
                                                        dnnl::algorithm::convolution_direct, x_md, w_any, b_md, y_md,
                                                        g.stride, g.dilation, g.pad_l, g.pad_r, attr);
@@ -320,13 +331,16 @@ std::shared_ptr<ConvPrimitive> MakeConv(ConvKind kind, const ConvGeometry &g, bo
   return e;
 }
 
-std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g, bool bias = false) {
+std::shared_ptr<ConvPrimitive> GetConv(ConvKind kind, const ConvGeometry &g, bool bias = false,
+                                       bool residual = false) {
   static Cache<std::string, ConvPrimitive> cache;
   const bool b = bias && kind != ConvKind::kBwdData;   // the data gradient is the same with a bias
-  std::string key = std::to_string(static_cast<int>(kind)) + (g.act == tag::nhwc ? "h" : "c") + (b ? "b" : "");
+  const bool r = residual && kind == ConvKind::kFwd;
+  std::string key = std::to_string(static_cast<int>(kind)) + (g.act == tag::nhwc ? "h" : "c") + (b ? "b" : "") +
+                    (r ? "r" : "");
   for (const auto *v : {&g.x, &g.w, &g.y, &g.stride, &g.pad_l, &g.pad_r})
     for (auto d : *v) key += "," + std::to_string(d);
-  return cache.Get(key, [&] { return MakeConv(kind, g, b, key); });
+  return cache.Get(key, [&] { return MakeConv(kind, g, b, r, key); });
 }
 
 // A plain MindSpore buffer as the primitive's layout `md`: the buffer itself, or a reordered copy in scratch `slot`.
@@ -360,17 +374,20 @@ bool AllFloat32(int nparam, const char **dtypes, const char *who) {
   return true;
 }
 
-// x, w [, b] -> y (bias: y = conv(x, w) + b, b [OC])
-int ConvFwd(int64_t S, int64_t P, bool nhwc, bool bias, void **params, int64_t **shapes) {
-  const int yi = bias ? 3 : 2;
+// x, w [, b] [, r] -> y (bias: y = conv(x, w) + b, b [OC]; residual: + r, r shaped as y)
+int ConvFwd(int64_t S, int64_t P, bool nhwc, bool bias, bool residual, void **params, int64_t **shapes) {
+  const int ri = bias ? 3 : 2, yi = ri + (residual ? 1 : 0);
   ConvGeometry g = MakeGeometry(shapes[0], shapes[1], shapes[yi], S, P, nhwc);
-  auto c = GetConv(ConvKind::kFwd, g, bias);
+  auto c = GetConv(ConvKind::kFwd, g, bias, residual);
   float *x = In(static_cast<float *>(params[0]), g.x, g.act, c->x, 0);
   float *w = In(static_cast<float *>(params[1]), g.w, PlainWeights(g), c->w, 1);
   float *y = OutBuffer(static_cast<float *>(params[yi]), g.y, g.act, c->y, 2);
   memory mx(c->x, Engine(), x), mw(c->w, Engine(), w), my(c->y, Engine(), y);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, my}};
   if (bias) args.emplace(DNNL_ARG_BIAS, memory({{g.y[1]}, dt::f32, tag::a}, Engine(), params[2]));
+  if (residual)   // r in y's layout: as it is, or reordered into scratch slot 3
+    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                 memory(c->y, Engine(), In(static_cast<float *>(params[ri]), g.y, g.act, c->y, 3)));
   c->prim.execute(Stream(), args);
   Out(y, c->y, static_cast<float *>(params[yi]), g.y, g.act);
   return 0;
@@ -578,10 +595,10 @@ void NormAffine(const GnShape &s, int64_t n, const float *mean, const float *rst
   }
 }
 
-// z = GroupNorm(x) * (1 + scale) + shift into z (kSilu: silu of it); mean and rstd per (n, g).
+// z = GroupNorm(x) * (1 + scale) + shift into z (kSilu: silu of it) [+ r, shaped as x]; mean and rstd per (n, g).
 template <bool kSilu>
 void GroupNormForward(const GnShape &s, const float *x, const float *gamma, const float *beta, const Modulation &mod,
-                      float *z, float *mean, float *rstd) {
+                      float *z, float *mean, float *rstd, const float *r = nullptr) {
   const int64_t C = s.p.C, block = s.CG * s.p.HW;
   ParallelFor(s.N, [&](int64_t n) {
     const float *xn = x + n * s.p.Size();
@@ -603,7 +620,10 @@ void GroupNormForward(const GnShape &s, const float *x, const float *gamma, cons
     std::vector<float> a(C), b(C);
     NormAffine(s, n, mean, rstd, gamma, beta, mod, a.data(), b.data());
     float *zn = z + n * s.p.Size();
-    if (kSilu)
+    const float *rn = r ? r + n * s.p.Size() : nullptr;
+    if (kSilu && rn)
+      s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = SiluF(xn[k] * a[c] + b[c]) + rn[k]; });
+    else if (kSilu)
       s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = SiluF(xn[k] * a[c] + b[c]); });
     else
       s.p.Sweep([&](int64_t c, int64_t, int64_t k) { zn[k] = xn[k] * a[c] + b[c]; });
@@ -683,14 +703,17 @@ int GroupNormBwd(bool nhwc, void **params, int64_t **shapes) {
 }
 
 // ---------------------------------------------------------------- channel LayerNorm
-// x [N, C, H, W]: for each pixel, mu and sigma^2 over its C channels; y = (x - mu) / sqrt(sigma^2 + eps) * g[c].
-// Per sample, the per-pixel sums accumulate in memory order (see Plane).
-int ChannelNormFwd(bool nhwc, void **params, int64_t **shapes) {
+// x [N, C, H, W]: for each pixel, mu and sigma^2 over its C channels; y = (x - mu) / sqrt(sigma^2 + eps) * g[c]
+// (residual: + r, r shaped as x, the third input). Per sample, the per-pixel sums accumulate in memory order (see
+// Plane).
+int ChannelNormFwd(bool nhwc, bool residual, void **params, int64_t **shapes) {
   const int64_t N = shapes[0][0];
   const Plane p = MakePlane(shapes[0], nhwc);
   const float *x = static_cast<const float *>(params[0]), *gain = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]), *mean = static_cast<float *>(params[3]),
-        *rstd = static_cast<float *>(params[4]);
+  const float *r = residual ? static_cast<const float *>(params[2]) : nullptr;
+  const int o = residual ? 3 : 2;
+  float *y = static_cast<float *>(params[o]), *mean = static_cast<float *>(params[o + 1]),
+        *rstd = static_cast<float *>(params[o + 2]);
   ParallelFor(N, [&](int64_t n) {
     const float *xn = x + n * p.Size();
     std::vector<double> a(p.HW, 0.0), b(p.HW, 0.0);
@@ -706,10 +729,17 @@ int ChannelNormFwd(bool nhwc, void **params, int64_t **shapes) {
       rn[i] = static_cast<float>(1.0 / std::sqrt(b[i] / p.C + kEps));
     }
     float *yn = y + n * p.Size();
-    p.Sweep([&](int64_t c, int64_t i, int64_t k) { yn[k] = (xn[k] - mn[i]) * rn[i] * gain[c]; });
+    if (r) {
+      const float *res = r + n * p.Size();
+      p.Sweep([&](int64_t c, int64_t i, int64_t k) { yn[k] = (xn[k] - mn[i]) * rn[i] * gain[c] + res[k]; });
+    } else {
+      p.Sweep([&](int64_t c, int64_t i, int64_t k) { yn[k] = (xn[k] - mn[i]) * rn[i] * gain[c]; });
+    }
   });
   return 0;
 }
+int ChannelNormFwd(bool nhwc, void **params, int64_t **shapes) { return ChannelNormFwd(nhwc, false, params, shapes); }
+int ChannelNormAddFwd(bool nhwc, void **params, int64_t **shapes) { return ChannelNormFwd(nhwc, true, params, shapes); }
 
 // With xhat = (x - mu) * rstd and gdy = g[c] * dy, per pixel:
 //   dx = rstd * (gdy - mean_c(gdy) - xhat * mean_c(gdy * xhat)),   dg[c] = sum_{n,hw} dy * xhat.
@@ -894,6 +924,15 @@ int NormSiluBwd(bool nhwc, bool modulated, void **params, int64_t **shapes) {
 }
 
 int GroupNormSiluFwd(bool nhwc, void **params, int64_t **shapes) { return NormSiluFwd(nhwc, false, params, shapes); }
+// x, gamma, beta, r -> y = silu(GroupNorm(x)) + r, mean, rstd: a ResNet block's second norm and its residual add
+// (the backward is GroupNormSiluBwd's; dr = dy)
+int GroupNormSiluAddFwd(bool nhwc, void **params, int64_t **shapes) {
+  GnShape s = MakeGnShape(shapes[0], shapes[5], nhwc);
+  auto in = [&](int i) { return static_cast<const float *>(params[i]); };
+  auto out = [&](int i) { return static_cast<float *>(params[i]); };
+  GroupNormForward<true>(s, in(0), in(1), in(2), Modulation(), out(4), out(5), out(6), in(3));
+  return 0;
+}
 int GroupNormSiluBwd(bool nhwc, void **params, int64_t **shapes) { return NormSiluBwd(nhwc, false, params, shapes); }
 int GroupNormModSiluFwd(bool nhwc, void **params, int64_t **shapes) { return NormSiluFwd(nhwc, true, params, shapes); }
 int GroupNormModSiluBwd(bool nhwc, void **params, int64_t **shapes) { return NormSiluBwd(nhwc, true, params, shapes); }
@@ -1577,12 +1616,14 @@ struct NameRecord {
 // The geometries (stride S, padding P) come from kernels/table.py (CONV_GEOMETRIES) through the build's
 // -DDDPM_MS_CONV_GEOMETRIES="X(1,0) X(1,1) ...".
 #define DDPM_MS_CONV_LAYOUT(S, P, SUFFIX, NHWC)                                                      \
-  DDPM_MS_EXPORT(ConvFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, false, params, shapes))          \
+  DDPM_MS_EXPORT(ConvFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, false, false, params, shapes))   \
   DDPM_MS_EXPORT(ConvBwdData_s##S##p##P##SUFFIX, ConvBwdData(S, P, NHWC, params, shapes))         \
   DDPM_MS_EXPORT(ConvBwdWeights_s##S##p##P##SUFFIX, ConvBwdWeights(S, P, NHWC, params, shapes))   \
   DDPM_MS_EXPORT(ConvBwd_s##S##p##P##SUFFIX, ConvBwd(S, P, NHWC, false, params, shapes))          \
-  DDPM_MS_EXPORT(ConvBiasFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, true, params, shapes))       \
-  DDPM_MS_EXPORT(ConvBiasBwd_s##S##p##P##SUFFIX, ConvBwd(S, P, NHWC, true, params, shapes))
+  DDPM_MS_EXPORT(ConvBiasFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, true, false, params, shapes)) \
+  DDPM_MS_EXPORT(ConvBiasBwd_s##S##p##P##SUFFIX, ConvBwd(S, P, NHWC, true, params, shapes))       \
+  DDPM_MS_EXPORT(ConvAddFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, false, true, params, shapes))  \
+  DDPM_MS_EXPORT(ConvBiasAddFwd_s##S##p##P##SUFFIX, ConvFwd(S, P, NHWC, true, true, params, shapes))
 #define DDPM_MS_CONV(S, P) DDPM_MS_CONV_LAYOUT(S, P, , false) DDPM_MS_CONV_LAYOUT(S, P, _nhwc, true)
 #define X(S, P) DDPM_MS_CONV(S, P)
 DDPM_MS_CONV_GEOMETRIES
@@ -1598,8 +1639,10 @@ DDPM_MS_NORM(GroupNormSiluFwd)
 DDPM_MS_NORM(GroupNormSiluBwd)
 DDPM_MS_NORM(GroupNormModSiluFwd)
 DDPM_MS_NORM(GroupNormModSiluBwd)
+DDPM_MS_NORM(GroupNormSiluAddFwd)
 DDPM_MS_NORM(ChannelNormFwd)
 DDPM_MS_NORM(ChannelNormBwd)
+DDPM_MS_NORM(ChannelNormAddFwd)
 DDPM_MS_EXPORT(SoftmaxFwd_last, SoftmaxFwd(true, params, ndims, shapes))
 DDPM_MS_EXPORT(SoftmaxBwd_last, SoftmaxBwd(true, params, ndims, shapes))
 DDPM_MS_EXPORT(SoftmaxFwd_penult, SoftmaxFwd(false, params, ndims, shapes))

@@ -44,7 +44,8 @@ class ConvOps:
 
     ``fwd(x [N,IC,H,W], w [OC,IC/G,K,K]) -> y``, ``bwd_data(dy, w) -> dx``, ``bwd_weights(x, dy) -> dw`` and
     ``bwd(dy, w, x) -> (dx, dw)``, the last two in one call; with a bias b [OC], ``fwd_bias(x, w, b) -> y`` and
-    ``bwd_bias(dy, w, x) -> (dx, dw, db)``. x, y, dx and dy in ``layout`` (NHWC: [N,H,W,C]).
+    ``bwd_bias(dy, w, x) -> (dx, dw, db)``; with a residual r shaped as y, ``fwd_add(x, w, r)`` and
+    ``fwd_bias_add(x, w, b, r)`` -> y + r. x, y, r, dx and dy in ``layout`` (NHWC: [N,H,W,C]).
     """
 
     def __init__(self, lib, stride, pad, groups, layout):
@@ -68,6 +69,9 @@ class ConvOps:
         def fwd_bias_shape(xs, ws, _bs):
             return fwd_shape(xs, ws)
 
+        def fwd_add_shape(xs, ws, *_):   # (x, w, r) and (x, w, b, r)
+            return fwd_shape(xs, ws)
+
         def bwd_bias_shape(_dys, ws, xs):
             return xs, ws, (ws[0],)
 
@@ -77,6 +81,8 @@ class ConvOps:
         self.bwd = _custom(f"{lib}:ConvBwd_{name}", _grads_shape, groups, dtype=_grads_dtype)
         self.fwd_bias = _custom(f"{lib}:ConvBiasFwd_{name}", fwd_bias_shape, groups)
         self.bwd_bias = _custom(f"{lib}:ConvBiasBwd_{name}", bwd_bias_shape, groups, dtype=_bias_grads_dtype)
+        self.fwd_add = _custom(f"{lib}:ConvAddFwd_{name}", fwd_add_shape, groups)
+        self.fwd_bias_add = _custom(f"{lib}:ConvBiasAddFwd_{name}", fwd_add_shape, groups)
 
 
 def _grads_shape(_dys, ws, xs):
@@ -105,10 +111,23 @@ def conv_ops(lib, stride, pad, groups, layout="NCHW"):
 
 
 @functools.lru_cache(maxsize=None)
-def conv2d(lib, stride, pad, groups, layout="NCHW", bias=False):
+def conv2d(lib, stride, pad, groups, layout="NCHW", bias=False, residual=False):
     """y = conv2d(x, w), differentiable in x and w: ``op(x [N,IC,H,W], w [OC,IC/G,K,K]) -> [N,OC,OH,OW]``
-    (x and y [N,H,W,C] for layout NHWC); ``bias``: y = conv2d(x, w) + b, ``op(x, w, b [OC])``, one op each way."""
+    (x and y [N,H,W,C] for layout NHWC); ``bias``: y = conv2d(x, w) + b, ``op(x, w, b [OC])``, one op each way;
+    ``residual``: + r, ``op(x, w[, b], r)`` with r shaped as y (a residual connection's add, dr = dy)."""
     c = conv_ops(lib, stride, pad, groups, layout)
+    if residual and bias:
+        def bprop_bias_add(x, w, b, r, out, dout):
+            dx, dw, db = c.bwd_bias(dout, w, x)
+            return dx, dw, db, dout
+
+        return _with_bprop(c.fwd_bias_add, bprop_bias_add)
+    if residual:
+        def bprop_add(x, w, r, out, dout):
+            dx, dw = c.bwd(dout, w, x)
+            return dx, dw, dout
+
+        return _with_bprop(c.fwd_add, bprop_add)
     if bias:
         def bprop_bias(x, w, b, out, dout):
             return c.bwd_bias(dout, w, x)
@@ -185,13 +204,16 @@ def group_norm(lib, groups, layout="NCHW"):
 
 
 @functools.lru_cache(maxsize=None)
-def group_norm_silu(lib, groups, layout="NCHW", modulated=True):
+def group_norm_silu(lib, groups, layout="NCHW", modulated=True, residual=False):
     """A ResNet block's GroupNorm, time modulation and SiLU in one op, differentiable in all its inputs:
     ``op(x [N,C,H,W], gamma [C], beta [C], ss [N,2C]) -> (y, mean [N,G], rstd [N,G])``, G = ``groups``,
     y = silu(GroupNorm(x) * (1 + scale) + shift) with (scale, shift) the two halves of ss (the time MLP's output as
-    it is: no split, no reshape); ``modulated=False``: ``op(x, gamma, beta)``, y = silu(GroupNorm(x)).
+    it is: no split, no reshape); ``modulated=False``: ``op(x, gamma, beta)``, y = silu(GroupNorm(x));
+    ``residual`` (not modulated): ``op(x, gamma, beta, r)``, y = silu(GroupNorm(x)) + r, r shaped as x.
     x and y NHWC for layout NHWC.
     """
+    if residual and modulated:
+        raise ValueError("group_norm_silu: a residual only without the modulation")
     suffix, name = LAYOUTS[layout], "GroupNormModSilu" if modulated else "GroupNormSilu"
 
     def fwd_shape(xs, *_):
@@ -211,6 +233,13 @@ def group_norm_silu(lib, groups, layout="NCHW", modulated=True):
         def bprop(x, gamma, beta, ss, out, dout):
             _, mean, rstd = out
             return bwd(dout[0], x, mean, rstd, gamma, beta, ss)
+    elif residual:   # y = silu(GroupNorm(x)) + r: the plain backward, and dr = dy
+        def bprop(x, gamma, beta, r, out, dout):
+            _, mean, rstd = out
+            dx, dgamma, dbeta = bwd(dout[0], x, mean, rstd, gamma, beta)
+            return dx, dgamma, dbeta, dout[0]
+
+        name = "GroupNormSiluAdd"
     else:
         def bprop(x, gamma, beta, out, dout):
             _, mean, rstd = out
@@ -220,16 +249,24 @@ def group_norm_silu(lib, groups, layout="NCHW", modulated=True):
 
 
 @functools.lru_cache(maxsize=None)
-def channel_norm(lib, layout="NCHW"):
+def channel_norm(lib, layout="NCHW", residual=False):
     """LayerNorm over the channels of each pixel, with a gain only, differentiable:
     ``op(x [N,C,H,W], g [C] or [1,C,1,1]) -> (y [N,C,H,W], mean [N,H*W], rstd [N,H*W])`` (x and y NHWC for layout
-    NHWC; dg shaped like g).
+    NHWC; dg shaped like g); ``residual``: ``op(x, g, r)``, y + r with r shaped as x (dr = dy).
     """
-    def stats_shape(xs, _gs):
+    def stats_shape(xs, _gs, *_):
         x = _nchw_shape(xs, layout)
         return (x[0], x[2] * x[3])
 
     fwd, bwd = _norm_ops(lib, "ChannelNorm", layout, stats_shape, 2)
+    if residual:
+        def bprop_add(x, g, r, out, dout):
+            _, mean, rstd = out
+            dx, dg = bwd(dout[0], x, mean, rstd, g)
+            return dx, dg, dout[0]
+
+        return _custom(f"{lib}:ChannelNormAddFwd{LAYOUTS[layout]}", fwd.out_shape, None, bprop=bprop_add,
+                       dtype=fwd.out_dtype)
 
     def bprop(x, g, out, dout):
         _, mean, rstd = out

@@ -37,7 +37,8 @@ class Kernel:
 
 def _conv_entries():
     return tuple(f"{kind}_s{s}p{p}{suffix}" for s, p in CONV_GEOMETRIES for suffix in LAYOUTS.values()
-                 for kind in ("ConvFwd", "ConvBwdData", "ConvBwdWeights", "ConvBwd", "ConvBiasFwd", "ConvBiasBwd"))
+                 for kind in ("ConvFwd", "ConvBwdData", "ConvBwdWeights", "ConvBwd", "ConvBiasFwd", "ConvBiasBwd",
+                              "ConvAddFwd", "ConvBiasAddFwd"))
 
 
 def _in_layouts(*names):
@@ -46,12 +47,15 @@ def _in_layouts(*names):
 
 KERNELS = (
     Kernel("conv2d", _conv_entries(),
-           "convolution (with or without its bias), NHWC on oneDNN's JIT kernels (the transposed one reuses them)"),
+           "convolution (with or without its bias, and a residual added), NHWC on oneDNN's JIT kernels (the "
+           "transposed one reuses them)"),
     Kernel("group_norm", _in_layouts("GroupNormFwd", "GroupNormBwd"), "GroupNorm, parallel over samples"),
     Kernel("group_norm_silu", _in_layouts("GroupNormSiluFwd", "GroupNormSiluBwd", "GroupNormModSiluFwd",
-                                          "GroupNormModSiluBwd"),
-           "a ResNet block's GroupNorm, time modulation (the time MLP's output as it is) and SiLU in one op"),
-    Kernel("channel_norm", _in_layouts("ChannelNormFwd", "ChannelNormBwd"), "the tutorial's channel LayerNorm"),
+                                          "GroupNormModSiluBwd", "GroupNormSiluAddFwd"),
+           "a ResNet block's GroupNorm, time modulation (the time MLP's output as it is) and SiLU in one op; the "
+           "second norm with the block's residual added"),
+    Kernel("channel_norm", _in_layouts("ChannelNormFwd", "ChannelNormBwd", "ChannelNormAddFwd"),
+           "the tutorial's channel LayerNorm (with a residual added)"),
     Kernel("softmax", tuple(f"Softmax{d}_{a}" for a in SOFTMAX_AXES.values() for d in ("Fwd", "Bwd")),
            "softmax over the last or second-to-last axis"),
     Kernel("eltwise", tuple(f"Eltwise{d}_{a}" for a in ACTIVATIONS for d in ("Fwd", "Bwd")), "GELU (tanh) and SiLU"),
