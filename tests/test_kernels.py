@@ -584,6 +584,20 @@ def test_the_thread_pool_runs_every_item_once_under_load(lib):
     assert proc.returncode == 0 and proc.stdout.split() == ["0"], (proc.stdout, proc.stderr[-2000:])
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs and sched_setaffinity")
+@pytest.mark.parametrize("env,expected", [({}, 1), ({"DDPM_MS_KERNEL_THREADS": "3"}, 3)])
+def test_kernel_threads_follow_the_allowed_cpus(lib, env, expected):
+    """Pinned to one CPU (taskset -c 0), the kernels run one thread, not one per CPU of the machine; the variable
+    overrides."""
+    code = ("import ctypes, os, sys\nos.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "print(ctypes.CDLL(sys.argv[1]).DdpmMsKernelThreads())")
+    clean = {k: v for k, v in os.environ.items() if k != "DDPM_MS_KERNEL_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", code, lib], capture_output=True, text=True, timeout=60,
+                          env={**clean, **env}, check=False)
+    assert proc.returncode == 0 and proc.stdout.split() == [str(expected)], proc.stderr[-2000:]
+
+
 def test_library_exports_exactly_the_kernel_table(lib):
     """The .so reports its ABI and entry points; they are the table's, in order (one place for each fact)."""
     from ddpm_ms.kernels import table
