@@ -151,9 +151,10 @@ class ConvNextBlock(_TimedBlock):
         h = self.ds_conv(x)
         if emb is not None:
             h = h + per_channel(self.layout, emb)
-        for i in range(4):
+        last = len(self.net) - 1
+        for i in range(last):
             h = self.net[i](h)
-        return self.net[4](h, self.res_conv(x))   # net(h) + res_conv(x), the add inside the last conv
+        return self.net[last](h, self.res_conv(x))   # net(h) + res_conv(x), the add inside the last conv
 
 
 class _MultiHeadQKV(nn.Cell):

@@ -169,6 +169,18 @@ def _probed(fn, probe):
     return loss
 
 
+def _outputs_and_grads(fns, inputs, seed, mode):
+    """For each fn: (y, gradients of sum(y * probe) in every input), probe a fixed random tensor shaped as y;
+    compiled (mode 'graph') or eager."""
+    probe = ms.Tensor(np.random.default_rng(seed).standard_normal(fns[0](*inputs).shape).astype(np.float32))
+    out = []
+    for fn in fns:
+        grad = ms.value_and_grad(_probed(fn, probe), grad_position=tuple(range(len(inputs))), has_aux=True)
+        (_, y), g = ms.jit(grad)(*inputs) if mode == "graph" else grad(*inputs)
+        out.append((y, g))
+    return out
+
+
 LAYOUT_CASES = [(layout, *case) for layout in kernels.LAYOUTS for case in SHAPES
                 if layout == "NCHW" or case[0] in ("conv", "convT", "gn", "ln")]   # softmax, GELU: any layout
 
@@ -178,13 +190,7 @@ def test_kernel_matches_mindspore(layout, kind, shape, args, lib, mode):
     """Output within 1e-5 and input/weight gradients within 1e-4 of MindSpore's op with autodiff (relative to max),
     the kernel on NCHW and on NHWC activations."""
     ref, fast, inputs = _reference_and_fast(kind, shape, args, lib, layout)
-    probe = ms.Tensor(np.random.default_rng(7).standard_normal(ref(*inputs).shape).astype(np.float32))
-    results = []
-    for fn in (ref, fast):
-        grad = ms.value_and_grad(_probed(fn, probe), grad_position=tuple(range(len(inputs))), has_aux=True)
-        results.append(ms.jit(grad)(*inputs) if mode == "graph" else grad(*inputs))
-    (_, y_ref), g_ref = results[0]
-    (_, y_fast), g_fast = results[1]
+    (y_ref, g_ref), (y_fast, g_fast) = _outputs_and_grads((ref, fast), inputs, 7, mode)
     assert float(np.abs(y_ref.asnumpy()).max()) > 1e-3
     assert _rel(y_fast, y_ref) < 1e-5
     for a, b in zip(g_fast, g_ref):
@@ -321,13 +327,7 @@ def test_residual_add_inside_the_kernel_matches_mindspore(kind, layout, lib, mod
     the channel LayerNorm) against f on MindSpore's ops plus r, with autodiff: y within 1e-5, every gradient (dr
     included) within 1e-4."""
     ref, fast, inputs = _residual_case(kind, layout, lib, np.random.default_rng(len(kind)))
-    probe = ms.Tensor(np.random.default_rng(9).standard_normal(ref(*inputs).shape).astype(np.float32))
-    results = []
-    for fn in (ref, fast):
-        grad = ms.value_and_grad(_probed(fn, probe), grad_position=tuple(range(len(inputs))), has_aux=True)
-        results.append(ms.jit(grad)(*inputs) if mode == "graph" else grad(*inputs))
-    (_, y_ref), g_ref = results[0]
-    (_, y_fast), g_fast = results[1]
+    (y_ref, g_ref), (y_fast, g_fast) = _outputs_and_grads((ref, fast), inputs, 9, mode)
     assert _rel(y_fast, y_ref) < 1e-5
     for a, b in zip(g_fast, g_ref):
         assert a.shape == b.shape and _rel(a, b) < 1e-4
